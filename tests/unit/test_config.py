@@ -1,0 +1,73 @@
+"""Configuration: validated before connecting; errors name the file, the key and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from watcher.config import load_settings
+from watcher.errors import ConfigError
+
+
+def test_defaults_are_valid():
+    s = load_settings()
+    assert s.kafka.bootstrap == "" and [w.name for w in s.windows] == ["1m", "5m", "1h", "24h"]
+
+
+def test_unknown_key_names_file_key_and_fix(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[kafka]\nbootstrapp = "x:9092"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    msg = str(err.value)
+    assert str(f) in msg and "kafka.bootstrapp" in msg and "spelling" in msg
+
+
+def test_bad_value_and_bad_toml(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[kafka]\npartitions = 0\n")
+    with pytest.raises(ConfigError, match="kafka.partitions"):
+        load_settings(f)
+    f.write_text("[kafka\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(f)
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_window_must_divide_into_buckets(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[[windows]]\nname = "1m"\nseconds = 60\nbuckets = 7\n')
+    with pytest.raises(ConfigError, match="windows.0"):
+        load_settings(f)
+
+
+def test_environment_overrides_the_file(tmp_path, monkeypatch):
+    f = tmp_path / "c.toml"
+    f.write_text('[kafka]\nbootstrap = "file:9092"\ngroup = "g"\n')
+    monkeypatch.setenv("SPENDWATCH_KAFKA__BOOTSTRAP", "env:9092")
+    s = load_settings(f)
+    assert s.kafka.bootstrap == "env:9092" and s.kafka.group == "g"
+
+
+def test_check_config_command(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[kafka]\nbootstrap = "k:9092"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[dedupe]\nhorizon_seconds = 1\n')
+    ok = subprocess.run([sys.executable, "-m", "watcher", "check-config", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    no = subprocess.run([sys.executable, "-m", "watcher", "check-config", str(bad)], capture_output=True, text=True)
+    assert no.returncode == 1 and "dedupe.horizon_seconds" in no.stdout + no.stderr
+
+
+def test_example_config_is_valid():
+    load_settings("examples/spendwatch.toml")
+
+
+def test_help_explains_every_command():
+    out = subprocess.run([sys.executable, "-m", "watcher", "--help"], capture_output=True, text=True).stdout
+    for cmd in ("run", "simulate", "demo", "check-config", "bench"):
+        assert cmd in out

@@ -1,0 +1,139 @@
+"""Decoding and validation of the wire records, with fixtures built from the x402 package's own types."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from x402.schemas import PaymentPayload, PaymentRequirements, ResourceInfo, SettleResponse, VerifyResponse
+from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
+
+from watcher.errors import EventError
+from watcher.events import Decoder, Kind
+from watcher.simulate.records import BASE_USDC, encode, fake_hash, settle_record, transfer_record, verify_record
+
+PAYER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+PAY_TO = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+TX = fake_hash("tx")
+T = 1_790_000_000_000
+
+
+def dec() -> Decoder:
+    return Decoder(max_future_skew_ms=None)
+
+
+def _auth(value: str) -> dict:
+    return {"from": PAYER, "to": PAY_TO, "value": value, "validAfter": "0", "validBefore": "9999999999",
+            "nonce": "0x" + "ab" * 32}
+
+
+def test_v2_settle_record_from_sdk_types():
+    req = PaymentRequirements(scheme="exact", network="eip155:8453", asset=BASE_USDC, amount="10000",
+                              pay_to=PAY_TO, max_timeout_seconds=60, extra={"name": "USD Coin", "version": "2"})
+    pp = PaymentPayload(x402_version=2, accepted=req, resource=ResourceInfo(url="https://api.x/v1/q"),
+                        payload={"signature": "0x" + "22" * 65, "authorization": _auth("10000")})
+    resp = SettleResponse(success=True, payer=PAYER, transaction=TX, network="eip155:8453")
+    rec = {"type": "x402.settle", "id": "s-1", "observedAt": "2026-09-21T10:00:00Z", "facilitator": "cdp",
+           "x402Version": 2, "paymentPayload": pp.model_dump(by_alias=True, exclude_none=True),
+           "paymentRequirements": req.model_dump(by_alias=True, exclude_none=True),
+           "settleResponse": resp.model_dump(by_alias=True, exclude_none=True)}
+    obs = dec().decode(encode(rec))
+    assert obs.kind == Kind.SETTLE and obs.status == "settled" and obs.is_spend
+    assert obs.agent == PAYER and obs.merchant == PAY_TO and obs.amount == 10_000
+    assert obs.network == "eip155:8453" and obs.chain_id == 8453 and obs.tx == TX
+    assert obs.resource == "https://api.x/v1/q" and obs.ts_ms == 1_789_984_800_000
+    assert isinstance(obs.amount, int)
+
+
+def test_v1_verify_record_from_sdk_types_with_failure_reason():
+    req = PaymentRequirementsV1(scheme="exact", network="base-sepolia", max_amount_required="2500",
+                                resource="https://api.x/v1/data", description="", mime_type="application/json",
+                                pay_to=PAY_TO.lower(), max_timeout_seconds=60, asset=BASE_USDC)
+    pp = PaymentPayloadV1(x402_version=1, scheme="exact", network="base-sepolia",
+                          payload={"signature": "0x" + "22" * 65, "authorization": _auth("2500")})
+    resp = VerifyResponse(is_valid=False, invalid_reason="insufficient_funds", payer=PAYER)
+    rec = {"type": "x402.verify", "id": "v-1", "observedAt": "2026-09-21T10:00:00+00:00", "facilitator": "f",
+           "x402Version": 1, "paymentPayload": pp.model_dump(by_alias=True, exclude_none=True),
+           "paymentRequirements": req.model_dump(by_alias=True, exclude_none=True),
+           "verifyResponse": resp.model_dump(by_alias=True, exclude_none=True)}
+    obs = dec().decode(encode(rec))
+    assert obs.kind == Kind.VERIFY and obs.status == "invalid" and obs.reason == "insufficient_funds"
+    assert obs.network == "eip155:84532" and obs.merchant == PAY_TO  # lower-case input is checksummed
+    assert not obs.is_spend and obs.amount == 2500 and obs.resource == "https://api.x/v1/data"
+
+
+def test_chain_transfer_attributed_to_authorizer():
+    rec = transfer_record(ts_ms=T, payer=PAYER, to=PAY_TO, amount=7, tx=TX, log_index=3, status="confirmed",
+                          authorizer=PAYER, nonce="0x" + "cd" * 32)
+    obs = dec().decode(encode(rec))
+    assert obs.kind == Kind.TRANSFER and obs.agent == PAYER and obs.log_index == 3 and obs.status == "confirmed"
+    assert obs.event_id == f"8453:{TX}:3" and obs.dedupe_key != obs.event_id
+
+
+def _settle(**kw) -> dict:
+    base = dict(event_id="e", ts_ms=T, payer=PAYER, pay_to=PAY_TO, amount=5, tx=TX)
+    base.update(kw)
+    return settle_record(**base)
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda r: r["settleResponse"].update(payer="0x123"), "bad_address"),
+    (lambda r: r["settleResponse"].update(payer=PAYER.replace("C", "c", 1)), "bad_address"),  # bad checksum
+    (lambda r: r["settleResponse"].update(transaction="0xdead"), "bad_hash"),
+    (lambda r: r["paymentPayload"]["payload"]["authorization"].update(value="-5"), "bad_amount"),
+    (lambda r: r["paymentPayload"]["payload"]["authorization"].update(value=str(2**256)), "bad_amount"),
+    (lambda r: r["paymentPayload"]["payload"]["authorization"].update(value="1.5"), "bad_amount"),
+    (lambda r: r["paymentRequirements"].update(network="solana:mainnet"), "unknown_network"),
+    (lambda r: r["paymentRequirements"].update(network="eip155:999999"), "unknown_network"),
+    (lambda r: r.update(observedAt="yesterday"), "bad_schema"),
+    (lambda r: r.update(observedAt="2026-09-21T10:00:00"), "bad_time"),
+    (lambda r: r.update(x402Version=3), "bad_schema"),
+    (lambda r: r["paymentPayload"].update(x402Version=1), "bad_version"),
+    (lambda r: r["paymentRequirements"].pop("amount"), "missing_field"),
+    (lambda r: r.pop("id"), "bad_schema"),
+])
+def test_bad_records_are_refused_with_a_reason(mutate, reason):
+    rec = _settle()
+    mutate(rec)
+    with pytest.raises(EventError) as err:
+        dec().decode(encode(rec))
+    assert err.value.reason == reason, err.value
+
+
+def test_size_limit_and_garbage():
+    d = Decoder(max_event_bytes=1000, max_future_skew_ms=None)
+    with pytest.raises(EventError, match="too_large"):
+        d.decode(encode(_settle()))
+    with pytest.raises(EventError, match="bad_json"):
+        d.decode(b"{not json")
+
+
+def test_future_timestamps_are_refused_in_live_mode():
+    d = Decoder(max_future_skew_ms=60_000, clock=lambda: T / 1000)
+    d.decode(encode(_settle(ts_ms=T + 30_000)))
+    with pytest.raises(EventError, match="bad_time"):
+        d.decode(encode(_settle(ts_ms=T + 120_000)))
+
+
+def test_failed_settle_is_a_signal_not_spend():
+    obs = dec().decode(encode(_settle(success=False, error_reason="insufficient_funds")))
+    assert obs.status == "failed" and not obs.is_spend and obs.reason == "insufficient_funds"
+
+
+def test_amounts_are_exact_integers_and_bounded():
+    from watcher.events import parse_amount
+
+    assert parse_amount(str(2**256 - 1), "v") == 2**256 - 1
+    rec = _settle()
+    rec["paymentPayload"]["payload"]["authorization"]["value"] = str(2**62 - 1)
+    assert dec().decode(encode(rec)).amount == 2**62 - 1
+    rec["paymentPayload"]["payload"]["authorization"]["value"] = str(2**62)
+    with pytest.raises(EventError, match="amount_too_large"):
+        dec().decode(encode(rec))
+
+
+def test_verify_record_builder_round_trips():
+    obs = dec().decode(encode(verify_record(event_id="v", ts_ms=T, payer=PAYER, pay_to=PAY_TO, amount=9,
+                                            version=1)))
+    assert obs.kind == Kind.VERIFY and obs.status == "valid"
+    assert msgspec.json.decode(encode(verify_record(event_id="v", ts_ms=T, payer=PAYER, pay_to=PAY_TO,
+                                                    amount=9)))["x402Version"] == 2

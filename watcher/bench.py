@@ -1,0 +1,156 @@
+"""Benchmarks behind `spendwatch bench`. Figures are measured in one run on this machine; compare ratios.
+
+inproc_events_per_s      decode -> dedupe/join -> windows, one core, pre-built records in memory
+kafka_events_per_s       the daemon consuming the same records from the broker (first to last record)
+raw_consume_events_per_s plain aiokafka consumption of the same messages in the same run
+bytes_per_agent_*        memory of the per-agent state (window rows + index) per tracked agent
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import tracemalloc
+import uuid
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from watcher.config import load_settings
+from watcher.daemon import Daemon
+from watcher.embedded import kafka_settings
+from watcher.events.decode import Decoder
+from watcher.pipeline.shard import Shard, agent_key
+from watcher.pipeline.windows import Windows
+from watcher.simulate.fleet import Fleet
+from watcher.simulate.publish import publish_records
+from watcher.sources.kafka import ensure_topics
+
+
+def build_records(n_payments: int, seed: int = 3) -> list[tuple[str, bytes, bytes]]:
+    fleet = Fleet(agents=2_000, merchants=50, seed=seed, malformed_ratio=0.0, runaway_after_s=1e9)
+    return fleet.events(n_payments, int(time.time() * 1000) - 6 * 3_600_000, rate_per_s=2_000)
+
+
+def bench_inproc(records: list[tuple[str, bytes, bytes]], batch: int = 5_000) -> dict:
+    raws = [v for _, _, v in records]
+    dec = Decoder(max_future_skew_ms=None)
+    shard = Shard()
+    gc.collect()
+    t0 = time.perf_counter()
+    for i in range(0, len(raws), batch):
+        obs = [dec.decode(r) for r in raws[i: i + batch]]
+        shard.apply(obs)
+    dt = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for r in raws:
+        dec.decode(r)
+    dt_decode = time.perf_counter() - t0
+    return {"inproc_events_per_s": len(raws) / dt, "inproc_decode_only_events_per_s": len(raws) / dt_decode,
+            "inproc_events": len(raws), "inproc_record_bytes_avg": sum(map(len, raws)) / len(raws)}
+
+
+def bench_bytes_per_agent(n: int) -> float:
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    w = Windows()
+    rows = np.fromiter((w.row(i.to_bytes(20, "big")) for i in range(n)), np.int64, n)
+    now = int(time.time() * 1000)
+    w.add(rows, np.full(n, now), np.full(n, 1_000), np.ones(n, np.int32))
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    del w, rows
+    return used / n
+
+
+async def _raw_consume(bootstrap: str, topics: list[str], partitions: int, n: int) -> float:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=5_000,
+                         fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024)
+    await c.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        got, t_first = 0, None
+        while got < n:
+            batch = await c.getmany(timeout_ms=1000, max_records=5_000)
+            if batch and t_first is None:
+                t_first = time.perf_counter()
+            got += sum(len(m) for m in batch.values())
+        return n / (time.perf_counter() - t_first)
+    finally:
+        await c.stop()
+
+
+async def bench_kafka(records, bootstrap: str | None) -> dict:
+    tag = uuid.uuid4().hex[:8]
+    base = load_settings()
+    async with kafka_settings(base, bootstrap) as s0:
+        k = {"bootstrap": s0.kafka.bootstrap, "group": f"bench-{tag}", "partitions": 4,
+             "payments_topic": f"bench-pay-{tag}", "chain_topic": f"bench-chain-{tag}",
+             "dead_letter_topic": f"bench-dlq-{tag}", "checkpoint_topic": f"bench-ckpt-{tag}",
+             "findings_topic": f"bench-find-{tag}", "decisions_topic": f"bench-dec-{tag}",
+             "session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
+        s = load_settings(None, kafka=k, checkpoint={"interval_seconds": 3600})
+        await ensure_topics(s.kafka)
+        await publish_records(s.kafka, records)
+        n = len(records)
+        raw = await _raw_consume(s.kafka.bootstrap, [s.kafka.payments_topic, s.kafka.chain_topic], 4, n)
+        marks: list[float] = []
+
+        def on_batch(d: Daemon):
+            if d.counters.consumed and not marks:
+                marks.append(time.perf_counter())
+            if d.counters.consumed >= n:
+                marks.append(time.perf_counter())
+                d.request_stop()
+
+        daemon = Daemon(s, live_clock=False, on_batch=on_batch)
+        await asyncio.wait_for(daemon.run(), 600)
+        first_batch = daemon.counters.consumed  # records in the batch that set the first mark are not timed
+        return {"kafka_events_per_s": (n - min(first_batch, n // 10)) / (marks[-1] - marks[0]),
+                "raw_consume_events_per_s": raw, "kafka_events": n}
+
+
+async def run_all(quick: bool = False, bootstrap: str | None = None) -> dict:
+    n_inproc = 20_000 if quick else 150_000
+    n_kafka = 15_000 if quick else 60_000
+    records = build_records(max(n_inproc, n_kafka))
+    out: dict = {"quick": quick}
+    out.update(bench_inproc(records[:n_inproc]))
+    out.update(await bench_kafka(records[:n_kafka], bootstrap))
+    out["kafka_vs_raw_ratio"] = out["kafka_events_per_s"] / out["raw_consume_events_per_s"]
+    out["bytes_per_agent_100k"] = bench_bytes_per_agent(100_000)
+    out["bytes_per_agent_1m"] = bench_bytes_per_agent(1_000_000 if not quick else 300_000)
+    if quick:
+        out["bytes_per_agent_1m_note"] = "measured at 300,000 agents in --quick"
+    for name, fn in _extra_benches():
+        out.update(await fn(quick))
+    return out
+
+
+def _extra_benches():
+    """Benchmarks of other parts, when present (chain bridge, detection)."""
+    found = []
+    try:
+        from watcher.detect.bench import run_detect_bench
+        found.append(("detect", _as_async(run_detect_bench)))
+    except ImportError:
+        pass
+    try:
+        from watcher.chain.bench import run_chain_bench
+        found.append(("chain", _as_async(run_chain_bench)))
+    except ImportError:
+        pass
+    return found
+
+
+def _as_async(fn):
+    async def call(quick: bool) -> dict:
+        res = fn(quick)
+        if asyncio.iscoroutine(res):
+            res = await res
+        return res
+    return call

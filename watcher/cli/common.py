@@ -1,0 +1,18 @@
+"""Options shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from watcher.config import Settings, load_settings
+
+
+def add_kafka_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file (see README, Configuration); "
+                   "SPENDWATCH_<SECTION>__<KEY> environment variables override it")
+    p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers; without it (and without "
+                   "kafka.bootstrap) the embedded memory-only Tansu broker is started")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None))

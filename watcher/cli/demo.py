@@ -1,0 +1,91 @@
+"""`spendwatch demo`: broker, simulator and daemon together, with a live terminal view."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from rich.console import Console
+from rich.live import Live
+
+from watcher.cli.common import add_kafka_options, settings_from
+from watcher.cli.simulate import add_fleet_options, fleet_from
+from watcher.daemon import Daemon
+from watcher.embedded import kafka_settings
+from watcher.simulate.publish import run_simulator
+from watcher.view import LiveView, top_agents
+
+log = logging.getLogger("watcher.demo")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="run broker, simulator and watcher together with a live view", description=(
+        "Start the embedded broker (unless --bootstrap), publish synthetic traffic, run the watcher and show "
+        "the top agents by spend per window, events/s and dead letters. With --duration it exits by itself "
+        "and prints a summary."))
+    add_kafka_options(p)
+    add_fleet_options(p)
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="run this long, then print a summary and exit 0 (default: until Ctrl-C)")
+    p.add_argument("--refresh", type=float, default=2.0, help="view refreshes per second (default 2)")
+    p.set_defaults(func=cmd_demo)
+
+
+async def _demo(args) -> int:
+    settings = settings_from(args)
+    async with kafka_settings(settings, args.bootstrap) as s:
+        s = s.model_copy(update={"kafka": s.kafka.model_copy(update={
+            "group": f"{s.kafka.group}-demo", "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000})})
+        fleet = fleet_from(args)
+        s = s.model_copy(update={"categories": {**fleet.categories(), **s.categories}})
+        daemon = Daemon(s)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        from watcher.sources.kafka import ensure_topics
+        await ensure_topics(s.kafka)
+        daemon_task = asyncio.create_task(daemon.run(), name="daemon")
+        await asyncio.wait({daemon_task, asyncio.create_task(daemon.started.wait())},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if daemon_task.done():
+            return daemon_task.result() or 1
+        sim_task = asyncio.create_task(run_simulator(s.kafka, fleet, rate_per_s=args.rate,
+                                                     duration_s=args.duration, stop=stop), name="simulator")
+        console = Console()
+        view = LiveView(daemon, fleet.names(), title="spendwatch demo (embedded broker is memory-only)"
+                        if not (args.bootstrap or settings.kafka.bootstrap) else "spendwatch demo")
+        with Live(view, console=console, refresh_per_second=args.refresh, transient=False,
+                  redirect_stderr=False):
+            done, _ = await asyncio.wait({sim_task, daemon_task}, return_when=asyncio.FIRST_COMPLETED)
+            if sim_task in done and not daemon_task.done():
+                # let the watcher drain what was published, then stop it
+                target = fleet.truth.published
+                for _ in range(100):
+                    if daemon.counters.consumed >= target:
+                        break
+                    await asyncio.sleep(0.1)
+        stop.set()
+        daemon.request_stop()
+        await asyncio.gather(sim_task, daemon_task)
+        _summary(console, daemon, fleet)
+    return 0
+
+
+def _summary(console: Console, daemon: Daemon, fleet) -> None:
+    c = daemon.counters
+    print(f"summary: published {fleet.truth.published:,} records, consumed {c.consumed:,}, "
+                  f"processed {c.processed:,}, dead-lettered {c.dead_lettered:,} "
+                  f"({', '.join(f'{k}={v}' for k, v in sorted(daemon.dlq_reasons.items())) or 'none'}), "
+                  f"duplicates {c.duplicates:,}, agents {daemon.tracked_agents():,}")
+    top = top_agents(daemon.shards, 3)
+    names = fleet.names()
+    if top:
+        wallet, sums, _ = top[0]
+        print(f"top spender over the last minute: {names.get(wallet, wallet)} ({wallet}) "
+                      f"{sums[0] / 1e6:,.6f} USDC")
+
+
+def cmd_demo(args) -> int:
+    return asyncio.run(_demo(args))

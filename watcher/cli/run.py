@@ -1,0 +1,30 @@
+"""`spendwatch run`: the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+
+from watcher.cli.common import add_kafka_options, settings_from
+from watcher.daemon import Daemon
+from watcher.embedded import kafka_settings
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run the watcher daemon", description=(
+        "Consume x402.payments and x402.chain, keep exact rolling per-agent spend windows, dead-letter bad "
+        "records, checkpoint state to Kafka. SIGTERM or SIGINT: finish the batch, checkpoint, commit, exit 0."))
+    add_kafka_options(p)
+    p.set_defaults(func=cmd_run)
+
+
+async def run_daemon(args) -> int:
+    settings = settings_from(args)
+    async with kafka_settings(settings, args.bootstrap) as s:
+        daemon = Daemon(s)
+        daemon.install_signal_handlers()
+        await daemon.run()
+    return 0
+
+
+def cmd_run(args) -> int:
+    return asyncio.run(run_daemon(args))

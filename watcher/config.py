@@ -1,0 +1,160 @@
+"""One frozen settings model, read from a TOML file plus SPENDWATCH_* environment overrides.
+
+Validated before anything connects: a bad value fails at start with the file, the key and the fix.
+Environment overrides use `__` between section and key, e.g. SPENDWATCH_KAFKA__BOOTSTRAP=host:9092.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from watcher.errors import ConfigError
+from watcher.pipeline.shard import ShardConfig
+from watcher.pipeline.windows import WindowSpec
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(BaseModel):
+    model_config = _FROZEN
+    bootstrap: str = Field("", description="host:port[,host:port]; empty starts the embedded Tansu broker")
+    group: str = "spendwatch"
+    client_id: str = "spendwatch"
+    payments_topic: str = "x402.payments"
+    chain_topic: str = "x402.chain"
+    dead_letter_topic: str = "watcher.deadletter"
+    checkpoint_topic: str = "watcher.checkpoints"
+    findings_topic: str = "watcher.findings"
+    decisions_topic: str = "watcher.decisions"
+    partitions: Annotated[int, Field(ge=1, le=1024)] = 8
+    replication_factor: Annotated[int, Field(ge=1)] = 1
+    create_topics: bool = True
+    session_timeout_ms: Annotated[int, Field(ge=1000)] = 10_000
+    heartbeat_interval_ms: Annotated[int, Field(ge=100)] = 3_000
+    max_batch: Annotated[int, Field(ge=1, le=100_000)] = 5_000
+    poll_timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 200
+
+    @model_validator(mode="after")
+    def _heartbeat(self):
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        return self
+
+
+class WindowSettings(BaseModel):
+    model_config = _FROZEN
+    name: Annotated[str, Field(min_length=1, max_length=16)]
+    seconds: Annotated[int, Field(ge=1, le=31 * 86400)]
+    buckets: Annotated[int, Field(ge=1, le=1440)]
+
+    @model_validator(mode="after")
+    def _divides(self):
+        if (self.seconds * 1000) % self.buckets:
+            raise ValueError(f"window {self.name}: seconds*1000 must be divisible by buckets")
+        return self
+
+
+class EventSettings(BaseModel):
+    model_config = _FROZEN
+    max_event_bytes: Annotated[int, Field(ge=256, le=1_048_576)] = 16_384
+    max_future_skew_seconds: Annotated[int, Field(ge=0)] = 300
+    extra_chain_ids: list[int] = []
+
+
+class DedupeSettings(BaseModel):
+    model_config = _FROZEN
+    horizon_seconds: Annotated[int, Field(ge=60)] = 26 * 3600
+    max_entries: Annotated[int, Field(ge=1000)] = 2_000_000
+
+
+class FindingSettings(BaseModel):
+    model_config = _FROZEN
+    shadow_grace_seconds: Annotated[int, Field(ge=0)] = 120
+    unsettled_after_seconds: Annotated[int, Field(ge=1)] = 300
+
+
+class CheckpointSettings(BaseModel):
+    model_config = _FROZEN
+    interval_seconds: Annotated[float, Field(gt=0)] = 30.0
+    chunk_bytes: Annotated[int, Field(ge=10_000, le=10_000_000)] = 900_000
+    restore_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+
+class Settings(BaseSettings):
+    """The daemon's configuration (see README, "Configuration")."""
+
+    model_config = SettingsConfigDict(env_prefix="SPENDWATCH_", env_nested_delimiter="__", frozen=True,
+                                      extra="forbid")
+    kafka: KafkaSettings = KafkaSettings()
+    windows: list[WindowSettings] = [WindowSettings(name=s.name, seconds=s.seconds, buckets=s.buckets)
+                                     for s in ShardConfig().windows]
+    events: EventSettings = EventSettings()
+    dedupe: DedupeSettings = DedupeSettings()
+    findings: FindingSettings = FindingSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    categories: dict[str, str] = Field(default_factory=dict,
+                                       description="merchant payTo address or resource URL prefix -> category")
+    log_level: str = "INFO"
+
+    @field_validator("windows")
+    @classmethod
+    def _unique(cls, v: list[WindowSettings]) -> list[WindowSettings]:
+        names = [w.name for w in v]
+        if len(set(names)) != len(names) or not v:
+            raise ValueError("window names must be unique and at least one window is needed")
+        return v
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+    def shard_config(self) -> ShardConfig:
+        return ShardConfig(
+            windows=tuple(WindowSpec(w.name, w.seconds, w.buckets) for w in self.windows),
+            dedupe_horizon_ms=self.dedupe.horizon_seconds * 1000, dedupe_max_entries=self.dedupe.max_entries,
+            shadow_grace_ms=self.findings.shadow_grace_seconds * 1000,
+            unsettled_after_ms=self.findings.unsettled_after_seconds * 1000)
+
+
+def _fix_for(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "remove this key or check its spelling (see README, Configuration)"
+    if kind == "missing":
+        return "add this key"
+    return f"{err.get('msg', 'invalid value')} (got {str(err.get('input'))[:60]!r})"
+
+
+def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Settings:
+    """Read TOML `path` (optional), apply SPENDWATCH_* environment overrides, validate. Raises ConfigError."""
+    data: dict[str, Any] = {}
+    source = str(path) if path else "(defaults and environment)"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("configuration file not found", file=source,
+                              fix="give the path of a TOML file, e.g. examples/spendwatch.toml")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", file=source, fix="correct the TOML syntax") from None
+    for key, value in overrides.items():
+        section, _, name = key.partition("__")
+        if name:
+            data.setdefault(section, {})[name] = value
+        else:
+            data[key] = value
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"invalid setting{more}", file=source, key=key, fix=_fix_for(err)) from None

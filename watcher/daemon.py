@@ -1,0 +1,295 @@
+"""The async shell around the pure core: Kafka in, shards, dead letters, findings and checkpoints out.
+
+Per batch: getmany() -> decode each record (bad ones to the dead-letter topic) -> Shard.apply per input
+partition -> publish findings and stage outputs -> wait for every publish -> commit offsets. State is
+checkpointed with the input offsets it covers every `checkpoint.interval_seconds`, when partitions are
+revoked, and at shutdown; on assignment a partition's shard is restored and its input replayed from the
+covered offsets (no checkpoint: from the earliest offset), so a restart counts nothing twice or never.
+
+Shutdown (SIGTERM/SIGINT set a flag): stop intake, finish the batch, checkpoint, commit, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections import Counter
+from typing import Awaitable, Callable, Protocol
+
+import msgspec
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from watcher.config import Settings
+from watcher.errors import EventError
+from watcher.events.decode import Decoder
+from watcher.pipeline.categories import CategoryMap
+from watcher.pipeline.shard import Outcome, Shard
+from watcher.sources import kafka as kafka_io
+from watcher.sources.checkpoints import CheckpointStore
+from watcher.sources.deadletter import make_dead_letter, send_dead_letter
+
+log = logging.getLogger("watcher.daemon")
+_enc = msgspec.json.Encoder()
+
+
+class Stage(Protocol):
+    """A stage after the shard (detection, breakers). Returns records to publish: (topic, key, value)."""
+
+    def on_batch(self, partition: int, shard: Shard, outcome: Outcome, now_ms: int) -> list[tuple[str, bytes, bytes]]: ...
+    def snapshot(self, partition: int) -> object: ...
+    def restore(self, partition: int, data: object | None) -> None: ...
+    def drop(self, partition: int) -> None: ...
+
+
+class Counters(msgspec.Struct):
+    consumed: int = 0
+    processed: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    findings: int = 0
+    batches: int = 0
+    checkpoints: int = 0
+    restored_partitions: int = 0
+    refetched: int = 0
+    not_owned: int = 0
+    dead_letter_reasons: dict[str, int] = {}
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+
+    async def on_partitions_revoked(self, revoked):
+        await self.daemon._release({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned):
+        consumer = self.daemon.consumer
+        consumer.pause(*assigned)  # no records for a partition until its state is restored
+        try:
+            await self.daemon._acquire({tp.partition for tp in assigned})
+        finally:
+            consumer.resume(*[tp for tp in assigned if tp in consumer.assignment()])
+
+
+class Daemon:
+    def __init__(self, settings: Settings, stages: list[Stage] | None = None, *,
+                 live_clock: bool = True, on_batch: Callable[["Daemon"], Awaitable[None] | None] | None = None) -> None:
+        self.settings = settings
+        self.k = settings.kafka
+        self.stages = stages or []
+        self.live_clock = live_clock
+        self.on_batch = on_batch
+        self.decoder = Decoder(max_event_bytes=settings.events.max_event_bytes,
+                               max_future_skew_ms=settings.events.max_future_skew_seconds * 1000 if live_clock else None,
+                               extra_chain_ids=frozenset(settings.events.extra_chain_ids))
+        self.categorize = CategoryMap(settings.categories)
+        self.shards: dict[int, Shard] = {}
+        self.covered: dict[int, dict[str, int]] = {}
+        self.counters = Counters()
+        self.dlq_reasons: Counter[str] = Counter()
+        self.stopping = asyncio.Event()
+        self.started = asyncio.Event()
+        self._last_checkpoint = time.monotonic()
+        self.producer = None
+        self.consumer = None
+        self.store: CheckpointStore | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def request_stop(self, *_: object) -> None:
+        if not self.stopping.is_set():
+            log.info("stop requested: finishing the current batch, then checkpoint, commit, close")
+        self.stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    async def run(self) -> None:
+        await kafka_io.ensure_topics(self.k)
+        self.producer = kafka_io.producer(self.k)
+        await self.producer.start()
+        try:
+            self.store = CheckpointStore(self.producer, self.k.bootstrap, self.k.checkpoint_topic, self.k.group,
+                                         self.settings.checkpoint.chunk_bytes)
+            self.consumer = kafka_io.group_consumer(self.k)
+            self.consumer.subscribe([self.k.payments_topic, self.k.chain_topic], listener=_Rebalance(self))
+            await self.consumer.start()
+            try:
+                await self._loop()
+                await self._checkpoint_all()
+                await self._commit()
+            finally:
+                await self.consumer.stop()
+                log.info("consumer closed (left group %s)", self.k.group)
+        finally:
+            await self.producer.stop()
+            self._log_summary("stopped")
+
+    async def _loop(self) -> None:
+        last_log = time.monotonic()
+        while not self.stopping.is_set():
+            batch = await self.consumer.getmany(timeout_ms=self.k.poll_timeout_ms, max_records=self.k.max_batch)
+            if not self.started.is_set() and self.consumer.assignment():
+                self.started.set()
+            await self._process(batch)
+            if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint.interval_seconds:
+                await self._checkpoint_all()
+            if time.monotonic() - last_log >= 10:
+                self._log_summary("running")
+                last_log = time.monotonic()
+            if self.on_batch is not None:
+                res = self.on_batch(self)
+                if asyncio.iscoroutine(res):
+                    await res
+
+    # -- one batch -----------------------------------------------------------------------------
+    async def _process(self, batch) -> None:
+        pending: list[asyncio.Future] = []
+        commits: dict[TopicPartition, OffsetAndMetadata] = {}
+        send = self.producer.send
+        now_ms = int(time.time() * 1000)
+        outcomes: dict[int, list[Outcome]] = {}
+        for tp, msgs in batch.items():
+            shard = self.shards.get(tp.partition)
+            if shard is None:
+                # fetched before this partition's state was restored, or after it was revoked: never
+                # skip past it. Rewind if still ours (the restore's own seek wins if it comes later).
+                self.counters.not_owned += len(msgs)
+                if tp in self.consumer.assignment():
+                    self.consumer.seek(tp, msgs[0].offset)
+                continue
+            covered = self.covered[tp.partition].get(tp.topic, -1)
+            if msgs[0].offset < covered:  # a re-fetch after a seek: those offsets are in the state already
+                fresh = [m for m in msgs if m.offset >= covered]
+                self.counters.refetched += len(msgs) - len(fresh)
+                msgs = fresh
+                if not msgs:
+                    continue
+            obs = []
+            decode = self.decoder.decode
+            for m in msgs:
+                try:
+                    if m.value is None:
+                        raise EventError("bad_json", "empty record (null value)")
+                    obs.append(decode(m.value))
+                except EventError as exc:
+                    pending.append(await self._dead_letter(exc.reason, exc.detail, m))
+                except Exception as exc:  # a bug must not stop the daemon or lose the record
+                    log.exception("unexpected error decoding %s[%s]@%s", m.topic, m.partition, m.offset)
+                    pending.append(await self._dead_letter("internal_error", repr(exc), m))
+            outcome = shard.apply(obs)
+            outcomes.setdefault(tp.partition, []).append(outcome)
+            self.counters.consumed += len(msgs)
+            self.counters.processed += outcome.processed
+            self.counters.duplicates += outcome.duplicates
+            self.covered[tp.partition][tp.topic] = msgs[-1].offset + 1
+            commits[tp] = OffsetAndMetadata(msgs[-1].offset + 1, "")
+        for p, shard in self.shards.items():
+            if self.live_clock:
+                found = shard.advance(now_ms)
+                if found:
+                    outcomes.setdefault(p, []).append(Outcome(findings=found))
+            for outcome in outcomes.get(p, ()):
+                for f in outcome.findings:
+                    self.counters.findings += 1
+                    pending.append(await send(self.k.findings_topic, _enc.encode(f), key=f.agent.encode()))
+                for stage in self.stages:
+                    for topic, key, value in stage.on_batch(p, shard, outcome, now_ms):
+                        pending.append(await send(topic, value, key=key))
+        if pending:
+            await asyncio.gather(*pending)
+        if commits:
+            self.counters.batches += 1
+            await self.consumer.commit(commits)
+
+    async def _dead_letter(self, reason: str, detail: str, m) -> asyncio.Future:
+        self.counters.dead_lettered += 1
+        self.dlq_reasons[reason] += 1
+        self.counters.dead_letter_reasons = dict(self.dlq_reasons)
+        log.warning("dead-lettered %s[%d]@%d: %s: %s", m.topic, m.partition, m.offset, reason, detail[:200])
+        dl = make_dead_letter(reason, detail, m.topic, m.partition, m.offset, m.key, m.value)
+        return await send_dead_letter(self.producer, self.k.dead_letter_topic, dl, m.key)
+
+    # -- partitions and checkpoints --------------------------------------------------------------
+    def _new_shard(self) -> Shard:
+        return Shard(self.settings.shard_config(), self.categorize if self.categorize else None)
+
+    async def _acquire(self, partitions: set[int]) -> None:
+        fresh = partitions - set(self.shards)
+        if not fresh:
+            return
+        restored = await self.store.read_latest(fresh, self.settings.checkpoint.restore_timeout_seconds)
+        for p in sorted(fresh):
+            r = restored.get(p)
+            if r is not None:
+                snap = msgspec.msgpack.decode(r.blob)
+                self.shards[p] = Shard.restore(snap["shard"], self.settings.shard_config(),
+                                               self.categorize if self.categorize else None)
+                for i, stage in enumerate(self.stages):
+                    stage.restore(p, snap.get("stages", [None] * len(self.stages))[i])
+                self.covered[p] = dict(r.manifest.offsets)
+                self.counters.restored_partitions += 1
+                log.info("partition %d: restored checkpoint gen %d (%d agents) covering %s", p, r.manifest.gen,
+                         len(self.shards[p].agents), r.manifest.offsets)
+            else:
+                self.shards[p] = self._new_shard()
+                for stage in self.stages:
+                    stage.restore(p, None)
+                self.covered[p] = {}
+                log.info("partition %d: no checkpoint; reading its input from the earliest offset", p)
+            for topic in (self.k.payments_topic, self.k.chain_topic):
+                tp = TopicPartition(topic, p)
+                off = self.covered[p].get(topic)
+                if off is None:
+                    await self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, off)
+
+    async def _release(self, partitions: set[int]) -> None:
+        gone = partitions & set(self.shards)
+        if not gone:
+            return
+        for p in sorted(gone):
+            await self._checkpoint(p)
+        await self._commit()
+        for p in gone:
+            self.shards.pop(p, None)
+            self.covered.pop(p, None)
+            for stage in self.stages:
+                stage.drop(p)
+        log.info("released partitions %s", sorted(gone))
+
+    async def _checkpoint(self, p: int) -> None:
+        snap = {"shard": self.shards[p].snapshot(), "stages": [s.snapshot(p) for s in self.stages]}
+        blob = msgspec.msgpack.encode(snap)
+        m = await self.store.write(p, blob, self.covered[p])
+        self.counters.checkpoints += 1
+        log.debug("partition %d: checkpoint gen %d, %d bytes, offsets %s", p, m.gen, m.size, m.offsets)
+
+    async def _checkpoint_all(self) -> None:
+        for p in sorted(self.shards):
+            await self._checkpoint(p)
+        self._last_checkpoint = time.monotonic()
+
+    async def _commit(self) -> None:
+        offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "")
+                   for p, cov in self.covered.items() for t, o in cov.items()}
+        if offsets:
+            try:
+                await self.consumer.commit(offsets)
+            except Exception as exc:  # a commit after a lost membership is harmless: checkpoints rule
+                log.warning("offset commit failed (%r); the checkpoint still covers these offsets", exc)
+
+    # -- views ---------------------------------------------------------------------------------
+    def tracked_agents(self) -> int:
+        return sum(len(s.agents) for s in self.shards.values())
+
+    def _log_summary(self, state: str) -> None:
+        c = self.counters
+        log.info("%s: consumed=%d processed=%d dead_lettered=%d duplicates=%d findings=%d agents=%d "
+                 "partitions=%s checkpoints=%d", state, c.consumed, c.processed, c.dead_lettered, c.duplicates,
+                 c.findings, self.tracked_agents(), sorted(self.shards), c.checkpoints)

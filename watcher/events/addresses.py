@@ -1,0 +1,55 @@
+"""EVM address and hash normalisation.
+
+Addresses are returned in EIP-55 checksum form. A mixed-case input must carry a valid checksum; an
+all-lower or all-upper one is accepted and checksummed. Results are cached because the same wallets and
+merchants recur in every batch (keccak per event would dominate the decode cost).
+"""
+
+from __future__ import annotations
+
+from eth_utils import is_checksum_address, to_checksum_address
+
+from watcher.errors import EventError
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+_CACHE_MAX = 200_000
+
+
+class AddressBook:
+    """A bounded cache of validated addresses: input text -> checksum text."""
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: dict[str, str] = {}
+
+    def checksum(self, text: str, field: str) -> str:
+        hit = self._cache.get(text)
+        if hit is not None:
+            return hit
+        if len(text) != 42 or not text.startswith("0x") or not _HEX.issuperset(text[2:]):
+            raise EventError("bad_address", f"{field}={text[:60]!r} is not a 0x-prefixed 20-byte hex address")
+        body = text[2:]
+        if body != body.lower() and body != body.upper() and not is_checksum_address(text):
+            raise EventError("bad_address", f"{field}={text!r} has a wrong EIP-55 checksum")
+        out = to_checksum_address(text)
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[text] = out
+        return out
+
+
+def tx_hash(text: str, field: str = "transaction") -> str:
+    """A 32-byte hash as lowercase 0x hex."""
+    if len(text) != 66 or not text.startswith("0x") or not _HEX.issuperset(text[2:]):
+        raise EventError("bad_hash", f"{field}={text[:80]!r} is not a 0x-prefixed 32-byte hex hash")
+    return text.lower()
+
+
+def address_key(checksum_address: str) -> bytes:
+    """The 20 raw bytes of an address, used as a compact index key."""
+    return bytes.fromhex(checksum_address[2:])
+
+
+def key_address(key: bytes) -> str:
+    return to_checksum_address("0x" + key.hex())

@@ -1,0 +1,160 @@
+"""bytes -> validated Observation, or an EventError with a stable reason code.
+
+Reason codes (the dead-letter topic's `reason` and the metric label):
+    too_large, bad_json, bad_schema, bad_version, bad_address, bad_hash, bad_amount,
+    unknown_network, bad_time, missing_field, amount_too_large
+
+Amounts are validated as the protocol allows (decimal strings below 2^256); the windows hold int64, so
+an amount of 2^62 base units or more (4.6e12 USDC, far above the token's whole supply) is refused as
+amount_too_large rather than wrapped or rounded.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import msgspec
+
+from watcher.errors import EventError
+from watcher.events.addresses import AddressBook, tx_hash
+from watcher.events.networks import Networks
+from watcher.events.observation import Kind, Observation
+from watcher.events.wire import ChainTransfer, SettleRecord, VerifyRecord, decode_wire
+from watcher.money import MAX_UINT256
+
+REASONS = ("too_large", "bad_json", "bad_schema", "bad_version", "bad_address", "bad_hash",
+           "bad_amount", "unknown_network", "bad_time", "missing_field", "amount_too_large")
+MAX_TRACKED_AMOUNT = 2**62
+
+
+def parse_amount(text: str | int | None, field: str) -> int:
+    """A non-negative integer below 2^256 written as a decimal string."""
+    if text is None:
+        raise EventError("missing_field", f"{field} is missing")
+    if isinstance(text, bool) or not isinstance(text, str) or not text.isdigit() or not text.isascii():
+        raise EventError("bad_amount", f"{field}={str(text)[:80]!r} is not a decimal string of base units")
+    if len(text) > 78:
+        raise EventError("bad_amount", f"{field} has {len(text)} digits; must be below 2^256")
+    value = int(text)
+    if value >= MAX_UINT256:
+        raise EventError("bad_amount", f"{field} is not below 2^256")
+    return value
+
+
+def _epoch_ms(dt: datetime, field: str) -> int:
+    if dt.tzinfo is None:
+        raise EventError("bad_time", f"{field} has no UTC offset; write it as RFC 3339 with 'Z'")
+    return int(dt.timestamp() * 1000)
+
+
+class Decoder:
+    """Validates records against the protocol and local limits. One per consumer; not thread-safe.
+
+    max_future_skew_ms: a record stamped further than this past `clock()` is refused as bad_time
+    (a wrong facilitator clock would otherwise age every window). None disables the check (replay).
+    """
+
+    def __init__(self, *, max_event_bytes: int = 16_384, max_future_skew_ms: int | None = 300_000,
+                 extra_chain_ids: frozenset[int] = frozenset(), clock=time.time) -> None:
+        self.max_event_bytes = max_event_bytes
+        self.max_future_skew_ms = max_future_skew_ms
+        self.networks = Networks(extra_chain_ids)
+        self.addresses = AddressBook()
+        self._clock = clock
+
+    def decode(self, raw: bytes) -> Observation:
+        if len(raw) > self.max_event_bytes:
+            raise EventError("too_large", f"{len(raw)} bytes > events.max_event_bytes={self.max_event_bytes}")
+        try:
+            rec = decode_wire(raw)
+        except msgspec.ValidationError as exc:
+            raise EventError("bad_schema", str(exc)[:300]) from None
+        except msgspec.DecodeError as exc:
+            raise EventError("bad_json", str(exc)[:300]) from None
+        if type(rec) is ChainTransfer:
+            obs = self._transfer(rec)
+        else:
+            obs = self._facilitator(rec)
+        if obs.amount >= MAX_TRACKED_AMOUNT:
+            raise EventError("amount_too_large", f"{obs.amount} base units >= 2^62: larger than any real "
+                             "token supply; refused rather than rounded")
+        if self.max_future_skew_ms is not None and obs.ts_ms > self._clock() * 1000 + self.max_future_skew_ms:
+            raise EventError("bad_time", f"observedAt is {(obs.ts_ms - self._clock() * 1000) / 1000:.0f} s in "
+                             "the future (events.max_future_skew_seconds)")
+        return obs
+
+    # -- facilitator records -------------------------------------------------------------------
+    def _facilitator(self, rec: SettleRecord | VerifyRecord) -> Observation:
+        book = self.addresses
+        pp, req = rec.paymentPayload, rec.paymentRequirements
+        if pp.x402Version != rec.x402Version:
+            raise EventError("bad_version", f"x402Version {rec.x402Version} but paymentPayload says "
+                             f"{pp.x402Version}")
+        if rec.x402Version == 2:
+            required_text, resource = req.amount, (pp.resource.url if pp.resource else req.resource)
+            if required_text is None:
+                raise EventError("missing_field", "paymentRequirements.amount is required in x402 v2")
+        else:
+            required_text, resource = req.maxAmountRequired, req.resource
+            if required_text is None:
+                raise EventError("missing_field", "paymentRequirements.maxAmountRequired is required in x402 v1")
+        network, chain_id = self.networks.resolve(req.network)
+        required = parse_amount(required_text, "paymentRequirements.amount")
+        auth = pp.payload.authorization
+        merchant = book.checksum(req.payTo, "paymentRequirements.payTo")
+        asset = book.checksum(req.asset, "paymentRequirements.asset")
+        ts = _epoch_ms(rec.observedAt, "observedAt")
+        if type(rec) is SettleRecord:
+            resp = rec.settleResponse
+            payer_text = resp.payer or (auth.from_ if auth else None)
+            if payer_text is None:
+                raise EventError("missing_field", "settleResponse.payer and authorization.from are both missing")
+            agent = book.checksum(payer_text, "payer")
+            if resp.success:
+                tx = tx_hash(resp.transaction, "settleResponse.transaction")
+                if resp.amount is not None:
+                    amount = parse_amount(resp.amount, "settleResponse.amount")
+                elif auth is not None:
+                    amount = parse_amount(auth.value, "authorization.value")
+                else:
+                    amount = required
+            else:
+                tx = tx_hash(resp.transaction, "settleResponse.transaction") if resp.transaction else None
+                amount = parse_amount(auth.value, "authorization.value") if auth is not None else required
+            return Observation(Kind.SETTLE, rec.id, rec.id, ts, agent, merchant, amount, chain_id, network,
+                               asset, "settled" if resp.success else "failed", tx, resource,
+                               resp.errorReason, rec.facilitator, required_amount=required,
+                               nonce=auth.nonce if auth else None)
+        resp = rec.verifyResponse
+        payer_text = resp.payer or (auth.from_ if auth else None)
+        if payer_text is None:
+            raise EventError("missing_field", "verifyResponse.payer and authorization.from are both missing")
+        agent = book.checksum(payer_text, "payer")
+        amount = parse_amount(auth.value, "authorization.value") if auth is not None else required
+        return Observation(Kind.VERIFY, rec.id, rec.id, ts, agent, merchant, amount, chain_id, network, asset,
+                           "valid" if resp.isValid else "invalid", None, resource, resp.invalidReason,
+                           rec.facilitator, required_amount=required, nonce=auth.nonce if auth else None)
+
+    # -- chain records -------------------------------------------------------------------------
+    def _transfer(self, rec: ChainTransfer) -> Observation:
+        book = self.addresses
+        if rec.chainId not in self.networks.chain_ids:
+            raise EventError("unknown_network", f"chainId {rec.chainId} is not configured; add it to "
+                             "events.extra_chain_ids")
+        if rec.logIndex < 0 or rec.blockNumber < 0:
+            raise EventError("bad_schema", "logIndex and blockNumber must be non-negative")
+        sender = book.checksum(rec.from_, "from")
+        agent = book.checksum(rec.authorizer, "authorizer") if rec.authorizer else sender
+        ts_dt = rec.blockTime or rec.observedAt
+        block_hash = tx_hash(rec.blockHash, "blockHash")
+        return Observation(
+            Kind.TRANSFER, rec.id, f"{rec.id}|{rec.status}|{block_hash}", _epoch_ms(ts_dt, "blockTime"),
+            agent, book.checksum(rec.to, "to"), parse_amount(rec.value, "value"), rec.chainId,
+            f"eip155:{rec.chainId}", book.checksum(rec.token, "token"), rec.status,
+            tx_hash(rec.txHash, "txHash"), None, None, "chain", rec.blockNumber, block_hash, rec.logIndex,
+            rec.nonce)
+
+
+def utc_now_ms() -> int:
+    return int(datetime.now(timezone.utc).timestamp() * 1000)

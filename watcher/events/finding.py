@@ -1,0 +1,30 @@
+"""Findings of the settle/transfer join, published to the topic `watcher.findings`.
+
+    {"type": "finding", "id": "<kind>:<chainId>:<tx>", "kind": "unsettled" | "shadow_spend" |
+     "amount_mismatch", "agent": "0x...", "merchant": "0x...", "chainId": 8453, "tx": "0x...",
+     "settledAmount": "1000" | null, "transferredAmount": "990" | null, "observedAt": "...Z",
+     "eventIds": ["..."], "detail": "..."}
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+FindingKind = Literal["unsettled", "shadow_spend", "amount_mismatch"]
+
+
+class Finding(msgspec.Struct, frozen=True, tag_field="type", tag="finding"):
+    id: str
+    kind: FindingKind
+    agent: str
+    merchant: str
+    chainId: int
+    tx: str
+    observedAt: datetime
+    settledAmount: str | None = None
+    transferredAmount: str | None = None
+    eventIds: list[str] = []
+    detail: str = ""

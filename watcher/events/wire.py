@@ -1,0 +1,151 @@
+"""The JSON records on the Kafka topics, as frozen msgspec Structs.
+
+`x402.settle` / `x402.verify` (topic x402.payments) carry a facilitator's own request body and its
+response unchanged, plus an id, a time and the facilitator's name. Fields of protocol v1 and v2 live in
+one Struct each (the version decides which must be present; see `watcher.events.decode`). Only the
+fields spendwatch reads are declared: the rest (signature, `accepted`, `extra`, ...) is skipped by the
+parser, so newer SDKs with extra fields still decode and decoding stays cheap.
+
+`chain.transfer` (topic x402.chain) is published by the chain bridge:
+
+    {"type": "chain.transfer", "id": "8453:0x<tx hash>:<log index>", "observedAt": "...Z",
+     "chainId": 8453, "token": "0x...", "from": "0x...", "to": "0x...", "value": "1000000",
+     "txHash": "0x...", "logIndex": 7, "blockNumber": 123, "blockHash": "0x...",
+     "blockTime": "...Z" | null, "authorizer": "0x..." | null, "nonce": "0x<32 bytes>" | null,
+     "status": "pending" | "confirmed" | "reverted", "confirmations": 0}
+
+`id` is stable across status updates; a status update is a new record with the same id.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+Str200 = Annotated[str, Meta(max_length=200)]
+Str2k = Annotated[str, Meta(max_length=2048)]
+Hex = Annotated[str, Meta(max_length=200)]
+
+
+class Authorization(Struct, frozen=True, rename={"from_": "from"}):
+    """EIP-3009 authorization of the x402 "exact" EVM scheme."""
+
+    from_: Hex
+    to: Hex
+    value: Str200
+    validAfter: Str200 | int | None = None
+    validBefore: Str200 | int | None = None
+    nonce: Hex | None = None
+
+
+class SchemePayload(Struct, frozen=True):
+    """The scheme's payload; only the EIP-3009 authorization is read (the signature is not kept)."""
+
+    authorization: Authorization | None = None
+
+
+class ResourceInfo(Struct, frozen=True):
+    url: Str2k
+    description: str | None = None
+    mimeType: str | None = None
+
+
+class Requirements(Struct, frozen=True):
+    """PaymentRequirements of v2 (`amount`) or v1 (`maxAmountRequired`, `resource`)."""
+
+    scheme: Str200
+    network: Str200
+    payTo: Hex
+    asset: Hex
+    amount: Str200 | None = None
+    maxAmountRequired: Str200 | None = None
+    resource: Str2k | None = None
+
+
+class PaymentPayload(Struct, frozen=True):
+    """PaymentPayload of v2 (`accepted`, `resource`) or v1 (`scheme`, `network`)."""
+
+    x402Version: int
+    payload: SchemePayload
+    resource: ResourceInfo | None = None
+    scheme: Str200 | None = None
+    network: Str200 | None = None
+
+
+class SettleResponse(Struct, frozen=True):
+    success: bool
+    transaction: Hex = ""
+    network: Str200 = ""
+    payer: Hex | None = None
+    errorReason: Str200 | None = None
+    amount: Str200 | None = None
+
+
+class VerifyResponse(Struct, frozen=True):
+    isValid: bool
+    invalidReason: Str200 | None = None
+    payer: Hex | None = None
+
+
+class _FacilitatorRecord(Struct, frozen=True, tag_field="type"):
+    """What a facilitator saw: its request body (payload + requirements) plus an id, a time and its name."""
+
+    id: Str200
+    observedAt: datetime
+    facilitator: Str200
+    x402Version: Literal[1, 2]
+    paymentPayload: PaymentPayload
+    paymentRequirements: Requirements
+
+
+class SettleRecord(_FacilitatorRecord, frozen=True, tag="x402.settle"):
+    settleResponse: SettleResponse
+
+
+class VerifyRecord(_FacilitatorRecord, frozen=True, tag="x402.verify"):
+    verifyResponse: VerifyResponse
+
+
+TransferStatus = Literal["pending", "confirmed", "reverted"]
+
+
+class ChainTransfer(Struct, frozen=True, tag_field="type", tag="chain.transfer",
+                    rename={"from_": "from"}):
+    id: Str200
+    observedAt: datetime
+    chainId: int
+    token: Hex
+    from_: Hex
+    to: Hex
+    value: Str200
+    txHash: Hex
+    logIndex: int
+    blockNumber: int
+    blockHash: Hex
+    status: TransferStatus
+    blockTime: datetime | None = None
+    authorizer: Hex | None = None
+    nonce: Hex | None = None
+    confirmations: int = 0
+
+
+WireRecord = SettleRecord | VerifyRecord | ChainTransfer
+
+_decoder = msgspec.json.Decoder(WireRecord)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_wire(raw: bytes) -> WireRecord:
+    """Parse one record; raises msgspec.ValidationError / DecodeError."""
+    return _decoder.decode(raw)
+
+
+def encode_wire(record: WireRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def chain_transfer_id(chain_id: int, tx_hash: str, log_index: int) -> str:
+    return f"{chain_id}:{tx_hash.lower()}:{log_index}"

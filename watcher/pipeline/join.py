@@ -1,0 +1,160 @@
+"""Join of facilitator settles and on-chain transfers: one payment, counted once.
+
+A payment is keyed by chain id and transaction hash. Whatever arrives first counts; the chain is the
+authority once it speaks: the counted amount is the sum of the transaction's live transfers (pending or
+confirmed) when any transfer record was seen, else the settled amount. A transfer published `reverted`
+(a reorg dropped its block) un-counts it; a replacement in a new block counts it again. Every change is
+returned as a delta against the payment's first-seen time, so windows stay exact.
+
+Findings, each reported once per payment:
+  amount_mismatch  a settled amount differs from the confirmed transferred amount
+  shadow_spend     a confirmed transfer no facilitator reported within `shadow_grace_ms`
+  unsettled        a successful settle with no confirmed transfer within `unsettled_after_ms`
+                   (only for chains whose bridge is running, i.e. that sent any transfer record)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime, timezone
+
+import msgspec
+
+from watcher.events.finding import Finding
+from watcher.events.observation import Kind, Observation
+from watcher.pipeline.dedupe import Generations
+
+MISMATCH, SHADOW, UNSETTLED = 1, 2, 4
+
+
+class Payment(msgspec.Struct, array_like=True, gc=False):
+    agent: str
+    merchant: str
+    ts_ms: int
+    chain_id: int
+    tx: str
+    category: str | None = None
+    counted: int = 0
+    counted_n: int = 0
+    settle_amount: int | None = None
+    settle_id: str | None = None
+    transfers: tuple[tuple[int, int, str, str], ...] = ()   # (log index, amount, status, event id)
+    reported: int = 0                    # bitmask of findings already emitted
+
+
+class Delta(msgspec.Struct, array_like=True, frozen=True):
+    agent: str
+    category: str | None
+    ts_ms: int
+    amount: int
+    count: int
+    event_id: str
+
+
+def _iso(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+class Join:
+    def __init__(self, horizon_ms: int, max_entries: int, shadow_grace_ms: int = 120_000,
+                 unsettled_after_ms: int = 300_000) -> None:
+        self.payments: Generations[Payment] = Generations(horizon_ms, max_entries)
+        self.shadow_grace_ms = shadow_grace_ms
+        self.unsettled_after_ms = unsettled_after_ms
+        self.deadlines: deque[tuple[int, str]] = deque()
+        self.chains_seen: set[int] = set()
+
+    def apply(self, obs: Observation, category: str | None, now_ms: int) -> tuple[Delta | None, list[Finding]]:
+        """Fold one spend observation (a successful settle or a transfer) into its payment."""
+        key = f"{obs.chain_id}:{obs.tx}"
+        p = self.payments.get(key)
+        if p is None:
+            p = Payment(obs.agent, obs.merchant, obs.ts_ms, obs.chain_id, obs.tx, category)
+            self.payments.put(key, p)
+        elif p.category is None and category is not None:
+            p.category = category
+        if obs.kind == Kind.SETTLE:
+            if p.settle_amount is None:
+                p.settle_amount, p.settle_id = obs.amount, obs.event_id
+                if not p.transfers:
+                    self.deadlines.append((now_ms + self.unsettled_after_ms, key))
+        else:
+            self.chains_seen.add(obs.chain_id)
+            li = obs.log_index or 0
+            p.transfers = tuple(t for t in p.transfers if t[0] != li) + ((li, obs.amount, obs.status,
+                                                                          obs.event_id),)
+            if obs.status == "confirmed" and p.settle_amount is None:
+                self.deadlines.append((now_ms + self.shadow_grace_ms, key))
+        findings = self._mismatch(p, key, now_ms)
+        return self._recount(p, obs.event_id), findings
+
+    def _recount(self, p: Payment, event_id: str) -> Delta | None:
+        if p.transfers:
+            live = [t[1] for t in p.transfers if t[2] != "reverted"]
+            amount, n = sum(live), (1 if live else 0)
+        else:
+            amount, n = (p.settle_amount or 0), 1
+        d_amount, d_n = amount - p.counted, n - p.counted_n
+        if d_amount == 0 and d_n == 0:
+            return None
+        p.counted, p.counted_n = amount, n
+        return Delta(p.agent, p.category, p.ts_ms, d_amount, d_n, event_id)
+
+    def _confirmed_amount(self, p: Payment) -> int | None:
+        confirmed = [t[1] for t in p.transfers if t[2] == "confirmed"]
+        return sum(confirmed) if confirmed else None
+
+    def _mismatch(self, p: Payment, key: str, now_ms: int) -> list[Finding]:
+        if p.reported & MISMATCH or p.settle_amount is None or not p.transfers:
+            return []
+        got = self._confirmed_amount(p)
+        if got is None or got == p.settle_amount:
+            return []
+        p.reported |= MISMATCH
+        return [self._finding("amount_mismatch", p, now_ms,
+                              f"facilitator settled {p.settle_amount} base units, chain transferred {got}")]
+
+    def sweep(self, now_ms: int) -> list[Finding]:
+        """Findings whose deadline passed by `now_ms` (event time)."""
+        out: list[Finding] = []
+        dl = self.deadlines
+        while dl and dl[0][0] <= now_ms:
+            _, key = dl.popleft()
+            p = self.payments.current.get(key) or self.payments.previous.get(key)
+            if p is None:
+                continue
+            confirmed = self._confirmed_amount(p)
+            if p.settle_amount is None and confirmed is not None and not p.reported & SHADOW:
+                p.reported |= SHADOW
+                out.append(self._finding("shadow_spend", p, now_ms,
+                                         f"confirmed transfer of {confirmed} base units with no facilitator "
+                                         "settle record"))
+            elif (p.settle_amount is not None and confirmed is None and not p.reported & UNSETTLED
+                  and p.chain_id in self.chains_seen):
+                p.reported |= UNSETTLED
+                out.append(self._finding("unsettled", p, now_ms,
+                                         f"settled {p.settle_amount} base units but no confirmed transfer "
+                                         f"after {self.unsettled_after_ms // 1000} s"))
+        return out
+
+    def _finding(self, kind: str, p: Payment, now_ms: int, detail: str) -> Finding:
+        got = self._confirmed_amount(p)
+        ids = ([p.settle_id] if p.settle_id else []) + [t[3] for t in p.transfers]
+        return Finding(f"{kind}:{p.chain_id}:{p.tx}", kind, p.agent, p.merchant, p.chain_id, p.tx, _iso(now_ms),
+                       None if p.settle_amount is None else str(p.settle_amount),
+                       None if got is None else str(got), ids, detail)
+
+    def tick(self, now_ms: int) -> None:
+        self.payments.tick(now_ms)
+
+    def __len__(self) -> int:
+        return len(self.payments)
+
+    def snapshot(self) -> dict:
+        return {"payments": self.payments.snapshot(), "deadlines": list(self.deadlines),
+                "chains_seen": sorted(self.chains_seen)}
+
+    def restore(self, snap: dict) -> None:
+        self.payments.restore(snap["payments"], lambda v: msgspec.convert(v, Payment))
+        self.deadlines = deque((int(a), b) for a, b in snap["deadlines"])
+        self.chains_seen = set(snap["chains_seen"])

@@ -1,0 +1,158 @@
+"""The state of one input partition and the pure stage that folds a batch into it.
+
+dedupe -> join (settle + transfer = one payment) -> rolling windows per agent and per agent+category.
+No I/O here: the async shell hands in validated Observations and gets an Outcome back.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import msgspec
+import numpy as np
+
+from watcher.events.finding import Finding
+from watcher.events.observation import Observation
+from watcher.pipeline.dedupe import Seen
+from watcher.pipeline.join import Delta, Join
+from watcher.pipeline.windows import DEFAULT_WINDOWS, Windows, WindowSpec
+
+Categorize = Callable[[str, "str | None"], "str | None"]
+CATEGORY_SEP = b"|"
+
+
+class ShardConfig(msgspec.Struct, frozen=True):
+    windows: tuple[WindowSpec, ...] = DEFAULT_WINDOWS
+    dedupe_horizon_ms: int = 26 * 3600 * 1000
+    dedupe_max_entries: int = 2_000_000
+    shadow_grace_ms: int = 120_000
+    unsettled_after_ms: int = 300_000
+
+
+class Outcome(msgspec.Struct):
+    """What one batch did. `processed` counts every observation handed in (duplicates included)."""
+
+    processed: int = 0
+    duplicates: int = 0
+    deltas: list[Delta] = []
+    signals: list[Observation] = []
+    findings: list[Finding] = []
+
+
+class Stats(msgspec.Struct):
+    processed: int = 0
+    duplicates: int = 0
+    counted: int = 0
+    uncounted: int = 0
+    signals: int = 0
+    findings: int = 0
+
+
+def agent_key(address: str) -> bytes:
+    return bytes.fromhex(address[2:])
+
+
+def category_key(address: str, category: str) -> bytes:
+    return bytes.fromhex(address[2:]) + CATEGORY_SEP + category.encode()
+
+
+class Shard:
+    def __init__(self, config: ShardConfig = ShardConfig(), categorize: Categorize | None = None) -> None:
+        self.config = config
+        self.categorize = categorize or (lambda merchant, resource: None)
+        self.seen = Seen(config.dedupe_horizon_ms, config.dedupe_max_entries)
+        self.join = Join(config.dedupe_horizon_ms, config.dedupe_max_entries, config.shadow_grace_ms,
+                         config.unsettled_after_ms)
+        self.agents = Windows(config.windows)
+        self.categories = Windows(config.windows)
+        self.stats = Stats()
+        self.watermark_ms = 0
+
+    def apply(self, batch: list[Observation]) -> Outcome:
+        out = Outcome(processed=len(batch))
+        seen, join, categorize = self.seen, self.join, self.categorize
+        agent_row, cat_row = self.agents.row, self.categories.row
+        wm = self.watermark_ms
+        a_rows: list[int] = []
+        c_rows: list[int] = []
+        deltas = out.deltas
+        for obs in batch:
+            if obs.ts_ms > wm:
+                wm = obs.ts_ms
+            if not seen.first_time(obs.dedupe_key, wm):
+                out.duplicates += 1
+                continue
+            if obs.tx is not None and obs.is_spend:
+                delta, found = join.apply(obs, categorize(obs.merchant, obs.resource), wm)
+                if found:
+                    out.findings.extend(found)
+                if delta is not None:
+                    deltas.append(delta)
+                    a_rows.append(agent_row(bytes.fromhex(delta.agent[2:])))
+                    if delta.category is not None:
+                        c_rows.append(cat_row(category_key(delta.agent, delta.category)))
+            else:
+                out.signals.append(obs)
+        self.watermark_ms = wm
+        if deltas:
+            ts = np.fromiter((d.ts_ms for d in deltas), np.int64, len(deltas))
+            amounts = np.fromiter((d.amount for d in deltas), np.int64, len(deltas))
+            counts = np.fromiter((d.count for d in deltas), np.int32, len(deltas))
+            self.agents.add(np.array(a_rows, np.int64), ts, amounts, counts)
+            if c_rows:
+                has = np.fromiter((d.category is not None for d in deltas), bool, len(deltas))
+                self.categories.add(np.array(c_rows, np.int64), ts[has], amounts[has], counts[has])
+        self.agents.advance(wm)
+        self.categories.advance(wm)
+        out.findings.extend(join.sweep(wm))
+        seen.tick(wm)
+        join.tick(wm)
+        st = self.stats
+        st.processed += out.processed
+        st.duplicates += out.duplicates
+        st.signals += len(out.signals)
+        st.findings += len(out.findings)
+        for d in deltas:
+            if d.count >= 0:
+                st.counted += d.count
+            else:
+                st.uncounted -= d.count
+        return out
+
+    def advance(self, now_ms: int) -> list[Finding]:
+        """Move the clock with no event (idle partitions still age and sweep)."""
+        if now_ms <= self.watermark_ms:
+            return []
+        self.watermark_ms = now_ms
+        self.agents.advance(now_ms)
+        self.categories.advance(now_ms)
+        found = self.join.sweep(now_ms)
+        self.stats.findings += len(found)
+        self.seen.tick(now_ms)
+        self.join.tick(now_ms)
+        return found
+
+    # -- queries -------------------------------------------------------------------------------
+    def agent_totals(self, address: str, now_ms: int | None = None) -> tuple[list[int], list[int]]:
+        return self.agents.total(agent_key(address), now_ms)
+
+    def category_totals(self, address: str, category: str, now_ms: int | None = None):
+        return self.categories.total(category_key(address, category), now_ms)
+
+    # -- checkpoint ----------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        return {"v": 1, "watermark_ms": self.watermark_ms, "seen": self.seen.snapshot(),
+                "join": self.join.snapshot(), "agents": self.agents.snapshot(),
+                "categories": self.categories.snapshot(), "stats": msgspec.to_builtins(self.stats)}
+
+    @classmethod
+    def restore(cls, snap: dict, config: ShardConfig = ShardConfig(),
+                categorize: Categorize | None = None) -> "Shard":
+        self = cls(config, categorize)
+        self.watermark_ms = snap["watermark_ms"]
+        self.seen.restore(snap["seen"])
+        self.join.restore(snap["join"])
+        self.agents = Windows.restore(snap["agents"])
+        self.categories = Windows.restore(snap["categories"])
+        self.stats = msgspec.convert(snap["stats"], Stats)
+        return self

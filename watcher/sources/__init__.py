@@ -1,0 +1,1 @@
+"""I/O at the edge: Kafka clients, the dead-letter topic, checkpoints."""

@@ -1,0 +1,82 @@
+"""aiokafka clients built from settings, and topic creation.
+
+Producers use acks="all" without idempotence (the Tansu broker refuses InitProducerId; on real Kafka the
+effects downstream are idempotent by record id anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from watcher.config import KafkaSettings
+from watcher.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+def producer(k: KafkaSettings, **extra) -> AIOKafkaProducer:
+    opts = dict(bootstrap_servers=k.bootstrap, client_id=f"{k.client_id}-producer", acks="all",
+                enable_idempotence=False, linger_ms=5, max_batch_size=512 * 1024,
+                max_request_size=2 * 1024 * 1024, request_timeout_ms=30_000)
+    opts.update(extra)
+    return AIOKafkaProducer(**opts)
+
+
+def group_consumer(k: KafkaSettings, **extra) -> AIOKafkaConsumer:
+    """Consumer in the daemon's group. RangePartitionAssignor gives partition p of both input topics to
+    the same member, so one shard owns one wallet range across facilitator and chain records."""
+    opts = dict(bootstrap_servers=k.bootstrap, group_id=k.group, client_id=f"{k.client_id}-consumer",
+                enable_auto_commit=False, auto_offset_reset="earliest",
+                partition_assignment_strategy=(RangePartitionAssignor,),
+                session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
+                max_poll_records=k.max_batch, fetch_max_bytes=16 * 1024 * 1024,
+                max_partition_fetch_bytes=4 * 1024 * 1024)
+    opts.update(extra)
+    return AIOKafkaConsumer(**opts)
+
+
+async def ensure_topics(k: KafkaSettings, *, timeout_s: float = 30.0) -> None:
+    """Create the topics spendwatch uses if they are missing; check the input topics' partition counts."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap, client_id=f"{k.client_id}-admin",
+                                request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except (KafkaConnectionError, asyncio.TimeoutError) as exc:
+        raise BrokerError(f"cannot reach Kafka at {k.bootstrap!r}: {exc!r}; check kafka.bootstrap / "
+                          "--bootstrap, or leave it empty for the embedded broker") from None
+    try:
+        existing = set(await admin.list_topics())
+        wanted = {k.payments_topic: k.partitions, k.chain_topic: k.partitions,
+                  k.dead_letter_topic: k.partitions, k.findings_topic: k.partitions,
+                  k.decisions_topic: k.partitions, k.checkpoint_topic: 1}
+        missing = [NewTopic(t, n, k.replication_factor) for t, n in wanted.items() if t not in existing]
+        if missing and k.create_topics:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+        elif missing:
+            raise BrokerError(f"topics missing and kafka.create_topics is false: "
+                              f"{', '.join(t.name for t in missing)}")
+        meta = await admin.describe_topics([k.payments_topic, k.chain_topic])
+        counts = {m["topic"]: len(m["partitions"]) for m in meta}
+        if len(set(counts.values())) > 1:
+            raise BrokerError(f"input topics must have the same number of partitions (both are keyed by "
+                              f"payer wallet and partition p of each belongs to one shard): {counts}")
+    finally:
+        await admin.close()
+
+
+async def input_partition_count(consumer: AIOKafkaConsumer, topic: str) -> int:
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic)
+    return len(parts or ())
