@@ -33,21 +33,23 @@ def build_records(n_payments: int, seed: int = 3) -> list[tuple[str, bytes, byte
     return fleet.events(n_payments, int(time.time() * 1000) - 6 * 3_600_000, rate_per_s=2_000)
 
 
-def bench_inproc(records: list[tuple[str, bytes, bytes]], batch: int = 5_000) -> dict:
+def bench_inproc(records: list[tuple[str, bytes, bytes]], batch: int = 5_000, repeats: int = 3) -> dict:
+    """Best of `repeats` passes, in CPU time of this process (the machine is shared: wall time is noisy)."""
     raws = [v for _, _, v in records]
-    dec = Decoder(max_future_skew_ms=None)
-    shard = Shard()
-    gc.collect()
-    t0 = time.perf_counter()
-    for i in range(0, len(raws), batch):
-        obs = [dec.decode(r) for r in raws[i: i + batch]]
-        shard.apply(obs)
-    dt = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for r in raws:
-        dec.decode(r)
-    dt_decode = time.perf_counter() - t0
-    return {"inproc_events_per_s": len(raws) / dt, "inproc_decode_only_events_per_s": len(raws) / dt_decode,
+    best = best_decode = float("inf")
+    for _ in range(repeats):
+        dec = Decoder(max_future_skew_ms=None)
+        shard = Shard()
+        gc.collect()
+        t0 = time.process_time()
+        for i in range(0, len(raws), batch):
+            shard.apply([dec.decode(r) for r in raws[i: i + batch]])
+        best = min(best, time.process_time() - t0)
+        t0 = time.process_time()
+        for r in raws:
+            dec.decode(r)
+        best_decode = min(best_decode, time.process_time() - t0)
+    return {"inproc_events_per_s": len(raws) / best, "inproc_decode_only_events_per_s": len(raws) / best_decode,
             "inproc_events": len(raws), "inproc_record_bytes_avg": sum(map(len, raws)) / len(raws)}
 
 

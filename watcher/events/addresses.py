@@ -7,11 +7,14 @@ merchants recur in every batch (keccak per event would dominate the decode cost)
 
 from __future__ import annotations
 
+import re
+
 from eth_utils import is_checksum_address, to_checksum_address
 
 from watcher.errors import EventError
 
-_HEX = frozenset("0123456789abcdefABCDEF")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}\Z").match
+_HASH = re.compile(r"0x[0-9a-fA-F]{64}\Z").match
 _CACHE_MAX = 200_000
 
 
@@ -27,7 +30,7 @@ class AddressBook:
         hit = self._cache.get(text)
         if hit is not None:
             return hit
-        if len(text) != 42 or not text.startswith("0x") or not _HEX.issuperset(text[2:]):
+        if not _ADDRESS(text):
             raise EventError("bad_address", f"{field}={text[:60]!r} is not a 0x-prefixed 20-byte hex address")
         body = text[2:]
         if body != body.lower() and body != body.upper() and not is_checksum_address(text):
@@ -41,7 +44,7 @@ class AddressBook:
 
 def tx_hash(text: str, field: str = "transaction") -> str:
     """A 32-byte hash as lowercase 0x hex."""
-    if len(text) != 66 or not text.startswith("0x") or not _HEX.issuperset(text[2:]):
+    if not _HASH(text):
         raise EventError("bad_hash", f"{field}={text[:80]!r} is not a 0x-prefixed 32-byte hex hash")
     return text.lower()
 

@@ -42,6 +42,13 @@ def parse_amount(text: str | int | None, field: str) -> int:
     return value
 
 
+def _amount(text, field: str) -> int:
+    """parse_amount's fast path: a short plain decimal string."""
+    if text.__class__ is str and text.isdigit() and text.isascii() and len(text) < 19:
+        return int(text)
+    return parse_amount(text, field)
+
+
 def _epoch_ms(dt: datetime, field: str) -> int:
     if dt.tzinfo is None:
         raise EventError("bad_time", f"{field} has no UTC offset; write it as RFC 3339 with 'Z'")
@@ -61,6 +68,8 @@ class Decoder:
         self.max_future_skew_ms = max_future_skew_ms
         self.networks = Networks(extra_chain_ids)
         self.addresses = AddressBook()
+        self._addr = self.addresses._cache
+        self._places: dict[tuple[str, str, str], tuple[str, str, str, int]] = {}
         self._clock = clock
 
     def decode(self, raw: bytes) -> Observation:
@@ -85,56 +94,61 @@ class Decoder:
         return obs
 
     # -- facilitator records -------------------------------------------------------------------
+    def _place(self, req) -> tuple[str, str, str, int]:
+        """(merchant, asset, network, chain id) of requirements; cached, the same few recur."""
+        key = (req.payTo, req.asset, req.network)
+        hit = self._places.get(key)
+        if hit is None:
+            book = self.addresses
+            network, chain_id = self.networks.resolve(req.network)
+            hit = (book.checksum(req.payTo, "paymentRequirements.payTo"),
+                   book.checksum(req.asset, "paymentRequirements.asset"), network, chain_id)
+            if len(self._places) >= 100_000:
+                self._places.clear()
+            self._places[key] = hit
+        return hit
+
     def _facilitator(self, rec: SettleRecord | VerifyRecord) -> Observation:
-        book = self.addresses
         pp, req = rec.paymentPayload, rec.paymentRequirements
-        if pp.x402Version != rec.x402Version:
-            raise EventError("bad_version", f"x402Version {rec.x402Version} but paymentPayload says "
-                             f"{pp.x402Version}")
-        if rec.x402Version == 2:
+        version = rec.x402Version
+        if pp.x402Version != version:
+            raise EventError("bad_version", f"x402Version {version} but paymentPayload says {pp.x402Version}")
+        if version == 2:
             required_text, resource = req.amount, (pp.resource.url if pp.resource else req.resource)
-            if required_text is None:
-                raise EventError("missing_field", "paymentRequirements.amount is required in x402 v2")
         else:
             required_text, resource = req.maxAmountRequired, req.resource
-            if required_text is None:
-                raise EventError("missing_field", "paymentRequirements.maxAmountRequired is required in x402 v1")
-        network, chain_id = self.networks.resolve(req.network)
-        required = parse_amount(required_text, "paymentRequirements.amount")
+        required = _amount(required_text, "paymentRequirements.amount" if version == 2
+                           else "paymentRequirements.maxAmountRequired")
+        merchant, asset, network, chain_id = self._place(req)
         auth = pp.payload.authorization
-        merchant = book.checksum(req.payTo, "paymentRequirements.payTo")
-        asset = book.checksum(req.asset, "paymentRequirements.asset")
-        ts = _epoch_ms(rec.observedAt, "observedAt")
-        if type(rec) is SettleRecord:
-            resp = rec.settleResponse
-            payer_text = resp.payer or (auth.from_ if auth else None)
-            if payer_text is None:
-                raise EventError("missing_field", "settleResponse.payer and authorization.from are both missing")
-            agent = book.checksum(payer_text, "payer")
-            if resp.success:
-                tx = tx_hash(resp.transaction, "settleResponse.transaction")
-                if resp.amount is not None:
-                    amount = parse_amount(resp.amount, "settleResponse.amount")
-                elif auth is not None:
-                    amount = parse_amount(auth.value, "authorization.value")
-                else:
-                    amount = required
-            else:
-                tx = tx_hash(resp.transaction, "settleResponse.transaction") if resp.transaction else None
-                amount = parse_amount(auth.value, "authorization.value") if auth is not None else required
-            return Observation(Kind.SETTLE, rec.id, rec.id, ts, agent, merchant, amount, chain_id, network,
-                               asset, "settled" if resp.success else "failed", tx, resource,
-                               resp.errorReason, rec.facilitator, required_amount=required,
-                               nonce=auth.nonce if auth else None)
-        resp = rec.verifyResponse
+        dt = rec.observedAt
+        if dt.tzinfo is None:
+            raise EventError("bad_time", "observedAt has no UTC offset; write it as RFC 3339 with 'Z'")
+        ts = int(dt.timestamp() * 1000)
+        settle = type(rec) is SettleRecord
+        resp = rec.settleResponse if settle else rec.verifyResponse
         payer_text = resp.payer or (auth.from_ if auth else None)
         if payer_text is None:
-            raise EventError("missing_field", "verifyResponse.payer and authorization.from are both missing")
-        agent = book.checksum(payer_text, "payer")
-        amount = parse_amount(auth.value, "authorization.value") if auth is not None else required
-        return Observation(Kind.VERIFY, rec.id, rec.id, ts, agent, merchant, amount, chain_id, network, asset,
-                           "valid" if resp.isValid else "invalid", None, resource, resp.invalidReason,
-                           rec.facilitator, required_amount=required, nonce=auth.nonce if auth else None)
+            raise EventError("missing_field", "the response's payer and authorization.from are both missing")
+        agent = self._addr.get(payer_text) or self.addresses.checksum(payer_text, "payer")
+        nonce = auth.nonce if auth else None
+        if not settle:
+            amount = _amount(auth.value, "authorization.value") if auth is not None else required
+            return Observation(Kind.VERIFY, rec.id, rec.id, ts, agent, merchant, amount, chain_id, network, asset,
+                               "valid" if resp.isValid else "invalid", None, resource, resp.invalidReason,
+                               rec.facilitator, None, None, None, nonce, required)
+        if resp.success:
+            tx = tx_hash(resp.transaction, "settleResponse.transaction")
+            if resp.amount is not None:
+                amount = _amount(resp.amount, "settleResponse.amount")
+            else:
+                amount = _amount(auth.value, "authorization.value") if auth is not None else required
+        else:
+            tx = tx_hash(resp.transaction, "settleResponse.transaction") if resp.transaction else None
+            amount = _amount(auth.value, "authorization.value") if auth is not None else required
+        return Observation(Kind.SETTLE, rec.id, rec.id, ts, agent, merchant, amount, chain_id, network, asset,
+                           "settled" if resp.success else "failed", tx, resource, resp.errorReason,
+                           rec.facilitator, None, None, None, nonce, required)
 
     # -- chain records -------------------------------------------------------------------------
     def _transfer(self, rec: ChainTransfer) -> Observation:

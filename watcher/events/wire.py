@@ -30,7 +30,7 @@ Str2k = Annotated[str, Meta(max_length=2048)]
 Hex = Annotated[str, Meta(max_length=200)]
 
 
-class Authorization(Struct, frozen=True, rename={"from_": "from"}):
+class Authorization(Struct, frozen=True, gc=False, rename={"from_": "from"}):
     """EIP-3009 authorization of the x402 "exact" EVM scheme."""
 
     from_: Hex
@@ -41,19 +41,19 @@ class Authorization(Struct, frozen=True, rename={"from_": "from"}):
     nonce: Hex | None = None
 
 
-class SchemePayload(Struct, frozen=True):
+class SchemePayload(Struct, frozen=True, gc=False):
     """The scheme's payload; only the EIP-3009 authorization is read (the signature is not kept)."""
 
     authorization: Authorization | None = None
 
 
-class ResourceInfo(Struct, frozen=True):
+class ResourceInfo(Struct, frozen=True, gc=False):
     url: Str2k
     description: str | None = None
     mimeType: str | None = None
 
 
-class Requirements(Struct, frozen=True):
+class Requirements(Struct, frozen=True, gc=False):
     """PaymentRequirements of v2 (`amount`) or v1 (`maxAmountRequired`, `resource`)."""
 
     scheme: Str200
@@ -65,7 +65,7 @@ class Requirements(Struct, frozen=True):
     resource: Str2k | None = None
 
 
-class PaymentPayload(Struct, frozen=True):
+class PaymentPayload(Struct, frozen=True, gc=False):
     """PaymentPayload of v2 (`accepted`, `resource`) or v1 (`scheme`, `network`)."""
 
     x402Version: int
@@ -75,7 +75,7 @@ class PaymentPayload(Struct, frozen=True):
     network: Str200 | None = None
 
 
-class SettleResponse(Struct, frozen=True):
+class SettleResponse(Struct, frozen=True, gc=False):
     success: bool
     transaction: Hex = ""
     network: Str200 = ""
@@ -84,13 +84,13 @@ class SettleResponse(Struct, frozen=True):
     amount: Str200 | None = None
 
 
-class VerifyResponse(Struct, frozen=True):
+class VerifyResponse(Struct, frozen=True, gc=False):
     isValid: bool
     invalidReason: Str200 | None = None
     payer: Hex | None = None
 
 
-class _FacilitatorRecord(Struct, frozen=True, tag_field="type"):
+class _FacilitatorRecord(Struct, frozen=True, gc=False, tag_field="type"):
     """What a facilitator saw: its request body (payload + requirements) plus an id, a time and its name."""
 
     id: Str200
@@ -112,7 +112,7 @@ class VerifyRecord(_FacilitatorRecord, frozen=True, tag="x402.verify"):
 TransferStatus = Literal["pending", "confirmed", "reverted"]
 
 
-class ChainTransfer(Struct, frozen=True, tag_field="type", tag="chain.transfer",
+class ChainTransfer(Struct, frozen=True, gc=False, tag_field="type", tag="chain.transfer",
                     rename={"from_": "from"}):
     id: Str200
     observedAt: datetime

@@ -1,6 +1,6 @@
 """Join of facilitator settles and on-chain transfers: one payment, counted once.
 
-A payment is keyed by chain id and transaction hash. Whatever arrives first counts; the chain is the
+A payment is keyed by its transaction hash (EIP-155 makes it unique across chains). Whatever arrives first counts; the chain is the
 authority once it speaks: the counted amount is the sum of the transaction's live transfers (pending or
 confirmed) when any transfer record was seen, else the settled amount. A transfer published `reverted`
 (a reorg dropped its block) un-counts it; a replacement in a new block counts it again. Every change is
@@ -66,7 +66,7 @@ class Join:
 
     def apply(self, obs: Observation, category: str | None, now_ms: int) -> tuple[Delta | None, list[Finding]]:
         """Fold one spend observation (a successful settle or a transfer) into its payment."""
-        key = f"{obs.chain_id}:{obs.tx}"
+        key = obs.tx  # EIP-155 signatures bind a tx to one chain: its hash alone is unique
         p = self.payments.get(key)
         if p is None:
             p = Payment(obs.agent, obs.merchant, obs.ts_ms, obs.chain_id, obs.tx, category)

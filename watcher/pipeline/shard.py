@@ -12,13 +12,14 @@ import msgspec
 import numpy as np
 
 from watcher.events.finding import Finding
-from watcher.events.observation import Observation
+from watcher.events.observation import Kind, Observation
 from watcher.pipeline.dedupe import Seen
 from watcher.pipeline.join import Delta, Join
 from watcher.pipeline.windows import DEFAULT_WINDOWS, Windows, WindowSpec
 
 Categorize = Callable[[str, "str | None"], "str | None"]
 CATEGORY_SEP = b"|"
+TRANSFER = Kind.TRANSFER
 
 
 class ShardConfig(msgspec.Struct, frozen=True):
@@ -70,46 +71,62 @@ class Shard:
 
     def apply(self, batch: list[Observation]) -> Outcome:
         out = Outcome(processed=len(batch))
-        seen, join, categorize = self.seen, self.join, self.categorize
+        gens = self.seen.gens
+        cur, prev, cap = gens.current, gens.previous, gens.max_entries
+        join_apply, categorize = self.join.apply, self.categorize
         agent_row, cat_row = self.agents.row, self.categories.row
+        rows_of: dict[str, int] = {}
         wm = self.watermark_ms
         a_rows: list[int] = []
         c_rows: list[int] = []
         deltas = out.deltas
+        dup = 0
         for obs in batch:
             if obs.ts_ms > wm:
                 wm = obs.ts_ms
-            if not seen.first_time(obs.dedupe_key, wm):
-                out.duplicates += 1
+            key = obs.dedupe_key
+            if key in cur or key in prev:
+                dup += 1
                 continue
-            if obs.tx is not None and obs.is_spend:
-                delta, found = join.apply(obs, categorize(obs.merchant, obs.resource), wm)
+            if len(cur) >= cap:
+                gens.put(key, 1)
+                cur, prev = gens.current, gens.previous
+            else:
+                cur[key] = 1
+            if obs.tx is not None and (obs.kind == TRANSFER or obs.status == "settled"):
+                delta, found = join_apply(obs, categorize(obs.merchant, obs.resource), wm)
                 if found:
                     out.findings.extend(found)
                 if delta is not None:
                     deltas.append(delta)
-                    a_rows.append(agent_row(bytes.fromhex(delta.agent[2:])))
+                    agent = delta.agent
+                    row = rows_of.get(agent)
+                    if row is None:
+                        row = rows_of[agent] = agent_row(bytes.fromhex(agent[2:]))
+                    a_rows.append(row)
                     if delta.category is not None:
-                        c_rows.append(cat_row(category_key(delta.agent, delta.category)))
+                        c_rows.append(cat_row(category_key(agent, delta.category)))
             else:
                 out.signals.append(obs)
+        out.duplicates = dup
         self.watermark_ms = wm
         if deltas:
-            ts = np.fromiter((d.ts_ms for d in deltas), np.int64, len(deltas))
-            amounts = np.fromiter((d.amount for d in deltas), np.int64, len(deltas))
-            counts = np.fromiter((d.count for d in deltas), np.int32, len(deltas))
+            n = len(deltas)
+            ts = np.fromiter((d.ts_ms for d in deltas), np.int64, n)
+            amounts = np.fromiter((d.amount for d in deltas), np.int64, n)
+            counts = np.fromiter((d.count for d in deltas), np.int32, n)
             self.agents.add(np.array(a_rows, np.int64), ts, amounts, counts)
             if c_rows:
-                has = np.fromiter((d.category is not None for d in deltas), bool, len(deltas))
+                has = np.fromiter((d.category is not None for d in deltas), bool, n)
                 self.categories.add(np.array(c_rows, np.int64), ts[has], amounts[has], counts[has])
         self.agents.advance(wm)
         self.categories.advance(wm)
-        out.findings.extend(join.sweep(wm))
-        seen.tick(wm)
-        join.tick(wm)
+        out.findings.extend(self.join.sweep(wm))
+        gens.tick(wm)
+        self.join.tick(wm)
         st = self.stats
         st.processed += out.processed
-        st.duplicates += out.duplicates
+        st.duplicates += dup
         st.signals += len(out.signals)
         st.findings += len(out.findings)
         for d in deltas:

@@ -37,14 +37,14 @@ DEFAULT_WINDOWS = (
     WindowSpec("1m", 60, 6),
     WindowSpec("5m", 300, 5),
     WindowSpec("1h", 3600, 6),
-    WindowSpec("24h", 86400, 12),
+    WindowSpec("24h", 86400, 8),
 )
 
 
 class Windows:
     """Rolling sums/counts for many keys (agent wallets, or agent+category pairs)."""
 
-    GROWTH = 1.25
+    GROWTH = 1.125
 
     def __init__(self, specs: Iterable[WindowSpec] = DEFAULT_WINDOWS, capacity: int = 1024) -> None:
         self.specs = tuple(specs)
