@@ -16,7 +16,9 @@ import logging
 import signal
 import time
 from collections import Counter
-from typing import Awaitable, Callable, Protocol
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import AsyncContextManager, Awaitable, Callable, Protocol
 
 import msgspec
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -25,6 +27,7 @@ from aiokafka.structs import OffsetAndMetadata
 from watcher.config import Settings
 from watcher.errors import EventError
 from watcher.events.decode import Decoder
+from watcher.events.observation import Observation
 from watcher.pipeline.categories import CategoryMap
 from watcher.pipeline.shard import Outcome, Shard
 from watcher.sources import kafka as kafka_io
@@ -35,10 +38,29 @@ log = logging.getLogger("watcher.daemon")
 _enc = msgspec.json.Encoder()
 
 
-class Stage(Protocol):
-    """A stage after the shard (detection, breakers). Returns records to publish: (topic, key, value)."""
+@dataclass
+class BatchContext:
+    """What one partition's batch produced, handed through the stages in order.
 
-    def on_batch(self, partition: int, shard: Shard, outcome: Outcome, now_ms: int) -> list[tuple[str, bytes, bytes]]: ...
+    A stage reads `outcome` (and `observations`), may append to `decisions` for later stages, and appends
+    records to publish as (topic, key, value) to `publish`; the daemon publishes them all and waits for the
+    broker before it commits the batch's offsets. Stages are also called with an empty outcome on every
+    poll, so clock-driven work (timeouts) runs without traffic.
+    """
+
+    partition: int
+    shard: Shard
+    outcome: Outcome
+    observations: list[Observation]
+    now_ms: int
+    decisions: list = field(default_factory=list)
+    publish: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+
+
+class Stage(Protocol):
+    """A stage after the shard (detection, breakers), with state per input partition."""
+
+    def on_batch(self, ctx: BatchContext) -> None: ...
     def snapshot(self, partition: int) -> object: ...
     def restore(self, partition: int, data: object | None) -> None: ...
     def drop(self, partition: int) -> None: ...
@@ -76,10 +98,14 @@ class _Rebalance(ConsumerRebalanceListener):
 
 class Daemon:
     def __init__(self, settings: Settings, stages: list[Stage] | None = None, *,
+                 services: list[Callable[["Daemon"], AsyncContextManager]] | None = None,
                  live_clock: bool = True, on_batch: Callable[["Daemon"], Awaitable[None] | None] | None = None) -> None:
+        """`services` are factories of async context managers (webhook sender, admin API, ...) entered
+        once the producer is up and exited after the consumer has closed (so outboxes can flush)."""
         self.settings = settings
         self.k = settings.kafka
         self.stages = stages or []
+        self.services = services or []
         self.live_clock = live_clock
         self.on_batch = on_batch
         self.decoder = Decoder(max_event_bytes=settings.events.max_event_bytes,
@@ -113,21 +139,27 @@ class Daemon:
         self.producer = kafka_io.producer(self.k)
         await self.producer.start()
         try:
-            self.store = CheckpointStore(self.producer, self.k.bootstrap, self.k.checkpoint_topic, self.k.group,
-                                         self.settings.checkpoint.chunk_bytes)
-            self.consumer = kafka_io.group_consumer(self.k)
-            self.consumer.subscribe([self.k.payments_topic, self.k.chain_topic], listener=_Rebalance(self))
-            await self.consumer.start()
-            try:
-                await self._loop()
-                await self._checkpoint_all()
-                await self._commit()
-            finally:
-                await self.consumer.stop()
-                log.info("consumer closed (left group %s)", self.k.group)
+            async with AsyncExitStack() as services:
+                for factory in self.services:
+                    await services.enter_async_context(factory(self))
+                await self._consume()
         finally:
             await self.producer.stop()
             self._log_summary("stopped")
+
+    async def _consume(self) -> None:
+        self.store = CheckpointStore(self.producer, self.k.bootstrap, self.k.checkpoint_topic, self.k.group,
+                                     self.settings.checkpoint.chunk_bytes)
+        self.consumer = kafka_io.group_consumer(self.k)
+        self.consumer.subscribe([self.k.payments_topic, self.k.chain_topic], listener=_Rebalance(self))
+        await self.consumer.start()
+        try:
+            await self._loop()
+            await self._checkpoint_all()
+            await self._commit()
+        finally:
+            await self.consumer.stop()
+            log.info("consumer closed (left group %s)", self.k.group)
 
     async def _loop(self) -> None:
         last_log = time.monotonic()
@@ -152,7 +184,7 @@ class Daemon:
         commits: dict[TopicPartition, OffsetAndMetadata] = {}
         send = self.producer.send
         now_ms = int(time.time() * 1000)
-        outcomes: dict[int, list[Outcome]] = {}
+        outcomes: dict[int, list[tuple[Outcome, list[Observation]]]] = {}
         for tp, msgs in batch.items():
             shard = self.shards.get(tp.partition)
             if shard is None:
@@ -182,23 +214,29 @@ class Daemon:
                     log.exception("unexpected error decoding %s[%s]@%s", m.topic, m.partition, m.offset)
                     pending.append(await self._dead_letter("internal_error", repr(exc), m))
             outcome = shard.apply(obs)
-            outcomes.setdefault(tp.partition, []).append(outcome)
+            outcomes.setdefault(tp.partition, []).append((outcome, obs))
             self.counters.consumed += len(msgs)
             self.counters.processed += outcome.processed
             self.counters.duplicates += outcome.duplicates
             self.covered[tp.partition][tp.topic] = msgs[-1].offset + 1
             commits[tp] = OffsetAndMetadata(msgs[-1].offset + 1, "")
         for p, shard in self.shards.items():
+            work = outcomes.get(p) or []
             if self.live_clock:
                 found = shard.advance(now_ms)
                 if found:
-                    outcomes.setdefault(p, []).append(Outcome(findings=found))
-            for outcome in outcomes.get(p, ()):
+                    work.append((Outcome(findings=found), []))
+            if not work and self.stages:
+                work.append((Outcome(), []))
+            for outcome, obs in work:
                 for f in outcome.findings:
                     self.counters.findings += 1
                     pending.append(await send(self.k.findings_topic, _enc.encode(f), key=f.agent.encode()))
-                for stage in self.stages:
-                    for topic, key, value in stage.on_batch(p, shard, outcome, now_ms):
+                if self.stages:
+                    ctx = BatchContext(p, shard, outcome, obs, now_ms)
+                    for stage in self.stages:
+                        stage.on_batch(ctx)
+                    for topic, key, value in ctx.publish:
                         pending.append(await send(topic, value, key=key))
         if pending:
             await asyncio.gather(*pending)
