@@ -25,6 +25,7 @@ from watcher.events.observation import Kind, Observation
 from watcher.pipeline.dedupe import Generations
 
 MISMATCH, SHADOW, UNSETTLED = 1, 2, 4
+_NONE: list = []  # shared empty result (never mutated)
 
 
 class Payment(msgspec.Struct, array_like=True, gc=False):
@@ -69,8 +70,13 @@ class Join:
         key = obs.tx  # EIP-155 signatures bind a tx to one chain: its hash alone is unique
         p = self.payments.get(key)
         if p is None:
-            p = Payment(obs.agent, obs.merchant, obs.ts_ms, obs.chain_id, obs.tx, category)
+            p = Payment(obs.agent, obs.merchant, obs.ts_ms, obs.chain_id, key, category)
             self.payments.put(key, p)
+            if obs.kind == Kind.SETTLE:  # the common case: a new payment, reported by its facilitator
+                p.settle_amount, p.settle_id = obs.amount, obs.event_id
+                p.counted, p.counted_n = obs.amount, 1
+                self.deadlines.append((now_ms + self.unsettled_after_ms, key))
+                return Delta(p.agent, category, p.ts_ms, obs.amount, 1, obs.event_id), _NONE
         elif p.category is None and category is not None:
             p.category = category
         if obs.kind == Kind.SETTLE:
@@ -106,10 +112,10 @@ class Join:
 
     def _mismatch(self, p: Payment, key: str, now_ms: int) -> list[Finding]:
         if p.reported & MISMATCH or p.settle_amount is None or not p.transfers:
-            return []
+            return _NONE
         got = self._confirmed_amount(p)
         if got is None or got == p.settle_amount:
-            return []
+            return _NONE
         p.reported |= MISMATCH
         return [self._finding("amount_mismatch", p, now_ms,
                               f"facilitator settled {p.settle_amount} base units, chain transferred {got}")]

@@ -1,0 +1,71 @@
+"""`spendwatch chain` as a real process: it publishes, stops cleanly on SIGTERM, and resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+
+import pytest
+
+from watcher.events.wire import chain_transfer_id
+
+pytestmark = pytest.mark.integration
+
+
+def _id(receipt: dict) -> str:
+    return chain_transfer_id(8453, receipt["transactionHash"], int(receipt["logs"][-1]["logIndex"], 16))
+
+
+@contextlib.asynccontextmanager
+async def spendwatch_chain(config, log_path):
+    with open(log_path, "ab") as out:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "watcher.cli.main", "chain", "--config",
+                                                    str(config), stdin=asyncio.subprocess.DEVNULL, stdout=out,
+                                                    stderr=out)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _until(pred, timeout_seconds, what):
+    deadline = time.monotonic() + timeout_seconds
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out after {timeout_seconds} s waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_cli_runs_stops_on_sigterm_and_resumes(chain, reader, tmp_path, kafka_bootstrap, kafka_topic):
+    agent = chain.agents[0]
+    checkpoint = tmp_path / "state" / "chain.json"
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(f"""[chain]
+ws_url = "{chain.node.ws_url}"
+http_url = "{chain.node.http_url}"
+token = "{chain.token.address}"
+confirmations = 1
+watched_wallets = ["{agent.address}"]
+checkpoint_path = "{checkpoint}"
+kafka_bootstrap = "{kafka_bootstrap}"
+topic = "{kafka_topic}"
+""")
+    log = tmp_path / "chain.log"
+    async with spendwatch_chain(config, log) as proc:
+        await _until(checkpoint.exists, 30, "the first checkpoint")
+        _, r1 = await chain.token.pay(agent, chain.merchant, 10)
+        await reader.until(lambda rs: _id(r1) in reader.ids(rs, "pending"), what="the first payment")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0, log.read_text()
+
+    _, r2 = await chain.token.pay(agent, chain.merchant, 20)           # while it is down
+    await chain.mine(1)
+    async with spendwatch_chain(config, log) as proc:
+        await reader.until(lambda rs: {_id(r1), _id(r2)} <= reader.ids(rs, "confirmed"), what="both confirmed")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0, log.read_text()
+    assert "resumes after block" in log.read_text()

@@ -1,0 +1,27 @@
+"""The chain bridge: USDC Transfer + EIP-3009 AuthorizationUsed logs from an EVM node to Kafka x402.chain.
+
+    config.py      ChainSettings (the [chain] table), registry loading
+    abi.py         event topics; node JSON -> Log / Header
+    logs.py        pure join of logs into Transfers (attribution to the authorizer), -> ChainTransfer
+    reorg.py       pure ChainTracker: pending -> confirmed after N blocks, reverted on reorg
+    checkpoint.py  the durable position (atomic JSON file)
+    node.py        web3.py 8 AsyncWeb3 over WebSocket (subscriptions) or HTTP (polling)
+    publisher.py   Kafka producer (acks=all), key = payer wallet
+    bridge.py      ChainBridge: the async shell that ties them together
+    cli.py         `spendwatch chain`
+    bench.py       run_chain_bench(quick)
+    devnet.py, testtoken.py, solc.py   anvil, the test USDC and the offline compiler (tests, bench)
+"""
+
+from importlib import import_module
+
+# imported on first use, so `spendwatch --help` does not pay for web3 and aiokafka
+_EXPORTS = {"ChainBridge": "bridge", "ChainSettings": "config", "load_settings": "config", "ChainError": "errors",
+            "NodeError": "errors", "PublishError": "errors", "KafkaPublisher": "publisher"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"watcher.chain.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'watcher.chain' has no attribute {name!r}")

@@ -1,0 +1,270 @@
+"""The chain bridge: the async shell around the pure parts (abi, logs, reorg, checkpoint).
+
+    node (web3, WebSocket or HTTP) ──► sync pass ──► ChainTracker ──► Sink (Kafka x402.chain) ──► checkpoint
+
+A sync pass reads the head, checks that the remembered tip is still canonical (else walks back to the
+common ancestor and publishes `reverted`), reads blocks that are already `confirmations` deep with
+eth_getLogs over bounded block ranges (published `confirmed` at once), then the recent blocks one by
+one (eth_getLogs by block hash; published `pending`, later `confirmed`). The checkpoint is written after
+Kafka acknowledged the records it covers, so a crash at any point only repeats records (stable ids).
+
+Passes run when a subscription message arrives (WebSocket) or every poll_interval_seconds. Any node or
+Kafka failure ends the session: state goes back to the last checkpoint, and the bridge reconnects after
+a back-off (reconnect_min_seconds doubling up to reconnect_max_seconds).
+
+    async with ChainBridge(settings, sink) as bridge:   # runs in a task until the block exits
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from watcher.chain.abi import Header
+from watcher.chain.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from watcher.chain.config import ChainSettings, watched_wallets
+from watcher.chain.errors import ChainError
+from watcher.chain.logs import JoinStats, Transfer, join_transfers, to_wire
+from watcher.chain.node import Node
+from watcher.chain.publisher import Sink
+from watcher.chain.reorg import ChainTracker, Emission
+from watcher.errors import ClosedError, ConfigError
+from watcher.events.addresses import AddressBook
+from watcher.events.wire import ChainTransfer
+
+log = logging.getLogger("spendwatch.chain")
+
+
+class ChainBridge:
+    def __init__(self, settings: ChainSettings, sink: Sink) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.watched = None if settings.watch_all else watched_wallets(settings)
+        self.tracker = ChainTracker(settings.required_confirmations, settings.max_reorg_depth)
+        self.stats: Counter[str] = Counter()
+        self.skipped = JoinStats()
+        self.connected = asyncio.Event()
+        self.head_seen = -1                 # highest block number processed (for tests and the CLI)
+        self._book = AddressBook()
+        self._committed: Checkpoint | None = None
+        self._resume_from: int | None = None
+        self._backoff = settings.reconnect_min_seconds
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._used = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def __aenter__(self) -> ChainBridge:
+        if self._used:
+            raise ClosedError("a ChainBridge runs once; make a new one")
+        self._used = True
+        self._task = asyncio.create_task(self.run(), name="chain-bridge")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+        task, self._task = self._task, None
+        if task is not None:
+            await asyncio.wait_for(task, 30.0)
+
+    def stop(self) -> None:
+        """Ask the bridge to finish: the current block is completed, then it returns. Signal-safe."""
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def failed(self) -> BaseException | None:
+        t = self._task
+        return t.exception() if t is not None and t.done() and not t.cancelled() else None
+
+    async def run(self) -> None:
+        """Follow the chain until stop(). Raises only on fatal errors (configuration, checkpoint)."""
+        self._load()
+        s = self.settings
+        while not self._stop.is_set():
+            try:
+                async with Node(ws_url=s.ws_url, http_url=s.http_url, token=s.token, wallets=self.watched,
+                                request_timeout_seconds=s.request_timeout_seconds) as node:
+                    chain_id = await node.chain_id()
+                    if chain_id != s.chain_id:
+                        raise ConfigError(f"the node at {s.ws_url or s.http_url} is on chain {chain_id}",
+                                          key="chain.chain_id", fix=f"set chain_id = {chain_id} or use a node "
+                                          f"of chain {s.chain_id}")
+                    self.connected.set()
+                    self.stats["connects"] += 1
+                    log.info("chain bridge connected to %s (chain %d)", s.ws_url or s.http_url, chain_id)
+                    await self._session(node)
+            except ChainError as exc:
+                self.connected.clear()
+                self.stats["reconnects"] += 1
+                log.warning("chain bridge: %s; reconnecting in %.1f s", exc, self._backoff)
+                self._restore_committed()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self._backoff)
+                self._backoff = min(self._backoff * 2, s.reconnect_max_seconds)
+        self.connected.clear()
+
+    def _on_wake(self, number: int) -> None:
+        self.stats["notifications"] += 1
+        self._wake.set()
+
+    async def _session(self, node: Node) -> None:
+        follow = asyncio.create_task(node.follow(self._on_wake)) if node.live else None
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                await self._sync(node)
+                self._backoff = self.settings.reconnect_min_seconds
+                waiter = asyncio.create_task(self._wake.wait())
+                waits = {waiter} | ({follow} if follow is not None else set())
+                await asyncio.wait(waits, timeout=self.settings.poll_interval_seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if follow is not None and follow.done():
+                    follow.result()          # raises NodeError: the connection is gone
+        finally:
+            if follow is not None:
+                follow.cancel()
+                with contextlib.suppress(BaseException):
+                    await follow
+
+    # -- state ---------------------------------------------------------------------------------
+    def _load(self) -> None:
+        s = self.settings
+        cp = read_checkpoint(s.checkpoint_path, chain_id=s.chain_id, token=s.token)
+        self._committed = cp
+        self._restore_committed()
+        if cp is not None:
+            log.info("chain bridge resumes after block %d (%d unconfirmed transfers)", cp.tip.number,
+                     len(cp.unconfirmed))
+
+    def _restore_committed(self) -> None:
+        s = self.settings
+        self.tracker = ChainTracker(s.required_confirmations, s.max_reorg_depth)
+        cp = self._committed
+        if cp is not None:
+            self.tracker.restore(cp.headers, cp.unconfirmed)
+            self._resume_from = None
+        else:
+            self._resume_from = s.start_block
+
+    def _commit(self) -> None:
+        tracker = self.tracker
+        if tracker.tip is None:
+            return
+        cp = Checkpoint(self.settings.chain_id, self.settings.token,
+                        tuple(tracker.headers[n] for n in sorted(tracker.headers)),
+                        tuple(t for n in sorted(tracker.unconfirmed) for t in tracker.unconfirmed[n]))
+        write_checkpoint(self.settings.checkpoint_path, cp)
+        self._committed = cp
+        self.head_seen = tracker.tip.number
+
+    async def _emit(self, emissions: Sequence[Emission]) -> None:
+        if not emissions:
+            return
+        now = datetime.now(timezone.utc)
+        records: list[ChainTransfer] = [to_wire(e.transfer, e.status, e.confirmations, now) for e in emissions]
+        await self.sink.publish(records)
+        for e in emissions:
+            self.stats[e.status] += 1
+
+    def _join(self, logs, times: dict[str, int]) -> list[Transfer]:
+        s = self.settings
+        return join_transfers(logs, chain_id=s.chain_id, token=s.token, watched=self.watched,
+                              block_times=times, book=self._book, stats=self.skipped)
+
+    # -- one pass ------------------------------------------------------------------------------
+    async def _sync(self, node: Node) -> None:
+        head = await node.header("latest")
+        if head is None:
+            raise ChainError("the node has no latest block")
+        tracker = self.tracker
+        tip = tracker.tip
+        if tip is None:
+            if self._resume_from is None:       # first start, no start_block: begin after the head
+                tracker.jump(head, [])
+                self._commit()
+                log.info("chain bridge starts after the head, block %d", head.number)
+                return
+            start = self._resume_from
+        else:
+            if head.number == tip.number:
+                canon_hash = head.hash
+            elif head.number == tip.number + 1 and head.parent_hash == tip.hash:
+                canon_hash = tip.hash        # the head extends the tip: no need to ask
+            else:
+                canon = await node.header(tip.number)
+                canon_hash = canon.hash if canon is not None else None
+            if canon_hash != tip.hash:
+                await self._reorg(node)
+                self._wake.set()            # go again from the common ancestor
+                return
+            start = tip.number + 1
+        deep_end = head.number - tracker.confirmations
+        if deep_end >= start + 1:
+            await self._backfill(node, start, deep_end)
+            start = deep_end + 1
+        for n in range(start, head.number + 1):
+            if self._stop.is_set():
+                return
+            h = head if n == head.number else await node.header(n)
+            if h is None:
+                return
+            if tracker.tip is not None and h.parent_hash != tracker.tip.hash:
+                await self._reorg(node)
+                self._wake.set()
+                return
+            transfers = self._join(await node.logs_by_hash(h.hash), {h.hash: h.timestamp})
+            await self._emit(tracker.advance(h, transfers))
+            self._resume_from = None
+            self._commit()
+            self.stats["blocks"] += 1
+
+    async def _backfill(self, node: Node, first: int, last: int) -> None:
+        """Blocks first..last are `confirmations` deep: read them by range, publish `confirmed`."""
+        step = self.settings.backfill_block_range
+        a = first
+        while a <= last and not self._stop.is_set():
+            b = min(a + step - 1, last)
+            logs = await node.logs_range(a, b)
+            headers: dict[int, Header] = await node.headers(sorted({x.block_number for x in logs} | {b}))
+            if b not in headers or any(headers.get(x.block_number) is None
+                                       or headers[x.block_number].hash != x.block_hash for x in logs):
+                raise ChainError(f"blocks {a}..{b} changed while being read (a reorg deeper than "
+                                 f"{self.tracker.confirmations} confirmations?); reading them again")
+            transfers = self._join(logs, {h.hash: h.timestamp for h in headers.values()})
+            await self._emit(self.tracker.jump(headers[b], transfers))
+            self._resume_from = None
+            self._commit()
+            self.stats["backfill_ranges"] += 1
+            self.stats["blocks"] += b - a + 1
+            a = b + 1
+
+    async def _reorg(self, node: Node) -> None:
+        tracker = self.tracker
+        assert tracker.tip is not None
+        old_tip = tracker.tip.number
+        n, floor = old_tip, tracker.floor if tracker.floor is not None else old_tip
+        while n >= floor:
+            h = await node.header(n)
+            if h is not None and h.hash == tracker.hash_at(n):
+                break
+            n -= 1
+        if n < floor:
+            self.stats["deep_reorgs"] += 1
+            log.error("chain bridge: reorg deeper than the %d remembered blocks (below %d); transfers there "
+                      "that were already confirmed cannot be reverted", len(tracker.headers), floor)
+        emissions = tracker.rewind(n)
+        if tracker.tip is None:
+            self._resume_from = n + 1
+        self.stats["reorgs"] += 1
+        log.warning("chain bridge: reorg: blocks %d..%d dropped, %d transfers reverted", n + 1, old_tip,
+                    len(emissions))
+        await self._emit(emissions)
+        self._commit()

@@ -1,0 +1,93 @@
+"""`spendwatch chain`: run the chain bridge (EVM node -> Kafka topic x402.chain)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from watcher.chain.config import ChainSettings, load_settings
+
+log = logging.getLogger("spendwatch.chain")
+
+_KEYS = "\n".join(f"  {name:24} {f.description}" for name, f in ChainSettings.model_fields.items())
+
+DESCRIPTION = f"""\
+Follow the token contract (USDC on Base by default) on an EVM node and publish every transfer out of a
+watched wallet to Kafka (topic x402.chain, key = payer wallet) as a chain.transfer JSON record:
+`pending` when first seen, `confirmed` after N blocks, `reverted` if a reorg drops its block. EIP-3009
+payments (x402 "exact") are joined with their AuthorizationUsed log and carry the agent and the nonce.
+
+With ws_url the bridge subscribes to new heads and to the token's Transfer/AuthorizationUsed logs; with
+only http_url it polls. On start it resumes from its checkpoint file (no gap, no harm in overlap: record
+ids are chain id + tx hash + log index).
+
+Configuration: the [chain] table of --config FILE; SPENDWATCH_CHAIN_<KEY> environment variables override
+it (lists as JSON, e.g. SPENDWATCH_CHAIN_WATCHED_WALLETS='["0x.."]'); options below override both.
+Keys of [chain]:
+{_KEYS}
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("chain", help="publish on-chain USDC transfers of watched agents to Kafka",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", type=Path,
+                   help="TOML file with a [chain] table (keys listed above)")
+    p.add_argument("--ws-url", metavar="URL", help="WebSocket RPC endpoint, ws:// or wss:// (chain.ws_url)")
+    p.add_argument("--http-url", metavar="URL", help="HTTP RPC endpoint, polled when there is no "
+                   "WebSocket one (chain.http_url)")
+    p.add_argument("--chain-id", type=int, metavar="ID", help="expected chain id (chain.chain_id, default 8453)")
+    p.add_argument("--token", metavar="ADDRESS", help="ERC-20 contract (chain.token, default USDC on Base)")
+    p.add_argument("--confirmations", type=int, metavar="N", help="blocks before `confirmed` "
+                   "(chain.confirmations; default per chain, Base 10)")
+    p.add_argument("--wallet", action="append", metavar="ADDRESS", dest="wallets",
+                   help="a wallet to watch; repeat for more (added to chain.watched_wallets)")
+    p.add_argument("--watch-all", action="store_true", default=None,
+                   help="publish every transfer of the token (chain.watch_all)")
+    p.add_argument("--checkpoint", type=Path, metavar="FILE", help="checkpoint file (chain.checkpoint_path)")
+    p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (chain.kafka_bootstrap)")
+    p.add_argument("--topic", help="Kafka topic (chain.topic, default x402.chain)")
+    p.add_argument("--check", action="store_true", help="validate the configuration, print it, and exit")
+    p.set_defaults(func=cmd_chain)
+
+
+def settings_from_args(args: argparse.Namespace) -> ChainSettings:
+    overrides = {"ws_url": args.ws_url, "http_url": args.http_url, "chain_id": args.chain_id,
+                 "token": args.token, "confirmations": args.confirmations, "watch_all": args.watch_all,
+                 "checkpoint_path": args.checkpoint, "kafka_bootstrap": args.bootstrap, "topic": args.topic}
+    if args.wallets:
+        overrides["extra_wallets"] = args.wallets
+    return load_settings(args.config, **overrides)
+
+
+async def run_bridge(settings: ChainSettings) -> dict:
+    from watcher.chain.bridge import ChainBridge
+    from watcher.chain.publisher import KafkaPublisher
+
+    loop = asyncio.get_running_loop()
+    async with KafkaPublisher(settings.kafka_bootstrap, settings.topic) as pub:
+        bridge = ChainBridge(settings, pub)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, bridge.stop)
+        try:
+            await bridge.run()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    return dict(bridge.stats)
+
+
+def cmd_chain(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if args.check:
+        print(settings.model_dump_json(indent=2))
+        return 0
+    log.info("chain bridge: chain %d token %s, %s, %d confirmations -> %s topic %s", settings.chain_id,
+             settings.token, "every transfer" if settings.watch_all else "watched wallets",
+             settings.required_confirmations, settings.kafka_bootstrap, settings.topic)
+    stats = asyncio.run(run_bridge(settings))
+    log.info("chain bridge stopped: %s", stats)
+    return 0

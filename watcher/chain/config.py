@@ -1,0 +1,206 @@
+"""Settings of the chain bridge: one frozen pydantic model, read from the [chain] table of a TOML file,
+with environment overrides (prefix SPENDWATCH_CHAIN_, e.g. SPENDWATCH_CHAIN_WS_URL; list values as JSON).
+Precedence: explicit overrides (command-line options) > environment > file > defaults.
+
+Validated before anything connects; every error names the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from eth_utils import is_address, is_checksum_address, to_checksum_address
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from watcher.errors import ConfigError
+
+BASE_USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
+BASE_CHAIN_ID = 8453
+
+# Blocks on top of a transfer's block before it is published `confirmed`, when the config names none.
+# Base (2 s blocks, one sequencer) reorgs very rarely: 10 blocks is ~20 s. Ethereum: 12 (~2.4 min, close
+# to the point where PoS reorgs stop being seen). Local dev chains: 2.
+DEFAULT_CONFIRMATIONS: dict[int, int] = {1: 12, 8453: 10, 84532: 5, 10: 10, 42161: 10, 137: 64, 31337: 2}
+FALLBACK_CONFIRMATIONS = 12
+
+
+def _address(value: str, key: str) -> str:
+    if not isinstance(value, str) or not is_address(value):
+        raise ValueError(f"{key}={value!r} is not a 0x-prefixed 20-byte hex address")
+    body = value[2:]
+    if body != body.lower() and body != body.upper() and not is_checksum_address(value):
+        raise ValueError(f"{key}={value!r} has a wrong EIP-55 checksum; write it all lower case or fix it")
+    return to_checksum_address(value)
+
+
+class ChainSettings(BaseSettings):
+    """Where the chain is, what to watch, and where records go."""
+
+    model_config = SettingsConfigDict(env_prefix="SPENDWATCH_CHAIN_", frozen=True, extra="forbid")
+
+    ws_url: str | None = Field(None, description="WebSocket RPC endpoint (ws:// or wss://): live "
+                               "subscriptions to logs and new heads. Preferred.")
+    http_url: str | None = Field(None, description="HTTP RPC endpoint: used for polling eth_getLogs when "
+                                 "ws_url is not set.")
+    chain_id: int = Field(BASE_CHAIN_ID, gt=0, description="EVM chain id; the node must report the same.")
+    token: str = Field(BASE_USDC, description="ERC-20 token contract to watch (USDC on Base by default).")
+    token_decimals: int = Field(6, ge=0, le=36, description="Decimals of the token (display only).")
+    confirmations: int | None = Field(None, ge=0, le=1000, description="Blocks on top of a transfer's block "
+                                      "before it is published confirmed; default per chain id.")
+    poll_interval_seconds: float = Field(2.0, gt=0, le=3600, description="Polling period over HTTP; over "
+                                         "WebSocket, the period of a safety re-check.")
+    backfill_block_range: int = Field(2000, ge=1, le=100_000, description="Blocks per eth_getLogs call when "
+                                      "catching up.")
+    start_block: int | None = Field(None, ge=0, description="First block to read when there is no "
+                                    "checkpoint; default: the head at first start.")
+    max_reorg_depth: int = Field(64, ge=1, le=10_000, description="Recent block hashes remembered to find "
+                                 "the common ancestor after a reorg.")
+    watch_all: bool = Field(False, description="Publish every transfer of the token, not only those from "
+                            "watched wallets.")
+    watched_wallets: tuple[str, ...] = Field((), description="Payer wallets to watch (added to the "
+                                             "registry's).")
+    registry_file: Path | None = Field(None, description="TOML agent registry: [[agents]] wallet = '0x..', "
+                                       "name = '..'.")
+    checkpoint_path: Path = Field(Path(".spendwatch/chain-checkpoint.json"), description="JSON file with the "
+                                  "last processed block (written atomically).")
+    kafka_bootstrap: str = Field("127.0.0.1:9092", min_length=3, description="Kafka bootstrap servers, "
+                                 "host:port[,host:port].")
+    topic: str = Field("x402.chain", min_length=1, max_length=249, description="Kafka topic for "
+                       "chain.transfer records.")
+    reconnect_min_seconds: float = Field(0.2, gt=0, description="First back-off after a dropped connection.")
+    reconnect_max_seconds: float = Field(30.0, gt=0, description="Longest back-off between reconnects.")
+    request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one RPC call.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: Any,
+                                   file_secret_settings: Any) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)  # load_settings drops file keys the environment sets
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        return _address(v, "token")
+
+    @field_validator("watched_wallets")
+    @classmethod
+    def _wallets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(_address(w, "watched_wallets[]") for w in v))
+
+    @field_validator("ws_url")
+    @classmethod
+    def _ws(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("ws://", "wss://")):
+            raise ValueError(f"ws_url={v!r} must start with ws:// or wss://")
+        return v
+
+    @field_validator("http_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"http_url={v!r} must start with http:// or https://")
+        return v
+
+    @model_validator(mode="after")
+    def _whole(self) -> ChainSettings:
+        if self.ws_url is None and self.http_url is None:
+            raise ValueError("set ws_url (live subscriptions) or http_url (polling)")
+        if not self.watch_all and not self.watched_wallets and self.registry_file is None:
+            raise ValueError("nothing to watch: set watched_wallets, registry_file, or watch_all = true")
+        if self.reconnect_max_seconds < self.reconnect_min_seconds:
+            raise ValueError("reconnect_max_seconds must be >= reconnect_min_seconds")
+        return self
+
+    @property
+    def required_confirmations(self) -> int:
+        if self.confirmations is not None:
+            return self.confirmations
+        return DEFAULT_CONFIRMATIONS.get(self.chain_id, FALLBACK_CONFIRMATIONS)
+
+
+def load_registry(path: Path) -> dict[str, str]:
+    """wallet (checksum) -> agent name, from [[agents]] tables."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("agent registry not found", file=str(path), key="chain.registry_file",
+                          fix="point registry_file at an existing TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"agent registry is not valid TOML ({exc})", file=str(path)) from None
+    agents = data.get("agents", [])
+    if not isinstance(agents, list):
+        raise ConfigError("`agents` must be an array of tables", file=str(path), key="agents",
+                          fix="write each agent as [[agents]] with wallet = '0x...' and name = '...'")
+    out: dict[str, str] = {}
+    for i, agent in enumerate(agents):
+        wallet = agent.get("wallet") if isinstance(agent, dict) else None
+        try:
+            checksum = _address(wallet, "wallet")
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=str(path), key=f"agents[{i}].wallet",
+                              fix="use the agent's 0x payer address") from None
+        out[checksum] = str(agent.get("name", checksum))
+    return out
+
+
+def watched_wallets(settings: ChainSettings) -> frozenset[str]:
+    wallets = set(settings.watched_wallets)
+    if settings.registry_file is not None:
+        wallets |= set(load_registry(settings.registry_file))
+    return frozenset(wallets)
+
+
+def _error_key(err: dict) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+    return f"chain.{loc}" if loc else "chain"
+
+
+def settings_from_mapping(data: dict[str, Any], *, source: str = "<settings>") -> ChainSettings:
+    try:
+        return ChainSettings(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        msg = first["msg"].removeprefix("Value error, ")
+        key = _error_key(first)
+        if first["type"] == "extra_forbidden":
+            fields = ", ".join(sorted(ChainSettings.model_fields))
+            raise ConfigError("unknown key", file=source, key=key, fix=f"remove it; known keys: {fields}") from None
+        env_hint = " (or its SPENDWATCH_CHAIN_ environment variable)" if key != "chain" else ""
+        raise ConfigError(msg, file=source, key=key, fix=f"correct this value in the [chain] table{env_hint}; "
+                          "see `spendwatch chain --help`") from None
+
+
+def load_settings(path: Path | None, **overrides: Any) -> ChainSettings:
+    """Settings from the [chain] table of `path` (optional), the environment, then `overrides`."""
+    data: dict[str, Any] = {}
+    source = str(path) if path is not None else "<environment>"
+    if path is not None:
+        try:
+            doc = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError("config file not found", file=source,
+                              fix="pass an existing file to --config") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML ({exc})", file=source) from None
+        table = doc.get("chain", {})
+        if not isinstance(table, dict):
+            raise ConfigError("`chain` must be a table", file=source, key="chain", fix="write it as [chain]")
+        data.update(table)
+        if data.get("registry_file") is not None and not os.path.isabs(str(data["registry_file"])):
+            data["registry_file"] = Path(path).parent / str(data["registry_file"])
+    env_keys = {k.upper() for k in os.environ}
+    data = {k: v for k, v in data.items() if f"SPENDWATCH_CHAIN_{k.upper()}" not in env_keys}
+    extra = overrides.pop("extra_wallets", None) or []
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if extra:
+        env_wallets = os.environ.get("SPENDWATCH_CHAIN_WATCHED_WALLETS")
+        base = list(json.loads(env_wallets)) if env_wallets else list(data.get("watched_wallets", []))
+        data["watched_wallets"] = [*base, *extra]
+    settings = settings_from_mapping(data, source=source)
+    watched_wallets(settings)  # a broken registry fails now, not after connecting
+    return settings
