@@ -86,6 +86,11 @@ class CheckpointSettings(BaseModel):
     restore_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
 
 
+class DetectSettings(BaseModel):
+    model_config = _FROZEN
+    policy_file: str | None = Field(None, description="policy TOML (examples/policy.toml); none = defaults")
+
+
 class Settings(BaseSettings):
     """The daemon's configuration (see README, "Configuration")."""
 
@@ -98,6 +103,9 @@ class Settings(BaseSettings):
     dedupe: DedupeSettings = DedupeSettings()
     findings: FindingSettings = FindingSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
+    detect: DetectSettings = DetectSettings()
+    chain: dict[str, Any] = Field(default_factory=dict, description="the chain bridge's table "
+                                  "(validated by `spendwatch chain`)")
     categories: dict[str, str] = Field(default_factory=dict,
                                        description="merchant payTo address or resource URL prefix -> category")
     log_level: str = "INFO"

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import AsyncContextManager, Awaitable, Callable, Protocol
@@ -99,6 +99,7 @@ class _Rebalance(ConsumerRebalanceListener):
 class Daemon:
     def __init__(self, settings: Settings, stages: list[Stage] | None = None, *,
                  services: list[Callable[["Daemon"], AsyncContextManager]] | None = None,
+                 categorize: Callable[[str, str | None], str | None] | None = None,
                  live_clock: bool = True, on_batch: Callable[["Daemon"], Awaitable[None] | None] | None = None) -> None:
         """`services` are factories of async context managers (webhook sender, admin API, ...) entered
         once the producer is up and exited after the consumer has closed (so outboxes can flush)."""
@@ -111,11 +112,13 @@ class Daemon:
         self.decoder = Decoder(max_event_bytes=settings.events.max_event_bytes,
                                max_future_skew_ms=settings.events.max_future_skew_seconds * 1000 if live_clock else None,
                                extra_chain_ids=frozenset(settings.events.extra_chain_ids))
-        self.categorize = CategoryMap(settings.categories)
+        self.categorize = categorize or CategoryMap(settings.categories)
         self.shards: dict[int, Shard] = {}
         self.covered: dict[int, dict[str, int]] = {}
         self.counters = Counters()
         self.dlq_reasons: Counter[str] = Counter()
+        self.recent_decisions: deque = deque(maxlen=50)  # for views: the newest decisions of any stage
+        self.decision_counts: Counter[str] = Counter()
         self.stopping = asyncio.Event()
         self.started = asyncio.Event()
         self._last_checkpoint = time.monotonic()
@@ -236,6 +239,9 @@ class Daemon:
                     ctx = BatchContext(p, shard, outcome, obs, now_ms)
                     for stage in self.stages:
                         stage.on_batch(ctx)
+                    for d in ctx.decisions:
+                        self.recent_decisions.append(d)
+                        self.decision_counts[d.kind] += 1
                     for topic, key, value in ctx.publish:
                         pending.append(await send(topic, value, key=key))
         if pending:
@@ -254,7 +260,7 @@ class Daemon:
 
     # -- partitions and checkpoints --------------------------------------------------------------
     def _new_shard(self) -> Shard:
-        return Shard(self.settings.shard_config(), self.categorize if self.categorize else None)
+        return Shard(self.settings.shard_config(), self.categorize)
 
     async def _acquire(self, partitions: set[int]) -> None:
         fresh = partitions - set(self.shards)
@@ -265,8 +271,7 @@ class Daemon:
             r = restored.get(p)
             if r is not None:
                 snap = msgspec.msgpack.decode(r.blob)
-                self.shards[p] = Shard.restore(snap["shard"], self.settings.shard_config(),
-                                               self.categorize if self.categorize else None)
+                self.shards[p] = Shard.restore(snap["shard"], self.settings.shard_config(), self.categorize)
                 for i, stage in enumerate(self.stages):
                     stage.restore(p, snap.get("stages", [None] * len(self.stages))[i])
                 self.covered[p] = dict(r.manifest.offsets)

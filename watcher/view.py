@@ -53,7 +53,16 @@ class LiveView:
             table.add_row(self.names.get(wallet, "?"), wallet[:10] + "…", *[fmt_usdc(s) for s in sums],
                           str(counts[min(2, len(counts) - 1)]))
         c = d.counters
-        stats = (f"events/s {self.rate:,.0f}   consumed {c.consumed:,}   processed {c.processed:,}   "
+        stats = (f"decisions: freeze {d.decision_counts['freeze']}, escalate {d.decision_counts['escalate']}, "
+                 f"warn {d.decision_counts['warn']}\n"
+                 f"events/s {self.rate:,.0f}   consumed {c.consumed:,}   processed {c.processed:,}   "
                  f"dead-lettered {c.dead_lettered:,}   duplicates {c.duplicates:,}   findings {c.findings:,}   "
                  f"agents {d.tracked_agents():,}   partitions {len(d.shards)}   up {now - self.t0:,.0f} s")
-        return Panel(Group(table, stats), title=self.title)
+        dec = Table(title="latest decisions", expand=True)
+        for col in ("kind", "agent", "rule", "observed", "threshold", "window"):
+            dec.add_column(col)
+        style = {"freeze": "bold red", "escalate": "yellow", "warn": "cyan"}
+        for d in list(d.recent_decisions)[-6:][::-1]:
+            dec.add_row(f"[{style.get(d.kind, '')}]{d.kind}", self.names.get(d.agent, d.agent[:10]), d.rule,
+                        str(d.observed), str(d.threshold), d.window or "")
+        return Panel(Group(table, dec, stats), title=self.title)

@@ -24,3 +24,4 @@ def test_demo_runs_twenty_seconds_and_exits_zero():
     assert consumed == published == processed + dead
     assert "memory-only" in out.lower()
     assert "top spender over the last minute: agent-runaway" in out.replace("\n", " ")
+    assert "FROZEN agent-runaway" in out and "cap_1m" in out

@@ -111,3 +111,16 @@ def test_dedupe_memory_is_bounded_by_its_horizon():
         sh.apply([settle(i * 1000 + j, ts=T + i * 30_000) for j in range(100)])
     assert len(sh.seen) <= 400  # two generations of at most one horizon each
     assert len(sh.join) <= 400
+
+
+def test_shadow_deadline_is_not_held_back_by_an_earlier_settle():
+    sh = Shard(ShardConfig(shadow_grace_ms=60_000, unsettled_after_ms=300_000))
+    sh.apply([settle(1, amount=5)])                          # unsettled check due at T + 300 s
+    sh.apply([transfer(2, status="confirmed", ts=T + 1000)])  # shadow check due at T + 61 s
+    assert [f.kind for f in sh.advance(T + 62_000)] == ["shadow_spend"]
+
+
+def test_deltas_carry_merchant_and_resource():
+    sh = Shard()
+    out = sh.apply([settle(1, resource="https://api.example/v1/q")])
+    assert out.deltas[0].merchant == M and out.deltas[0].resource == "https://api.example/v1/q"

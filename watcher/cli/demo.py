@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
@@ -13,10 +14,12 @@ from watcher.cli.common import add_kafka_options, settings_from
 from watcher.cli.simulate import add_fleet_options, fleet_from
 from watcher.daemon import Daemon
 from watcher.embedded import kafka_settings
+from watcher.stages import build
 from watcher.simulate.publish import run_simulator
 from watcher.view import LiveView, top_agents
 
 log = logging.getLogger("watcher.demo")
+DEMO_POLICY = Path(__file__).resolve().parents[2] / "examples" / "demo-policy.toml"
 
 
 def register(sub) -> None:
@@ -39,7 +42,9 @@ async def _demo(args) -> int:
             "group": f"{s.kafka.group}-demo", "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000})})
         fleet = fleet_from(args)
         s = s.model_copy(update={"categories": {**fleet.categories(), **s.categories}})
-        daemon = Daemon(s)
+        if not s.detect.policy_file:
+            s = s.model_copy(update={"detect": s.detect.model_copy(update={"policy_file": str(DEMO_POLICY)})})
+        daemon = build(s).daemon()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -81,6 +86,12 @@ def _summary(console: Console, daemon: Daemon, fleet) -> None:
                   f"duplicates {c.duplicates:,}, agents {daemon.tracked_agents():,}")
     top = top_agents(daemon.shards, 3)
     names = fleet.names()
+    counts = daemon.decision_counts
+    print(f"decisions: freeze {counts['freeze']}, escalate {counts['escalate']}, warn {counts['warn']}")
+    frozen = sorted({d.agent for d in daemon.recent_decisions if d.kind == "freeze"})
+    for agent in frozen:
+        first = next(d for d in daemon.recent_decisions if d.kind == "freeze" and d.agent == agent)
+        print(f"FROZEN {names.get(agent, agent)} ({agent}): {first.rule}: {first.reason}")
     if top:
         wallet, sums, _ = top[0]
         print(f"top spender over the last minute: {names.get(wallet, wallet)} ({wallet}) "

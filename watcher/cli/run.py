@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from watcher.cli.common import add_kafka_options, settings_from
-from watcher.daemon import Daemon
 from watcher.embedded import kafka_settings
+from watcher.stages import build
 
 
 def register(sub) -> None:
@@ -20,7 +20,7 @@ def register(sub) -> None:
 async def run_daemon(args) -> int:
     settings = settings_from(args)
     async with kafka_settings(settings, args.bootstrap) as s:
-        daemon = Daemon(s)
+        daemon = build(s).daemon()
         daemon.install_signal_handlers()
         await daemon.run()
     return 0

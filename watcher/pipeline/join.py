@@ -15,7 +15,7 @@ Findings, each reported once per payment:
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
 from datetime import datetime, timezone
 
 import msgspec
@@ -43,13 +43,17 @@ class Payment(msgspec.Struct, array_like=True, gc=False):
     reported: int = 0                    # bitmask of findings already emitted
 
 
-class Delta(msgspec.Struct, array_like=True, frozen=True):
+class Delta(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A change of what a payment counts for, at the payment's first-seen time."""
+
     agent: str
     category: str | None
     ts_ms: int
     amount: int
     count: int
     event_id: str
+    merchant: str = ""
+    resource: str | None = None
 
 
 def _iso(ms: int) -> datetime:
@@ -62,7 +66,7 @@ class Join:
         self.payments: Generations[Payment] = Generations(horizon_ms, max_entries)
         self.shadow_grace_ms = shadow_grace_ms
         self.unsettled_after_ms = unsettled_after_ms
-        self.deadlines: deque[tuple[int, str]] = deque()
+        self.deadlines: list[tuple[int, str]] = []  # a heap: settles and transfers wait different times
         self.chains_seen: set[int] = set()
 
     def apply(self, obs: Observation, category: str | None, now_ms: int) -> tuple[Delta | None, list[Finding]]:
@@ -75,26 +79,27 @@ class Join:
             if obs.kind == Kind.SETTLE:  # the common case: a new payment, reported by its facilitator
                 p.settle_amount, p.settle_id = obs.amount, obs.event_id
                 p.counted, p.counted_n = obs.amount, 1
-                self.deadlines.append((now_ms + self.unsettled_after_ms, key))
-                return Delta(p.agent, category, p.ts_ms, obs.amount, 1, obs.event_id), _NONE
+                heapq.heappush(self.deadlines, (now_ms + self.unsettled_after_ms, key))
+                return Delta(p.agent, category, p.ts_ms, obs.amount, 1, obs.event_id, p.merchant,
+                             obs.resource), _NONE
         elif p.category is None and category is not None:
             p.category = category
         if obs.kind == Kind.SETTLE:
             if p.settle_amount is None:
                 p.settle_amount, p.settle_id = obs.amount, obs.event_id
                 if not p.transfers:
-                    self.deadlines.append((now_ms + self.unsettled_after_ms, key))
+                    heapq.heappush(self.deadlines, (now_ms + self.unsettled_after_ms, key))
         else:
             self.chains_seen.add(obs.chain_id)
             li = obs.log_index or 0
             p.transfers = tuple(t for t in p.transfers if t[0] != li) + ((li, obs.amount, obs.status,
                                                                           obs.event_id),)
             if obs.status == "confirmed" and p.settle_amount is None:
-                self.deadlines.append((now_ms + self.shadow_grace_ms, key))
+                heapq.heappush(self.deadlines, (now_ms + self.shadow_grace_ms, key))
         findings = self._mismatch(p, key, now_ms)
-        return self._recount(p, obs.event_id), findings
+        return self._recount(p, obs), findings
 
-    def _recount(self, p: Payment, event_id: str) -> Delta | None:
+    def _recount(self, p: Payment, obs: Observation) -> Delta | None:
         if p.transfers:
             live = [t[1] for t in p.transfers if t[2] != "reverted"]
             amount, n = sum(live), (1 if live else 0)
@@ -104,7 +109,7 @@ class Join:
         if d_amount == 0 and d_n == 0:
             return None
         p.counted, p.counted_n = amount, n
-        return Delta(p.agent, p.category, p.ts_ms, d_amount, d_n, event_id)
+        return Delta(p.agent, p.category, p.ts_ms, d_amount, d_n, obs.event_id, p.merchant, obs.resource)
 
     def _confirmed_amount(self, p: Payment) -> int | None:
         confirmed = [t[1] for t in p.transfers if t[2] == "confirmed"]
@@ -125,7 +130,7 @@ class Join:
         out: list[Finding] = []
         dl = self.deadlines
         while dl and dl[0][0] <= now_ms:
-            _, key = dl.popleft()
+            _, key = heapq.heappop(dl)
             p = self.payments.current.get(key) or self.payments.previous.get(key)
             if p is None:
                 continue
@@ -162,5 +167,6 @@ class Join:
 
     def restore(self, snap: dict) -> None:
         self.payments.restore(snap["payments"], lambda v: msgspec.convert(v, Payment))
-        self.deadlines = deque((int(a), b) for a, b in snap["deadlines"])
+        self.deadlines = [(int(a), b) for a, b in snap["deadlines"]]
+        heapq.heapify(self.deadlines)
         self.chains_seen = set(snap["chains_seen"])

@@ -9,6 +9,7 @@ an exact watcher must end up with, so tests can compare.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import random
 from collections import defaultdict
@@ -93,6 +94,8 @@ class Fleet:
         self.block = 1000
         self.seed = seed
         self._bursting: dict[int, int] = {}
+        self._later: list[tuple[int, int, tuple[str, bytes, bytes]]] = []  # chain records not yet mined
+        self.block_ms = 2_000
 
     def categories(self) -> dict[str, str]:
         return {m.address: m.category for m in self.merchants}
@@ -128,12 +131,14 @@ class Fleet:
             out.append(("payments", key, rec))
             t.duplicates += 1
         if rng.random() < self.chain_ratio:
+            # the transfer is mined a block later and confirmed a few blocks after that
             self.block += 1
-            for status in ("pending", "confirmed"):
-                out.append(("chain", key, encode(transfer_record(
-                    ts_ms=ts_ms, payer=agent.wallet, to=merchant.address, amount=amount, tx=tx,
+            for status, delay in (("pending", self.block_ms), ("confirmed", 5 * self.block_ms)):
+                rec = ("chain", key, encode(transfer_record(
+                    ts_ms=ts_ms + delay, payer=agent.wallet, to=merchant.address, amount=amount, tx=tx,
                     block_number=self.block, status=status, authorizer=agent.wallet,
-                    confirmations=0 if status == "pending" else 5))))
+                    confirmations=0 if status == "pending" else 5)))
+                heapq.heappush(self._later, (ts_ms + delay, self.seq * 2 + (status == "confirmed"), rec))
         return out
 
     def _malformed(self) -> tuple[str, bytes, bytes]:
@@ -166,6 +171,14 @@ class Fleet:
             m = self.runaway_merchant
             for _ in range(self._poisson(self.runaway_per_s * dt_ms / 1000)):
                 out.extend(self._payment(self.runaway, m, now_ms + rng.randrange(max(1, dt_ms))))
+        while self._later and self._later[0][0] < now_ms + dt_ms:
+            out.append(heapq.heappop(self._later)[2])
+        self.truth.published += len(out)
+        return out
+
+    def flush(self) -> list[tuple[str, bytes, bytes]]:
+        """The chain records still waiting to be mined (at the end of a finite stream)."""
+        out = [heapq.heappop(self._later)[2] for _ in range(len(self._later))]
         self.truth.published += len(out)
         return out
 
@@ -188,4 +201,5 @@ class Fleet:
         while self.seq < n_payments:
             out.extend(self.tick(start_ms, now, 1000, rate_per_s))
             now += 1000
+        out.extend(self.flush())
         return out

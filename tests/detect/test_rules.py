@@ -1,0 +1,139 @@
+"""Each rule with plain values, through the real decode -> shard -> detector path."""
+
+from conftest import AGENT, MERCHANT, T0
+
+U = 1_000_000
+CAPS = "[defaults.caps]\nper_minute_usdc = 1\n[defaults.anomaly]\nenabled = false\nfleet = false\n"
+
+
+def test_cap_freezes_at_the_crossing_payment(harness):
+    h = harness(CAPS)
+    recs = [h.settle(T0 + i * 1000, 300_000) for i in range(6)]
+    ds = h.feed(recs)
+    assert [(d.kind, d.rule) for d in ds] == [("freeze", "cap_1m")]
+    d = ds[0]
+    assert d.event_ids == ["e4"] and d.observed == 1_200_000 and d.threshold == U and d.window == "1m"
+    assert d.occurred_at == "2026-11-22T00:00:03.000Z" and d.unit == "usdc_base_units"
+    assert h.feed([h.settle(T0 + 7000, 300_000)]) == []          # frozen: nothing more is said
+    assert h.detector.release(AGENT)
+    assert [d.rule for d in h.feed([h.settle(T0 + 8000, 1)])] == ["cap_1m"]   # still over the cap
+
+
+def test_cap_across_batches_and_window_expiry(harness):
+    h = harness(CAPS)
+    for i in range(3):
+        assert h.feed([h.settle(T0 + i * 1000, 300_000)]) == []
+    assert h.feed([h.settle(T0 + 70_000, 300_000)]) == []       # the first three left the window
+    ds = h.feed([h.settle(T0 + 71_000, 300_000), h.settle(T0 + 72_000, 300_000), h.settle(T0 + 73_000, 300_000)])
+    assert [(d.rule, d.event_ids) for d in ds] == [("cap_1m", ["e7"])]
+
+
+def test_ceiling_and_escalation_timeout_and_approval(harness):
+    text = CAPS.replace("per_minute_usdc = 1", "per_minute_usdc = 0") + \
+        "[defaults.escalation]\npayment_above_usdc = 1\ntimeout_seconds = 60\n"
+    h = harness(text)
+    ds = h.feed([h.settle(T0, 2 * U)])
+    assert [(d.kind, d.rule, d.observed, d.threshold) for d in ds] == [("escalate", "escalate_payment", 2 * U, U)]
+    assert h.feed([h.settle(T0 + 1000, 3 * U)]) == []           # one question at a time
+    ds = h.feed([h.settle(T0 + 61_000, 1)])
+    assert [(d.kind, d.rule, d.event_ids) for d in ds] == [("freeze", "escalation_timeout", [h.decisions[0].id])]
+    h2 = harness(text)
+    h2.feed([h2.settle(T0, 2 * U)])
+    assert h2.detector.approve(AGENT, T0 + 5000)
+    assert h2.feed([h2.settle(T0 + 61_000, 2 * U)]) == []        # approved: no timeout, no new question
+
+
+def test_payment_ceiling_freezes(harness):
+    h = harness("[defaults]\nper_payment_max_usdc = 5\n[defaults.anomaly]\nenabled = false\n")
+    ds = h.feed([h.settle(T0, 4 * U), h.settle(T0 + 1, 6 * U)])
+    assert [(d.kind, d.rule, d.event_ids) for d in ds] == [("freeze", "payment_ceiling", ["e2"])]
+
+
+def test_category_budget_from_rate_card(harness):
+    h = harness('[defaults]\ncategory_budgets_usdc = { gpu = 1 }\n[defaults.anomaly]\nenabled = false\n'
+                '[[rate_card]]\nmerchant = "https://gpu.example/*"\ncategory = "gpu"\n')
+    recs = [h.settle(T0 + i * 30_000, 400_000, resource="https://gpu.example/run") for i in range(3)]
+    recs.append(h.settle(T0 + 100_000, 400_000, resource="https://other.example/x"))
+    ds = h.feed(recs)
+    assert [(d.kind, d.rule, d.category, d.observed, d.event_ids) for d in ds] == \
+        [("escalate", "category_budget", "gpu", 1_200_000, ["e3"])]
+
+
+def test_blocked_merchant_and_category(harness):
+    bad = "0x" + "33" * 20
+    h = harness(f'[defaults.merchants]\nblock = ["{bad}"]\nblock_categories = ["casino"]\n'
+                '[[rate_card]]\nmerchant = "https://casino.example/*"\ncategory = "casino"\n')
+    assert [d.rule for d in h.feed([h.settle(T0, 10, merchant=bad)])] == ["blocked_merchant"]
+    h = harness('[defaults.merchants]\nblock_categories = ["casino"]\n'
+                '[[rate_card]]\nmerchant = "https://casino.example/*"\ncategory = "casino"\n')
+    assert [d.rule for d in h.feed([h.settle(T0, 10, resource="https://casino.example/spin")])] == ["blocked_category"]
+
+
+def test_allow_list(harness):
+    h = harness('[defaults.merchants]\nallow = ["https://ok.example/*"]\n')
+    assert h.feed([h.settle(T0, 10, resource="https://ok.example/a")]) == []
+    ds = h.feed([h.settle(T0 + 1, 10, resource="https://else.example/a")])
+    assert [(d.kind, d.rule) for d in ds] == [("escalate", "merchant_not_allowed")]
+
+
+def test_price_drift(harness):
+    h = harness(f'[[rate_card]]\nmerchant = "{MERCHANT}"\ncategory = "data"\nprice_usdc = 0.01\n'
+                'version = "v7"\ntolerance_pct = 5\n')
+    assert h.feed([h.settle(T0, 10_400)]) == []                   # within 5 %
+    ds = h.feed([h.settle(T0 + 1000, 12_000)])
+    assert [(d.kind, d.rule, d.observed, d.threshold, d.merchant) for d in ds] == \
+        [("warn", "price_drift", 12_000, 10_000, MERCHANT)]
+    assert "v7" in ds[0].reason
+    assert h.feed([h.settle(T0 + 2000, 12_000)]) == []            # cooldown
+
+
+def test_compromised_key_unknown_payee_then_shadow_spend(harness):
+    h = harness("[defaults.anomaly]\nenabled = false\n")
+    thief = "0x" + "66" * 20
+    h.feed([h.settle(T0, 10)])                                     # a normal payment: merchant known
+    ds = h.feed([h.transfer(T0 + 5000, 1 * U, to=thief)])
+    assert [(d.kind, d.rule, d.merchant) for d in ds] == [("warn", "unknown_payee", thief)]
+    # past the shadow grace (and past the first settle's unsettled deadline: the join sweeps its
+    # deadlines in arrival order, so the later shadow deadline waits behind the earlier settle's)
+    ds = h.feed([h.settle(T0 + 400_000, 10)])
+    assert sorted((d.kind, d.rule) for d in ds) == [("freeze", "finding.shadow_spend"), ("warn", "finding.unsettled")] \
+        or [(d.kind, d.rule) for d in ds] == [("freeze", "finding.shadow_spend")]
+    assert h.feed([h.transfer(T0 + 201_000, 1 * U, to=MERCHANT)]) == []   # a settled merchant: fine
+
+
+def test_failed_verification_burst(harness):
+    h = harness("[defaults.findings]\nfailed_verifications = 5\nfailed_verifications_window_seconds = 10\n")
+    assert h.feed([h.failed_verify(T0 + i * 3000) for i in range(5)]) == []    # 5 over 12 s: never 5 in 10 s
+    ds = h.feed([h.failed_verify(T0 + 20_000 + i * 100) for i in range(5)])
+    assert [(d.kind, d.rule, d.observed, d.threshold) for d in ds] == [("warn", "failed_verifications", 5, 5)]
+
+
+def test_new_merchant_burst_after_warmup(harness):
+    h = harness("[defaults.anomaly]\nwarmup_payments = 5\nwarmup_seconds = 60\nnew_merchants = 4\nfleet = false\n")
+    h.feed([h.settle(T0 + i * 20_000, 1000) for i in range(10)])
+    burst = [h.settle(T0 + 900_000 + i * 1000, 1000, merchant="0x" + f"{0x40 + i:02x}" * 20) for i in range(5)]
+    ds = h.feed(burst)
+    assert [(d.rule, d.observed, d.event_ids) for d in ds] == [("new_merchant_burst", 4, ["e14"])]
+
+
+def test_slow_drain_warns_from_baseline(harness):
+    h = harness("[defaults.anomaly]\nfleet = false\n")
+    t = T0
+    for k in range(8 * 60):                                        # 8 h at ~$0.002/min
+        h.feed([h.settle(t, 2000)])
+        t += 60_000
+    assert h.decisions == []
+    for k in range(40 * 6):                                        # drain: $0.3/min, under the $2 cap
+        h.feed([h.settle(t, 50_000)])
+        t += 10_000
+    rules = [(d.kind, d.rule) for d in h.decisions]
+    assert rules and rules[0] == ("warn", "baseline.spend_rate")
+
+
+def test_same_events_same_ids(harness):
+    def run():
+        h = harness(CAPS)
+        h.feed([h.settle(T0 + i * 1000, 300_000) for i in range(6)])
+        return [d.id for d in h.decisions]
+    a, b = run(), run()
+    assert a == b and len(a) == 1 and a[0].startswith("d-")

@@ -1,0 +1,475 @@
+"""The decision stage of one shard: policy rules, per-agent baselines, the fleet model, findings.
+
+    outcome of Shard.apply ─► candidates (rule, event, observed, threshold) ─► per-agent state ─► Decisions
+
+Every candidate names the event that triggered it; candidates are ordered by that event's position in
+the batch and passed through a small per-agent state machine:
+  frozen      a freeze was decided: nothing more is said about the agent until `release(agent)`
+  escalation  one question to a person at a time; `approve(agent)` answers it and silences further
+              escalations for `escalation.approval_ttl_seconds`; `tick(now)` freezes unanswered ones
+  cooldown    the same warning (agent, rule, merchant) is repeated at most once per `warn_cooldown_seconds`
+Decision ids hash (agent, rule, triggering event), so the same events give the same ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import numpy as np
+
+from watcher.detect.baselines import NEVER, Baselines, merchant_hash
+from watcher.detect.decision import Decision, decision_id, rfc3339
+from watcher.detect.fleet import FleetModel
+from watcher.detect.policy import SEVERITY, Policy
+from watcher.detect.ratecard import RateCard
+from watcher.detect.rules import (CAP_WINDOWS, NO_LIMIT, PolicyTable, first_crossings, in_window,
+                                  merchant_verdict)
+from watcher.events.observation import Kind, Observation
+from watcher.money import fmt_usdc
+
+log = logging.getLogger("watcher.detect")
+
+USDC = "usdc_base_units"
+FAIL_SLOTS = 64
+KNOWN_MERCHANTS_MAX = 200_000
+COOLDOWN_MAX = 500_000
+PER_MERCHANT = frozenset({"price_drift", "unknown_payee", "blocked_merchant", "merchant_not_allowed"})
+
+
+class Candidate(NamedTuple):
+    pos: int
+    ts_ms: int
+    row: int
+    rule: str
+    source: str
+    observed: int | float
+    threshold: int | float
+    unit: str
+    window: str | None
+    event_ids: list[str]
+    reason: str
+    merchant: str | None = None
+    category: str | None = None
+    anchor: str = ""
+
+
+class Detector:
+    def __init__(self, policy: Policy | None = None, *, fleet_interval_ms: int = 300_000,
+                 fleet_max_per_batch: int = 64, seed: int = 7) -> None:
+        self.policy = policy or Policy.default()
+        self.ratecard = RateCard(self.policy.rate_card)
+        self.index: dict[str, int] = {}
+        self.agents: list[str] = []
+        self.table = PolicyTable()
+        self.base = Baselines()
+        self.fleet = FleetModel(self.policy.defaults.anomaly.fleet_quantile, seed=seed,
+                                interval_ms=fleet_interval_ms, max_per_batch=fleet_max_per_batch)
+        self.capacity = 0
+        self.frozen = np.zeros(0, bool)
+        self.fail_ring = np.zeros((0, FAIL_SLOTS), np.int64)
+        self.fail_ptr = np.zeros(0, np.int64)
+        self.cooldown: dict[tuple[int, str, str], int] = {}
+        self.pending: dict[int, tuple[int, str, str]] = {}      # row -> (deadline ms, decision id, rule)
+        self.approved_until: dict[int, int] = {}
+        self.known_merchants: dict[str, None] = {}
+        self.now_ms = 0
+        self.counts = {k: 0 for k in SEVERITY}
+        self._grow(1024)
+
+    # -- rows ---------------------------------------------------------------------------------
+    def _grow(self, need: int) -> None:
+        if need <= self.capacity:
+            return
+        cap = max(need, int(self.capacity * 1.5) + 1)
+        self.table.grow(cap)
+        self.base.grow(cap)
+        self.fleet.grow(cap)
+        for name, fill in (("frozen", False), ("fail_ptr", 0)):
+            old = getattr(self, name)
+            new = np.full(cap, fill, old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+        ring = np.full((cap, FAIL_SLOTS), NEVER, np.int64)
+        ring[: len(self.fail_ring)] = self.fail_ring
+        self.fail_ring = ring
+        self.capacity = cap
+
+    def _new_row(self, agent: str) -> int:
+        row = len(self.agents)
+        self._grow(row + 1)
+        self.index[agent] = row
+        self.agents.append(agent)
+        self.table.set_row(row, self.policy.limits(agent))
+        return row
+
+    def row(self, agent: str) -> int:
+        r = self.index.get(agent)
+        return self._new_row(agent) if r is None else r
+
+    # -- policy -------------------------------------------------------------------------------
+    def set_policy(self, policy: Policy) -> None:
+        """Swap in a reloaded policy: every row's limits and the rate card are re-resolved."""
+        self.policy = policy
+        self.ratecard = RateCard(policy.rate_card)
+        self.table.load(policy, self.agents)
+
+    def categorize(self, merchant: str, resource: str | None) -> str | None:
+        """The Shard's categorize hook; follows policy reloads."""
+        return self.ratecard.categorize(merchant, resource)
+
+    # -- the batch ----------------------------------------------------------------------------
+    def on_batch(self, outcome, shard, now_ms: int, batch: list[Observation] | None = None) -> list[Decision]:
+        """Decide on what one `Shard.apply` did. `batch` (the observations handed to it) supplies the
+        merchant and resource of each payment; without it merchant rules and novelty are skipped."""
+        now = max(int(now_ms), shard.watermark_ms)
+        self.now_ms = max(self.now_ms, now)
+        cands: list[Candidate] = []
+        n = len(outcome.deltas)
+        if n:
+            self._payments(outcome.deltas, shard, batch, cands)
+        if outcome.signals:
+            self._signals(outcome.signals, n, cands)
+        if outcome.findings:
+            self._findings(outcome.findings, n + len(outcome.signals), cands)
+        return self._decide(cands) if cands else []
+
+    def _payments(self, deltas, shard, batch, cands: list[Candidate]) -> None:
+        n = len(deltas)
+        index, new_row = self.index, self._new_row
+        rows = np.fromiter(((index.get(d.agent) if d.agent in index else new_row(d.agent)) for d in deltas),
+                           np.int64, n)
+        ts = np.fromiter((d.ts_ms for d in deltas), np.int64, n)
+        amt = np.fromiter((d.amount for d in deltas), np.int64, n)
+        cnt = np.fromiter((d.count for d in deltas), np.int64, n)
+        live = ~self.frozen[rows]
+        if not live.any():
+            return
+        self._windows(deltas, shard, rows, ts, amt, live, cands)
+        self._categories(deltas, shard, rows, ts, amt, live, cands)
+        ni = np.nonzero((cnt > 0) & live)[0]
+        if len(ni):
+            self._new_payments(deltas, ni, rows, ts, amt, batch, cands)
+
+    def _windows(self, deltas, shard, rows, ts, amt, live, cands) -> None:
+        aw = shard.agents
+        u_rows, keys = np.unique(rows, return_inverse=True)
+        srows = np.fromiter((aw.index[bytes.fromhex(self.agents[r][2:])] for r in u_rows), np.int64, len(u_rows))
+        sums, _ = aw.totals(srows)
+        now = aw.watermark_ms
+        cols = {s.name: (i, s) for i, s in enumerate(aw.specs)}
+        checks = [(rule, wname, self.table.caps[rows, k]) for k, (rule, wname, _) in enumerate(CAP_WINDOWS)]
+        esc = self.table.esc_window[rows]
+        if (esc < NO_LIMIT).any():
+            checks.append(("escalate_window", self.policy.defaults.escalation.window, esc))
+        monotone = bool((amt >= 0).all())
+        for rule, wname, limits in checks:
+            if wname not in cols:
+                continue
+            col, spec = cols[wname]
+            if monotone and not (sums[keys, col] > limits).any():
+                continue            # running totals only grow within the batch: nobody can cross
+            inw = in_window(ts, now, spec.granularity_ms, spec.buckets) & live
+            idx, run = first_crossings(keys, amt, inw, sums[:, col], limits)
+            for i, total in zip(idx.tolist(), run.tolist()):
+                d = deltas[i]
+                cands.append(Candidate(i, d.ts_ms, int(rows[i]), rule, "policy", total, int(limits[i]), USDC,
+                                       wname, [d.event_id],
+                                       f"spent {fmt_usdc(total)} USDC in {wname}, limit {fmt_usdc(int(limits[i]))}",
+                                       category=d.category))
+
+    def _categories(self, deltas, shard, rows, ts, amt, live, cands) -> None:
+        hb = self.table.has_budgets[rows] & live
+        if not hb.any():
+            return
+        idx = np.nonzero(hb)[0]
+        limits_of = self.table.limits
+        sel, lims, ckeys = [], [], []
+        for i in idx.tolist():
+            d = deltas[i]
+            if d.category is None:
+                continue
+            budget = limits_of[rows[i]].category_budgets_usdc.get(d.category)
+            if budget:
+                sel.append(i)
+                lims.append(int(round(budget * 1_000_000)))
+                ckeys.append(bytes.fromhex(d.agent[2:]) + b"|" + d.category.encode())
+        if not sel:
+            return
+        cw = shard.categories
+        local: dict[bytes, int] = {}
+        keys = np.fromiter((local.setdefault(k, len(local)) for k in ckeys), np.int64, len(ckeys))
+        srows = np.fromiter((cw.index[k] for k in local), np.int64, len(local))
+        sums, _ = cw.totals(srows)
+        col, spec = next((i, s) for i, s in enumerate(cw.specs) if s.name == "24h")
+        sel_a = np.array(sel)
+        inw = in_window(ts[sel_a], cw.watermark_ms, spec.granularity_ms, spec.buckets)
+        hit, run = first_crossings(keys, amt[sel_a], inw, sums[:, col], np.array(lims, np.int64))
+        for j, total in zip(hit.tolist(), run.tolist()):
+            i = sel[j]
+            d = deltas[i]
+            cands.append(Candidate(i, d.ts_ms, int(rows[i]), "category_budget", "policy", total, lims[j], USDC,
+                                   "24h", [d.event_id], f"spent {fmt_usdc(total)} USDC on {d.category} in 24h, "
+                                   f"budget {fmt_usdc(lims[j])}", category=d.category))
+
+    def _new_payments(self, deltas, ni, rows, ts, amt, batch, cands) -> None:
+        by_id = {o.event_id: o for o in batch} if batch else {}
+        t = self.table
+        lookup = self.ratecard.lookup
+        known, card_known = self.known_merchants, self.ratecard.known
+        merchants: list[str] = []
+        ceil, escp, lists = t.ceiling, t.esc_payment, t.has_lists
+        for i in ni.tolist():
+            d = deltas[i]
+            o = by_id.get(d.event_id)
+            m = o.merchant if o is not None else ""
+            merchants.append(m)
+            r = int(rows[i])
+            a = d.amount
+            if a > ceil[r]:
+                cands.append(Candidate(i, d.ts_ms, r, "payment_ceiling", "policy", a, int(ceil[r]), USDC, "payment",
+                                       [d.event_id], f"one payment of {fmt_usdc(a)} USDC, ceiling "
+                                       f"{fmt_usdc(int(ceil[r]))}", m or None, d.category))
+            if a > escp[r]:
+                cands.append(Candidate(i, d.ts_ms, r, "escalate_payment", "policy", a, int(escp[r]), USDC,
+                                       "payment", [d.event_id], f"payment of {fmt_usdc(a)} USDC needs approval "
+                                       f"above {fmt_usdc(int(escp[r]))}", m or None, d.category))
+            if o is None:
+                continue
+            if lists[r]:
+                rule = merchant_verdict(t.limits[r], m, o.resource, d.category)
+                if rule is not None:
+                    cands.append(Candidate(i, d.ts_ms, r, rule, "policy", a, 0, USDC, "payment", [d.event_id],
+                                           f"paid {m} ({o.resource or 'no resource'}, category "
+                                           f"{d.category or 'none'}): {rule.replace('_', ' ')}", m, d.category))
+            if o.kind == Kind.SETTLE:
+                if m not in known and len(known) < KNOWN_MERCHANTS_MAX:
+                    known[m] = None
+            elif m not in known and not card_known(m):
+                cands.append(Candidate(i, d.ts_ms, r, "unknown_payee", "policy", a, 0, USDC, "payment",
+                                       [d.event_id], f"on-chain transfer of {fmt_usdc(a)} USDC to {m}, an "
+                                       "address no facilitator has reported and no rate card lists", m, None,
+                                       f"{d.event_id}|{m}"))
+            rate = lookup(m, o.resource)
+            if rate is not None and rate.price is not None and not rate.low <= a <= rate.high:
+                cands.append(Candidate(i, d.ts_ms, r, "price_drift", "policy", a, rate.price, USDC, "payment",
+                                       [d.event_id], f"charged {fmt_usdc(a)} USDC, card {rate.version} says "
+                                       f"{fmt_usdc(rate.price)} (allowed {fmt_usdc(rate.low)}..{fmt_usdc(rate.high)})",
+                                       m, rate.category, f"{m}|{rate.version}"))
+        self._models(deltas, ni, rows, ts, amt, merchants, cands)
+
+    def _models(self, deltas, ni, rows, ts, amt, merchants, cands) -> None:
+        t = self.table
+        r, tt, a = rows[ni], ts[ni], amt[ni]
+        have_m = any(merchants)
+        mh = merchant_hash(merchants) if have_m else np.ones(len(ni), np.uint64)
+        sc = self.base.observe(r, tt, a, mh, t.params)
+        p = t.params
+        flagged = np.nonzero(sc.rate_flag | sc.size_flag | (sc.warm & (sc.newm_count >= 2)))[0]
+        for j in flagged.tolist():
+            i = int(ni[j])
+            d = deltas[i]
+            row = int(r[j])
+            m = merchants[j] or None
+            if sc.rate_flag[j]:
+                cands.append(Candidate(i, d.ts_ms, row, "baseline.spend_rate", "model", round(float(sc.ratio[j]), 3),
+                                       float(p.ratio[row]), "ratio", "30m", [d.event_id],
+                                       f"spending {sc.ratio[j]:.1f}x its own 6h baseline (z {sc.z_rate[j]:.1f}, "
+                                       f"{fmt_usdc(int(sc.spend_m[j]))} USDC in ~30 min)", m, d.category))
+            if sc.size_flag[j]:
+                cands.append(Candidate(i, d.ts_ms, row, "baseline.payment_size", "model",
+                                       round(float(sc.z_size[j]), 3), float(p.size_z[row]), "z", "payment",
+                                       [d.event_id], f"payment of {fmt_usdc(int(a[j]))} USDC is {sc.z_size[j]:.1f} "
+                                       "sd above its usual size", m, d.category))
+            if have_m and sc.warm[j] and sc.newm_count[j] >= t.limits[row].anomaly.new_merchants:
+                win = t.limits[row].anomaly.new_merchants_window_seconds
+                cands.append(Candidate(i, d.ts_ms, row, "new_merchant_burst", "model", int(sc.newm_count[j]),
+                                       t.limits[row].anomaly.new_merchants, "count", f"{win}s", [d.event_id],
+                                       f"{int(sc.newm_count[j])} first-time merchants within {win} s", m,
+                                       d.category, f"{d.event_id}|burst"))
+        if not self.policy.defaults.anomaly.fleet:
+            return
+        warm_rows = r[sc.warm]
+        if not len(warm_rows):
+            return
+        now = int(tt.max())
+        due = self.fleet.due(warm_rows, now)
+        if not len(due):
+            return
+        feats, z_rate = self.base.features(due, now)
+        scores, flags = self.fleet.score(due, feats, now)
+        if not flags.any():
+            return
+        last_pos = {int(row): int(ni[j]) for j, row in enumerate(r.tolist())}
+        thr = self.fleet.threshold()
+        for k in np.nonzero(flags)[0].tolist():
+            row = int(due[k])
+            need = t.limits[row].anomaly.fleet_corroborate_z
+            if z_rate[k] < need:
+                continue
+            i = last_pos[row]
+            d = deltas[i]
+            cands.append(Candidate(i, d.ts_ms, row, "fleet.hst", "model", round(float(scores[k]), 4),
+                                   round(thr, 4), "score", "fleet", [d.event_id],
+                                   f"fleet model score {scores[k]:.3f} above its {self.fleet.quantile} quantile "
+                                   f"{thr:.3f}, spend-rate z {z_rate[k]:.1f}", None, d.category, f"{d.event_id}|fleet"))
+
+    def _signals(self, signals: list[Observation], base_pos: int, cands) -> None:
+        reasons = self.policy.defaults.findings.failed_reasons
+        for k, o in enumerate(signals):
+            if o.reason is None or o.status not in ("invalid", "failed") or o.reason not in reasons:
+                continue
+            r = self.row(o.agent)
+            if self.frozen[r]:
+                continue
+            p = int(self.fail_ptr[r])
+            self.fail_ring[r, p % FAIL_SLOTS] = o.ts_ms
+            self.fail_ptr[r] = p + 1
+            window = int(self.table.fail_window_ms[r])
+            count = int((self.fail_ring[r] > o.ts_ms - window).sum())
+            need = int(self.table.fail_n[r])
+            if count >= need:
+                cands.append(Candidate(base_pos + k, o.ts_ms, r, "failed_verifications", "policy", count, need,
+                                       "count", f"{window // 1000}s", [o.event_id],
+                                       f"{count} payments refused ({o.reason}) within {window // 1000} s",
+                                       o.merchant, None))
+
+    def _findings(self, findings, base_pos: int, cands) -> None:
+        for k, f in enumerate(findings):
+            r = self.row(f.agent)
+            ms = int(f.observedAt.timestamp() * 1000)
+            settled = int(f.settledAmount) if f.settledAmount is not None else None
+            moved = int(f.transferredAmount) if f.transferredAmount is not None else None
+            observed = moved if moved is not None else (settled or 0)
+            threshold = settled if f.kind == "amount_mismatch" and settled is not None else 0
+            cands.append(Candidate(base_pos + k, ms, r, f"finding.{f.kind}", "finding", observed, threshold, USDC,
+                                   None, list(f.eventIds)[:20], f"{f.kind.replace('_', ' ')} on {f.tx}: {f.detail}",
+                                   f.merchant, None, f.id))
+
+    # -- the state machine --------------------------------------------------------------------
+    def _decide(self, cands: list[Candidate]) -> list[Decision]:
+        cands.sort(key=lambda c: (c.pos, -SEVERITY[self.table.limits[c.row].action(c.rule)]))
+        out: list[Decision] = []
+        for c in cands:
+            row = c.row
+            if self.frozen[row]:
+                continue
+            lim = self.table.limits[row]
+            kind = lim.action(c.rule)
+            if kind == "warn" or kind == "observe":
+                key = (row, c.rule, (c.merchant or "") if c.rule in PER_MERCHANT else "")
+                last = self.cooldown.get(key)
+                if last is not None and c.ts_ms - last < lim.warn_cooldown_seconds * 1000:
+                    continue
+                if len(self.cooldown) >= COOLDOWN_MAX:
+                    self._prune_cooldown()
+                self.cooldown[key] = c.ts_ms
+            elif kind == "escalate":
+                if row in self.pending or self.approved_until.get(row, NEVER) > c.ts_ms:
+                    continue
+            d = self._decision(c, kind)
+            if kind == "escalate":
+                self.pending[row] = (c.ts_ms + lim.escalation.timeout_seconds * 1000, d.id, c.rule)
+            elif kind == "freeze":
+                self.frozen[row] = True
+                self.pending.pop(row, None)
+            out.append(d)
+        return out
+
+    def _decision(self, c: Candidate, kind: str) -> Decision:
+        agent = self.agents[c.row]
+        self.counts[kind] += 1
+        return Decision(decision_id(agent, c.rule, c.anchor or c.event_ids[-1]), kind, agent, c.rule, c.source,
+                        c.observed, c.threshold, c.unit, c.window, c.event_ids, rfc3339(c.ts_ms), c.reason,
+                        c.merchant, c.category, self.policy.team_of.get(agent), self.policy.version)
+
+    def _prune_cooldown(self) -> None:
+        horizon = self.now_ms - 24 * 3600 * 1000
+        self.cooldown = {k: v for k, v in self.cooldown.items() if v > horizon}
+
+    # -- clock and people ---------------------------------------------------------------------
+    def tick(self, now_ms: int) -> list[Decision]:
+        """Freeze agents whose escalation nobody answered by its deadline (event or wall time)."""
+        self.now_ms = max(self.now_ms, int(now_ms))
+        if not self.pending:
+            return []
+        due = sorted((dl, row, did, rule) for row, (dl, did, rule) in self.pending.items() if dl <= now_ms)
+        out = []
+        for dl, row, did, rule in due:
+            del self.pending[row]
+            if self.frozen[row]:
+                continue
+            lim = self.table.limits[row]
+            kind = lim.action("escalation_timeout")
+            secs = lim.escalation.timeout_seconds
+            c = Candidate(0, dl, row, "escalation_timeout", "clock", secs, secs, "seconds", None, [did],
+                          f"nobody answered escalation {did} ({rule}) within {secs} s", anchor=did)
+            d = self._decision(c, kind)
+            if kind == "freeze":
+                self.frozen[row] = True
+            out.append(d)
+        return out
+
+    def approve(self, agent: str, now_ms: int | None = None) -> bool:
+        """A person approved the agent's pending escalation. False if none was pending."""
+        row = self.index.get(agent)
+        if row is None:
+            return False
+        now = self.now_ms if now_ms is None else int(now_ms)
+        ttl = self.table.limits[row].escalation.approval_ttl_seconds * 1000
+        self.approved_until[row] = now + ttl
+        return self.pending.pop(row, None) is not None
+
+    def release(self, agent: str) -> bool:
+        """The breaker let the agent go again: decisions about it resume. False if it was not frozen."""
+        row = self.index.get(agent)
+        if row is None or not self.frozen[row]:
+            return False
+        self.frozen[row] = False
+        return True
+
+    def is_frozen(self, agent: str) -> bool:
+        row = self.index.get(agent)
+        return row is not None and bool(self.frozen[row])
+
+    # -- checkpoint ---------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        n = len(self.agents)
+        return {
+            "v": 1, "agents": list(self.agents), "now_ms": self.now_ms, "policy_version": self.policy.version,
+            "base": self.base.snapshot(n), "fleet": self.fleet.snapshot(n),
+            "frozen": self.frozen[:n].tobytes(), "fail_ring": self.fail_ring[:n].tobytes(),
+            "fail_ptr": self.fail_ptr[:n].tobytes(),
+            "cooldown": [[r, rule, m, t] for (r, rule, m), t in self.cooldown.items()],
+            "pending": [[r, dl, did, rule] for r, (dl, did, rule) in self.pending.items()],
+            "approved": [[r, t] for r, t in self.approved_until.items()],
+            "known": list(self.known_merchants), "counts": dict(self.counts),
+        }
+
+    @classmethod
+    def restore(cls, snap: dict, policy: Policy | None = None) -> "Detector":
+        self = cls(policy)
+        agents = list(snap["agents"])
+        n = len(agents)
+        self._grow(n)
+        self.agents = agents
+        self.index = {a: i for i, a in enumerate(agents)}
+        self.table.load(self.policy, agents)
+        self.base = Baselines.restore(snap["base"])
+        self.fleet = FleetModel.restore(snap["fleet"])
+        cap = max(self.capacity, n)
+        self.capacity = 0
+        self.frozen = np.zeros(0, bool)
+        self.fail_ptr = np.zeros(0, np.int64)
+        self.fail_ring = np.zeros((0, FAIL_SLOTS), np.int64)
+        self._grow(cap)
+        self.frozen[:n] = np.frombuffer(snap["frozen"], bool)
+        self.fail_ring[:n] = np.frombuffer(snap["fail_ring"], np.int64).reshape(n, FAIL_SLOTS)
+        self.fail_ptr[:n] = np.frombuffer(snap["fail_ptr"], np.int64)
+        self.cooldown = {(int(r), rule, m): int(t) for r, rule, m, t in snap["cooldown"]}
+        self.pending = {int(r): (int(dl), did, rule) for r, dl, did, rule in snap["pending"]}
+        self.approved_until = {int(r): int(t) for r, t in snap["approved"]}
+        self.known_merchants = dict.fromkeys(snap["known"])
+        self.now_ms = int(snap["now_ms"])
+        self.counts = {k: int(v) for k, v in snap["counts"].items()}
+        return self

@@ -1,0 +1,362 @@
+"""The detection policy: a TOML file validated at load into frozen pydantic models.
+
+Layers, each a partial copy of `Limits`: `[defaults]` <- `[teams.<name>]` <- `[agents."0x..."]` (an agent
+names its team with `team = "..."`). Tables merge key by key (a team that sets `caps.per_hour_usdc` keeps
+the default `caps.per_minute_usdc`); lists are replaced, not appended. Amounts are USDC in the file
+(`*_usdc`) and integer base units in memory. See examples/policy.toml for every key.
+
+A bad file raises ConfigError naming the file, the key (dotted path) and the fix. `PolicyWatcher` reloads
+on SIGHUP (the handler only sets a flag) and when the file changes; a bad reload keeps the previous
+policy and says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import tomllib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from watcher.errors import ConfigError, EventError
+from watcher.events.addresses import AddressBook
+from watcher.money import usdc
+
+log = logging.getLogger("watcher.detect.policy")
+
+Action = Literal["observe", "warn", "escalate", "freeze"]
+SEVERITY = {"observe": 0, "warn": 1, "escalate": 2, "freeze": 3}
+
+#: Every rule, with the action it takes unless `[defaults.actions]` (or a team/agent) says otherwise.
+DEFAULT_ACTIONS: dict[str, Action] = {
+    "cap_1m": "freeze", "cap_1h": "freeze", "cap_24h": "freeze",
+    "payment_ceiling": "freeze",
+    "category_budget": "escalate",
+    "escalate_payment": "escalate", "escalate_window": "escalate",
+    "escalation_timeout": "freeze",
+    "blocked_merchant": "freeze", "blocked_category": "freeze", "merchant_not_allowed": "escalate",
+    "price_drift": "warn",
+    "unknown_payee": "warn",
+    "new_merchant_burst": "warn",
+    "failed_verifications": "warn",
+    "finding.unsettled": "warn", "finding.shadow_spend": "freeze", "finding.amount_mismatch": "escalate",
+    "baseline.spend_rate": "warn", "baseline.payment_size": "warn",
+    "fleet.hst": "warn",
+}
+RULES = tuple(DEFAULT_ACTIONS)
+RuleName = Literal[RULES]  # type: ignore[valid-type]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Caps(_Model):
+    """Spend caps per rolling window, in USDC. 0 disables a cap."""
+
+    per_minute_usdc: float = Field(0, ge=0)
+    per_hour_usdc: float = Field(0, ge=0)
+    per_day_usdc: float = Field(0, ge=0)
+
+
+class Escalation(_Model):
+    """Ask a person above these; no answer within `timeout_seconds` freezes the agent."""
+
+    payment_above_usdc: float = Field(0, ge=0)
+    window: Literal["1m", "5m", "1h", "24h"] = "1h"
+    window_above_usdc: float = Field(0, ge=0)
+    timeout_seconds: int = Field(900, gt=0)
+    approval_ttl_seconds: int = Field(3600, ge=0)
+
+
+class Merchants(_Model):
+    """Allow/block lists. Entries are payTo addresses or resource URLs (a trailing `*` is a prefix)."""
+
+    allow: list[str] = []
+    block: list[str] = []
+    allow_categories: list[str] = []
+    block_categories: list[str] = []
+
+
+class Anomaly(_Model):
+    """Per-agent baselines and the fleet model. Models warn; they never freeze on their own."""
+
+    enabled: bool = True
+    warmup_payments: int = Field(30, ge=1)
+    warmup_seconds: int = Field(7200, ge=0)
+    spend_rate_ratio: float = Field(8.0, gt=1)
+    spend_rate_z: float = Field(4.0, gt=0)
+    min_spend_usdc: float = Field(1.0, ge=0)
+    payment_size_z: float = Field(6.0, gt=0)
+    min_payment_usdc: float = Field(0.5, ge=0)
+    new_merchants: int = Field(6, ge=2, le=16)
+    new_merchants_window_seconds: int = Field(600, gt=0)
+    fleet: bool = True
+    fleet_quantile: float = Field(0.995, gt=0.5, lt=1)
+    fleet_corroborate_z: float = Field(4.5, ge=0)
+
+
+class Findings(_Model):
+    failed_verifications: int = Field(20, ge=1, le=64)
+    failed_verifications_window_seconds: int = Field(60, gt=0)
+    failed_reasons: list[str] = ["insufficient_funds"]
+
+
+class Limits(_Model):
+    """One fully resolved layer (defaults, then a team, then an agent, merged)."""
+
+    caps: Caps = Caps()
+    per_payment_max_usdc: float = Field(0, ge=0)
+    category_budgets_usdc: dict[str, float] = {}
+    escalation: Escalation = Escalation()
+    merchants: Merchants = Merchants()
+    anomaly: Anomaly = Anomaly()
+    findings: Findings = Findings()
+    actions: dict[RuleName, Action] = {}
+    warn_cooldown_seconds: int = Field(3600, ge=0)
+
+    @field_validator("category_budgets_usdc")
+    @classmethod
+    def _budgets(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, x in v.items():
+            if x < 0:
+                raise ValueError(f"budget of {k!r} must be >= 0")
+        return v
+
+    def action(self, rule: str) -> Action:
+        return self.actions.get(rule) or DEFAULT_ACTIONS[rule]
+
+
+class Card(_Model):
+    """A rate card entry: merchant (payTo address or resource URL, `*` suffix = prefix) -> category, price."""
+
+    merchant: str
+    category: str
+    price_usdc: float | None = Field(None, ge=0)
+    version: str = "1"
+    tolerance_pct: float = Field(5.0, ge=0)
+
+    @field_validator("merchant")
+    @classmethod
+    def _merchant(cls, v: str) -> str:
+        if v.startswith("0x"):
+            try:
+                return AddressBook().checksum(v, "merchant")
+            except EventError as exc:
+                raise ValueError(exc.detail) from None
+        if not (v.startswith("https://") or v.startswith("http://")):
+            raise ValueError("must be a 0x payTo address or an http(s) resource URL")
+        return v
+
+
+class AgentEntry(_Model):
+    """An `[agents."0x..."]` table: optional name and team, then any `Limits` key as an override."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str | None = None
+    team: str | None = None
+
+
+class PolicyFile(_Model):
+    version: str = ""
+    defaults: Limits = Limits()
+    teams: dict[str, dict[str, Any]] = {}
+    agents: dict[str, dict[str, Any]] = {}
+    rate_card: list[Card] = []
+
+    @model_validator(mode="after")
+    def _cards_unique(self) -> "PolicyFile":
+        seen: set[str] = set()
+        for i, c in enumerate(self.rate_card):
+            if c.merchant in seen:
+                raise ValueError(f"rate_card[{i}]: merchant {c.merchant} is listed twice; keep one entry "
+                                 "(raise its version when the price changes)")
+            seen.add(c.merchant)
+        return self
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("actions",):
+            out[k] = _merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+_FIXES = {
+    "extra_forbidden": "remove it or check its spelling against examples/policy.toml",
+    "missing": "add it",
+    "greater_than": "use a value > {gt}",
+    "greater_than_equal": "use a value >= {ge}",
+    "less_than": "use a value < {lt}",
+    "less_than_equal": "use a value <= {le}",
+    "literal_error": "use one of {expected}",
+    "float_parsing": "write a number",
+    "float_type": "write a number",
+    "int_parsing": "write a whole number",
+    "int_type": "write a whole number",
+    "bool_type": "write true or false",
+    "string_type": "write a quoted string",
+    "list_type": "write a list, e.g. [\"a\", \"b\"]",
+    "dict_type": "write a table",
+    "model_type": "write a table",
+}
+
+
+def _config_error(exc: ValidationError, file: str, prefix: str = "") -> ConfigError:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]) if str(p) and p != "[key]")
+    msg = err["msg"].removeprefix("Value error, ")
+    fix = _FIXES.get(err["type"], "see examples/policy.toml for the allowed values")
+    try:
+        fix = fix.format(**err.get("ctx", {}))
+    except (KeyError, IndexError):
+        pass
+    if err["type"] == "value_error":
+        msg, fix = "bad value", msg
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return ConfigError(f"invalid policy: {msg}{more}", file=file, key=key, fix=fix)
+
+
+class Policy:
+    """A validated policy, with every team and agent override resolved once at load."""
+
+    def __init__(self, parsed: PolicyFile, source: str = "<defaults>", digest: str = "") -> None:
+        self.file = parsed
+        self.source = source
+        self.version = parsed.version or digest[:12]
+        self.defaults = parsed.defaults
+        self.rate_card = parsed.rate_card
+        base = parsed.defaults.model_dump()
+        self.teams: dict[str, Limits] = {}
+        for name, over in parsed.teams.items():
+            try:
+                self.teams[name] = Limits.model_validate(_merge(base, over))
+            except ValidationError as exc:
+                raise _config_error(exc, source, f"teams.{name}") from None
+        self.agents: dict[str, Limits] = {}
+        self.names: dict[str, str] = {}
+        self.team_of: dict[str, str] = {}
+        book = AddressBook()
+        for addr, over in parsed.agents.items():
+            try:
+                cs = book.checksum(addr, "agent")
+            except EventError as exc:
+                raise ConfigError(f"invalid policy: {exc.detail}", file=source, key=f"agents.{addr}",
+                                  fix="use the agent's 0x payer wallet address as the table name") from None
+            over = dict(over)
+            team = over.pop("team", None)
+            name = over.pop("name", None)
+            if team is not None and team not in parsed.teams:
+                raise ConfigError(f"invalid policy: team {team!r} is not defined", file=source,
+                                  key=f"agents.{addr}.team", fix=f"add a [teams.{team}] table or fix the name")
+            layer = _merge(parsed.teams[team], over) if team else over
+            try:
+                self.agents[cs] = Limits.model_validate(_merge(base, layer))
+            except ValidationError as exc:
+                raise _config_error(exc, source, f"agents.{addr}") from None
+            if team:
+                self.team_of[cs] = team
+            if name:
+                self.names[cs] = str(name)
+
+    def limits(self, agent: str) -> Limits:
+        return self.agents.get(agent, self.defaults)
+
+    @classmethod
+    def default(cls) -> "Policy":
+        return cls(PolicyFile(), "<defaults>", "defaults")
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<string>") -> "Policy":
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"policy is not valid TOML: {exc}", file=source,
+                              fix="fix the TOML syntax at the line and column shown") from None
+        try:
+            parsed = PolicyFile.model_validate(raw)
+        except ValidationError as exc:
+            raise _config_error(exc, source) from None
+        return cls(parsed, source, hashlib.sha256(text.encode()).hexdigest())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Policy":
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the policy file: {exc.strerror}", file=path,
+                              fix="check the path given to --policy / detect.policy_file") from None
+        return cls.from_text(text, path)
+
+
+def usdc_units(amount_usdc: float) -> int:
+    """A USDC amount from the file as base units; 0 stays 0 (a disabled limit)."""
+    return usdc(amount_usdc) if amount_usdc else 0
+
+
+@dataclass
+class ReloadResult:
+    changed: bool
+    ok: bool
+    message: str
+
+
+class PolicyWatcher:
+    """Holds the live policy; `poll()` reloads it after SIGHUP or when the file changed.
+
+    Signals only set a flag; call `poll()` from the event loop (e.g. once a second). A failed reload keeps
+    the previous policy and returns ok=False with the reason.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, on_change=None) -> None:
+        self.path = os.fspath(path)
+        self.policy = Policy.load(self.path)
+        self._stamp = self._stat()
+        self._hup = False
+        self.on_change = on_change
+        self.last_error: str | None = None
+
+    def _stat(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def install_sighup(self) -> None:
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_hup(self, signum, frame) -> None:
+        self._hup = True
+
+    def request_reload(self) -> None:
+        self._hup = True
+
+    def poll(self) -> ReloadResult:
+        stamp = self._stat()
+        if not self._hup and stamp == self._stamp:
+            return ReloadResult(False, True, "unchanged")
+        self._hup = False
+        self._stamp = stamp
+        try:
+            new = Policy.load(self.path)
+        except ConfigError as exc:
+            self.last_error = str(exc)
+            log.error("policy reload failed, keeping version %s: %s", self.policy.version, exc)
+            return ReloadResult(False, False, f"kept policy {self.policy.version}: {exc}")
+        old, self.policy, self.last_error = self.policy, new, None
+        log.info("policy reloaded: %s -> %s", old.version, new.version)
+        if self.on_change is not None:
+            self.on_change(new)
+        return ReloadResult(True, True, f"policy {old.version} -> {new.version}")

@@ -1,0 +1,126 @@
+"""The stages after the shard, and the services beside the daemon, built from the settings.
+
+    DetectStage   Detector per input partition: policies + anomaly models -> decisions (watcher.decisions)
+    (BreakerStage, MetricsStage and their services join here as issues D and E land)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator, Callable
+
+from watcher.config import Settings
+from watcher.daemon import BatchContext, Daemon
+from watcher.detect.decision import encode_decision
+from watcher.detect.detector import Detector
+from watcher.detect.policy import Policy, PolicyWatcher
+from watcher.detect.ratecard import RateCard
+from watcher.pipeline.categories import CategoryMap
+
+log = logging.getLogger("watcher.stages")
+
+
+class DetectStage:
+    """Runs one Detector per owned partition and publishes its decisions."""
+
+    def __init__(self, policy: Policy, decisions_topic: str) -> None:
+        self.policy = policy
+        self.topic = decisions_topic
+        self.detectors: dict[int, Detector] = {}
+        self.ratecard = RateCard(policy.rate_card)
+
+    def set_policy(self, policy: Policy) -> None:
+        self.policy = policy
+        self.ratecard = RateCard(policy.rate_card)
+        for det in self.detectors.values():
+            det.set_policy(policy)
+
+    def categorize(self, merchant: str, resource: str | None) -> str | None:
+        return self.ratecard.categorize(merchant, resource)
+
+    def on_batch(self, ctx: BatchContext) -> None:
+        det = self.detectors.get(ctx.partition)
+        if det is None:
+            return
+        out = ctx.outcome
+        decisions = det.on_batch(out, ctx.shard, ctx.now_ms, ctx.observations) if (
+            out.deltas or out.signals or out.findings) else []
+        decisions += det.tick(ctx.now_ms)
+        if decisions:
+            ctx.decisions.extend(decisions)
+            for d in decisions:
+                ctx.publish.append((self.topic, d.agent.encode(), encode_decision(d)))
+
+    def detector_for(self, agent: str) -> Detector | None:
+        for det in self.detectors.values():
+            if agent in det.index:
+                return det
+        return None
+
+    def snapshot(self, partition: int) -> object:
+        return self.detectors[partition].snapshot()
+
+    def restore(self, partition: int, data: object | None) -> None:
+        self.detectors[partition] = Detector.restore(data, self.policy) if data else Detector(self.policy)
+
+    def drop(self, partition: int) -> None:
+        self.detectors.pop(partition, None)
+
+
+def policy_service(watcher: PolicyWatcher) -> Callable[[Daemon], contextlib.AbstractAsyncContextManager]:
+    """Polls the policy file once a second (file change or SIGHUP); a bad reload keeps the old policy."""
+
+    @contextlib.asynccontextmanager
+    async def run(daemon: Daemon) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                watcher.poll()
+
+        task = asyncio.create_task(loop(), name="policy-reload")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return run
+
+
+class Assembly:
+    """Everything the daemon runs besides its core, built from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stages: list = []
+        self.services: list = []
+        path = settings.detect.policy_file
+        if path:
+            self.policy_watcher = PolicyWatcher(path, on_change=lambda p: self.detect.set_policy(p))
+            policy = self.policy_watcher.policy
+            self.services.append(policy_service(self.policy_watcher))
+        else:
+            self.policy_watcher = None
+            policy = Policy.default()
+        self.detect = DetectStage(policy, settings.kafka.decisions_topic)
+        self.stages.append(self.detect)
+        config_map = CategoryMap(settings.categories)
+
+        def categorize(merchant: str, resource: str | None) -> str | None:
+            return self.detect.categorize(merchant, resource) or (config_map(merchant, resource)
+                                                                  if config_map else None)
+
+        self.categorize = categorize
+
+    def daemon(self, **kwargs) -> Daemon:
+        d = Daemon(self.settings, self.stages, services=self.services, categorize=self.categorize, **kwargs)
+        if self.policy_watcher is not None:
+            self.policy_watcher.install_sighup()
+        return d
+
+
+def build(settings: Settings) -> Assembly:
+    return Assembly(settings)
