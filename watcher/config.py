@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from watcher.errors import ConfigError
+from watcher.metrics import MetricsSettings
+from watcher.observe.statements import StatementSettings
 from watcher.pipeline.shard import ShardConfig
 from watcher.pipeline.windows import WindowSpec
 
@@ -104,6 +106,8 @@ class Settings(BaseSettings):
     findings: FindingSettings = FindingSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
     detect: DetectSettings = DetectSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    statements: StatementSettings = StatementSettings()
     chain: dict[str, Any] = Field(default_factory=dict, description="the chain bridge's table "
                                   "(validated by `spendwatch chain`)")
     categories: dict[str, str] = Field(default_factory=dict,

@@ -1,7 +1,8 @@
 """The stages after the shard, and the services beside the daemon, built from the settings.
 
-    DetectStage   Detector per input partition: policies + anomaly models -> decisions (watcher.decisions)
-    (BreakerStage, MetricsStage and their services join here as issues D and E land)
+    DetectStage     Detector per input partition: policies + anomaly models -> decisions (watcher.decisions)
+    StatementStage  daily statements per agent, merchant and category (watcher.statements)
+    MetricsStage    Prometheus metrics, updated per batch; served by MetricsService (/metrics)
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from watcher.detect.decision import encode_decision
 from watcher.detect.detector import Detector
 from watcher.detect.policy import Policy, PolicyWatcher
 from watcher.detect.ratecard import RateCard
+from watcher.metrics import Metrics
+from watcher.observe.server import MetricsService
+from watcher.observe.stage import MetricsStage
+from watcher.observe.statements import StatementStage, statement_topic_service
 from watcher.pipeline.categories import CategoryMap
 
 log = logging.getLogger("watcher.stages")
@@ -93,10 +98,14 @@ def policy_service(watcher: PolicyWatcher) -> Callable[[Daemon], contextlib.Abst
 class Assembly:
     """Everything the daemon runs besides its core, built from the settings."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry=None) -> None:
+        from prometheus_client import CollectorRegistry
+
         self.settings = settings
         self.stages: list = []
         self.services: list = []
+        self.metrics = Metrics(registry if registry is not None else CollectorRegistry(), settings.metrics,
+                               windows=settings.shard_config().windows)
         path = settings.detect.policy_file
         if path:
             self.policy_watcher = PolicyWatcher(path, on_change=lambda p: self.detect.set_policy(p))
@@ -114,6 +123,13 @@ class Assembly:
                                                                   if config_map else None)
 
         self.categorize = categorize
+        if settings.statements.enabled:
+            self.stages.append(StatementStage(settings.statements, self.metrics))
+            self.services.append(statement_topic_service(settings.statements))
+        self.stages.append(MetricsStage(self.metrics))  # last: it sees every stage's decisions
+        self.metrics_service = MetricsService(self.metrics, settings.metrics) if settings.metrics.enabled else None
+        if self.metrics_service is not None:
+            self.services.append(self.metrics_service)
 
     def daemon(self, **kwargs) -> Daemon:
         d = Daemon(self.settings, self.stages, services=self.services, categorize=self.categorize, **kwargs)
@@ -122,5 +138,5 @@ class Assembly:
         return d
 
 
-def build(settings: Settings) -> Assembly:
-    return Assembly(settings)
+def build(settings: Settings, registry=None) -> Assembly:
+    return Assembly(settings, registry)

@@ -148,7 +148,7 @@ def test_config_file_errors_name_file_key_and_fix(tmp_path, monkeypatch):
     reg.write_text(f'[[agents]]\nwallet = "{AGENT}"\nname = "bot"\n')
     s = load_settings(cfg)
     assert s.chain_id == 8453 and s.token == TOKEN and s.required_confirmations == 10
-    monkeypatch.setenv("SPENDWATCH_CHAIN_CONFIRMATIONS", "4")
+    monkeypatch.setenv("SPENDWATCH_CHAIN__CONFIRMATIONS", "4")
     assert load_settings(cfg).required_confirmations == 4
     with pytest.raises(ConfigError, match="ws_url"):
         settings_from_mapping({"ws_url": "http://x", "watch_all": True})

@@ -1,6 +1,6 @@
 """Each rule with plain values, through the real decode -> shard -> detector path."""
 
-from conftest import AGENT, MERCHANT, T0
+from tests.detect.conftest import AGENT, MERCHANT, T0
 
 U = 1_000_000
 CAPS = "[defaults.caps]\nper_minute_usdc = 1\n[defaults.anomaly]\nenabled = false\nfleet = false\n"

@@ -24,8 +24,8 @@ With ws_url the bridge subscribes to new heads and to the token's Transfer/Autho
 only http_url it polls. On start it resumes from its checkpoint file (no gap, no harm in overlap: record
 ids are chain id + tx hash + log index).
 
-Configuration: the [chain] table of --config FILE; SPENDWATCH_CHAIN_<KEY> environment variables override
-it (lists as JSON, e.g. SPENDWATCH_CHAIN_WATCHED_WALLETS='["0x.."]'); options below override both.
+Configuration: the [chain] table of --config FILE; SPENDWATCH_CHAIN__<KEY> environment variables override
+it (lists as JSON, e.g. SPENDWATCH_CHAIN__WATCHED_WALLETS='["0x.."]'); options below override both.
 Keys of [chain]:
 {_KEYS}
 """

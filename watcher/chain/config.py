@@ -1,5 +1,5 @@
 """Settings of the chain bridge: one frozen pydantic model, read from the [chain] table of a TOML file,
-with environment overrides (prefix SPENDWATCH_CHAIN_, e.g. SPENDWATCH_CHAIN_WS_URL; list values as JSON).
+with environment overrides (prefix SPENDWATCH_CHAIN__, e.g. SPENDWATCH_CHAIN__WS_URL; list values as JSON).
 Precedence: explicit overrides (command-line options) > environment > file > defaults.
 
 Validated before anything connects; every error names the file, the key and the fix.
@@ -41,7 +41,7 @@ def _address(value: str, key: str) -> str:
 class ChainSettings(BaseSettings):
     """Where the chain is, what to watch, and where records go."""
 
-    model_config = SettingsConfigDict(env_prefix="SPENDWATCH_CHAIN_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="SPENDWATCH_CHAIN__", frozen=True, extra="forbid")
 
     ws_url: str | None = Field(None, description="WebSocket RPC endpoint (ws:// or wss://): live "
                                "subscriptions to logs and new heads. Preferred.")
@@ -170,7 +170,7 @@ def settings_from_mapping(data: dict[str, Any], *, source: str = "<settings>") -
         if first["type"] == "extra_forbidden":
             fields = ", ".join(sorted(ChainSettings.model_fields))
             raise ConfigError("unknown key", file=source, key=key, fix=f"remove it; known keys: {fields}") from None
-        env_hint = " (or its SPENDWATCH_CHAIN_ environment variable)" if key != "chain" else ""
+        env_hint = " (or its SPENDWATCH_CHAIN__ environment variable)" if key != "chain" else ""
         raise ConfigError(msg, file=source, key=key, fix=f"correct this value in the [chain] table{env_hint}; "
                           "see `spendwatch chain --help`") from None
 
@@ -194,11 +194,11 @@ def load_settings(path: Path | None, **overrides: Any) -> ChainSettings:
         if data.get("registry_file") is not None and not os.path.isabs(str(data["registry_file"])):
             data["registry_file"] = Path(path).parent / str(data["registry_file"])
     env_keys = {k.upper() for k in os.environ}
-    data = {k: v for k, v in data.items() if f"SPENDWATCH_CHAIN_{k.upper()}" not in env_keys}
+    data = {k: v for k, v in data.items() if f"SPENDWATCH_CHAIN__{k.upper()}" not in env_keys}
     extra = overrides.pop("extra_wallets", None) or []
     data.update({k: v for k, v in overrides.items() if v is not None})
     if extra:
-        env_wallets = os.environ.get("SPENDWATCH_CHAIN_WATCHED_WALLETS")
+        env_wallets = os.environ.get("SPENDWATCH_CHAIN__WATCHED_WALLETS")
         base = list(json.loads(env_wallets)) if env_wallets else list(data.get("watched_wallets", []))
         data["watched_wallets"] = [*base, *extra]
     settings = settings_from_mapping(data, source=source)

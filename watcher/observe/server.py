@@ -1,0 +1,127 @@
+"""The /metrics HTTP endpoint (aiohttp) as a daemon service, and the collector of daemon counters.
+
+    service = MetricsService(metrics, settings.metrics)
+    Daemon(settings, stages=[..., MetricsStage(metrics)], services=[service])
+
+`serve_metrics(metrics, host, port)` serves a registry without a daemon (the chain bridge's process).
+Consumer lag, dead letters and the other daemon counters are read at scrape time (cheap: one value per
+partition); everything else was updated per batch. GET /metrics, GET /healthz.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+from aiokafka import TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from watcher.events.decode import REASONS
+from watcher.metrics import Metrics, MetricsSettings
+
+log = logging.getLogger("watcher.metrics")
+
+
+class DaemonCollector:
+    """Counters the daemon keeps itself, and consumer lag per input partition, read at scrape time."""
+
+    def __init__(self, daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self):
+        d = self.daemon
+        c = d.counters
+        for name, doc, value in (
+                ("spendwatch_consumed", "Records consumed from the input topics.", c.consumed),
+                ("spendwatch_processed", "Valid records handed to the shards (duplicates included).", c.processed),
+                ("spendwatch_duplicates", "Redelivered records dropped by dedupe.", c.duplicates),
+                ("spendwatch_checkpoints", "State checkpoints written.", c.checkpoints),
+                ("spendwatch_batches", "Batches committed.", c.batches)):
+            yield CounterMetricFamily(name, doc, value=value)
+        dl = CounterMetricFamily("spendwatch_dead_letters", "Records dead-lettered, by reason.", labels=["reason"])
+        reasons = dict.fromkeys(REASONS, 0) | dict(d.dlq_reasons)  # known reasons exist from the start
+        for reason, n in sorted(reasons.items()):
+            dl.add_metric([reason], n)
+        yield dl
+        yield GaugeMetricFamily("spendwatch_partitions_owned", "Input partitions this process owns.",
+                                value=len(d.shards))
+        yield GaugeMetricFamily("spendwatch_tracked_agents", "Agents with rolling windows in this process.",
+                                value=d.tracked_agents())
+        lag = GaugeMetricFamily("spendwatch_consumer_lag_records", "Records not yet processed: the partition's "
+                                "high watermark minus the next offset to process.", labels=["topic", "partition"])
+        consumer = d.consumer
+        if consumer is not None:
+            for p, covered in sorted(d.covered.items()):
+                for topic in (d.k.payments_topic, d.k.chain_topic):
+                    try:
+                        hw = consumer.highwater(TopicPartition(topic, p))
+                    except Exception:  # not assigned any more
+                        hw = None
+                    if hw is None:
+                        continue
+                    lag.add_metric([topic, str(p)], max(0, hw - covered.get(topic, 0)))
+        yield lag
+
+
+class _Server:
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self.metrics, self.host, self.port = metrics, host, port
+        self.runner: web.AppRunner | None = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._health)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            self.port = site._server.sockets[0].getsockname()[1]
+        log.info("serving /metrics on http://%s:%d/metrics", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+@contextlib.asynccontextmanager
+async def serve_metrics(metrics: Metrics, host: str = "127.0.0.1", port: int = 9464) -> AsyncIterator[_Server]:
+    server = _Server(metrics, host, port)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+class MetricsService:
+    """A daemon service factory: `services=[MetricsService(metrics, settings.metrics)]`. After entry,
+    `.port` is the bound port (useful with port 0)."""
+
+    def __init__(self, metrics: Metrics, settings: MetricsSettings | None = None) -> None:
+        self.metrics = metrics
+        self.settings = settings or metrics.settings
+        self.port: int | None = None
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, daemon) -> AsyncIterator[_Server]:
+        collector = DaemonCollector(daemon)
+        self.metrics.registry.register(collector)
+        try:
+            async with serve_metrics(self.metrics, self.settings.host, self.settings.port) as server:
+                self.port = server.port
+                yield server
+        finally:
+            self.metrics.registry.unregister(collector)

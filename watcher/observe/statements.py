@@ -1,0 +1,271 @@
+"""Daily statements: per UTC day, agent, merchant and category: count, sum, first and last transaction.
+
+A stage (after the shard) folds each batch's counted deltas into rows keyed by (day of the payment's
+first-seen time, agent, merchant, category) and publishes them to `statements.topic` (key: agent):
+
+    {"type": "statement", "id": "2026-11-23|0xAgent|0xMerchant|data", "day": "2026-11-23",
+     "agent": "0x...", "merchant": "0x...", "category": "data" | "uncategorized", "count": 12,
+     "amount": "1234567" (base units, decimal string), "firstAt": "...Z", "lastAt": "...Z",
+     "firstTx": "0x...", "lastTx": "0x...", "revision": 3, "final": false}
+
+Changed rows of open days are published every `publish_interval_seconds` (final: false); a day is
+published final once `close_after_seconds` have passed after its end (wall clock), and corrections that
+arrive later (a reorg) are republished final with a higher revision while the day is retained
+(`retain_days`). A reader keeps the highest revision per id (`spendwatch statement`). State is part of
+the partition checkpoint, so a restart neither loses nor doubles a row.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Annotated
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger("watcher.statements")
+DAY_MS = 86_400_000
+UNCATEGORIZED = "uncategorized"
+
+
+class StatementSettings(BaseModel):
+    """`[statements]`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    enabled: bool = True
+    topic: str = "watcher.statements"
+    publish_interval_seconds: Annotated[float, Field(gt=0)] = 300.0
+    close_after_seconds: Annotated[int, Field(ge=0)] = 3600
+    retain_days: Annotated[int, Field(ge=1, le=31)] = 2
+    max_rows: Annotated[int, Field(ge=1000)] = 2_000_000
+
+
+class Statement(msgspec.Struct, frozen=True, tag_field="type", tag="statement", rename="camel"):
+    id: str
+    day: str
+    agent: str
+    merchant: str
+    category: str
+    count: int
+    amount: str
+    first_at: str
+    last_at: str
+    first_tx: str | None
+    last_tx: str | None
+    revision: int
+    final: bool
+
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder(Statement)
+
+
+def decode_statement(raw: bytes) -> Statement:
+    return _dec.decode(raw)
+
+
+def day_text(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def iso(ms: int) -> str:
+    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+
+
+# a row: [count, amount, first_ms, last_ms, first_tx, last_tx, revision, dirty]
+COUNT, AMOUNT, FIRST, LAST, FIRST_TX, LAST_TX, REV, DIRTY = range(8)
+
+
+class _Partition:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[int, str, str, str], list] = {}
+        self.closed: set[int] = set()
+        self.last_publish_ms = 0
+        self.dropped = 0
+
+
+class StatementStage:
+    def __init__(self, settings: StatementSettings = StatementSettings(), metrics=None) -> None:
+        self.s = settings
+        self.metrics = metrics
+        self.parts: dict[int, _Partition] = {}
+
+    # -- Stage protocol --------------------------------------------------------------------------------
+    def on_batch(self, ctx) -> None:
+        st = self.parts.get(ctx.partition)
+        if st is None:
+            st = self.parts[ctx.partition] = _Partition()
+        deltas = ctx.outcome.deltas
+        if deltas:
+            self._fold(st, deltas, ctx.observations, ctx.now_ms)
+        self._publish(st, ctx)
+
+    def snapshot(self, partition: int) -> object:
+        st = self.parts.get(partition)
+        if st is None:
+            return None
+        return {"v": 1, "rows": [list(k) + v for k, v in st.rows.items()], "closed": sorted(st.closed),
+                "last_publish_ms": st.last_publish_ms, "dropped": st.dropped}
+
+    def restore(self, partition: int, data: object | None) -> None:
+        st = self.parts[partition] = _Partition()
+        if not data:
+            return
+        for r in data["rows"]:
+            st.rows[(r[0], r[1], r[2], r[3])] = list(r[4:])
+        st.closed = set(data["closed"])
+        st.last_publish_ms = data["last_publish_ms"]
+        st.dropped = data["dropped"]
+
+    def drop(self, partition: int) -> None:
+        self.parts.pop(partition, None)
+
+    # -- the pure part ---------------------------------------------------------------------------------
+    def _fold(self, st: _Partition, deltas, observations, now_ms: int) -> None:
+        by_id = {o.event_id: o for o in observations}
+        oldest = now_ms // DAY_MS - self.s.retain_days
+        rows = st.rows
+        for d in deltas:
+            day = d.ts_ms // DAY_MS
+            o = by_id.get(d.event_id)
+            merchant = o.merchant if o is not None else "unknown"
+            key = (day, d.agent, merchant, d.category or UNCATEGORIZED)
+            row = rows.get(key)
+            if row is None:
+                if day < oldest or len(rows) >= self.s.max_rows:
+                    st.dropped += 1
+                    log.warning("statement row dropped (day %s %s): %s", day_text(day),
+                                "past retention" if day < oldest else "max_rows reached", key)
+                    continue
+                row = rows[key] = [0, 0, d.ts_ms, d.ts_ms, None, None, 0, True]
+            row[COUNT] += d.count
+            row[AMOUNT] += d.amount
+            if d.count > 0:   # a payment counted: it may be the day's first or last transaction
+                tx = o.tx if o is not None else None
+                if row[FIRST_TX] is None or d.ts_ms < row[FIRST]:
+                    row[FIRST], row[FIRST_TX] = d.ts_ms, tx
+                if row[LAST_TX] is None or d.ts_ms >= row[LAST]:
+                    row[LAST], row[LAST_TX] = d.ts_ms, tx
+            row[DIRTY] = True
+
+    def _publish(self, st: _Partition, ctx) -> None:
+        now = ctx.now_ms
+        due_days = {day for day in {k[0] for k in st.rows} if day not in st.closed
+                    and now >= (day + 1) * DAY_MS + self.s.close_after_seconds * 1000}
+        periodic = now - st.last_publish_ms >= self.s.publish_interval_seconds * 1000
+        if not due_days and not periodic:
+            return
+        if periodic:
+            st.last_publish_ms = now
+        out = 0
+        for key, row in st.rows.items():
+            day = key[0]
+            final = day in st.closed or day in due_days
+            if row[DIRTY] or day in due_days:
+                row[REV] += 1
+                row[DIRTY] = False
+                ctx.publish.append((self.s.topic, key[1].encode(), _enc.encode(self._record(key, row, final))))
+                out += 1
+        st.closed |= due_days
+        oldest = now // DAY_MS - self.s.retain_days
+        for key in [k for k in st.rows if k[0] < oldest and k[0] in st.closed]:
+            del st.rows[key]
+        st.closed = {d for d in st.closed if d >= oldest}
+        if out and self.metrics is not None:
+            self.metrics.statements.inc(out)
+
+    @staticmethod
+    def _record(key, row, final: bool) -> Statement:
+        day, agent, merchant, category = key
+        return Statement(id=f"{day_text(day)}|{agent}|{merchant}|{category}", day=day_text(day), agent=agent,
+                         merchant=merchant, category=category, count=row[COUNT], amount=str(row[AMOUNT]),
+                         first_at=iso(row[FIRST]), last_at=iso(row[LAST]), first_tx=row[FIRST_TX],
+                         last_tx=row[LAST_TX], revision=row[REV], final=final)
+
+
+# -- reading them back -----------------------------------------------------------------------------------
+def latest(records) -> dict[str, Statement]:
+    """Highest revision per statement id."""
+    out: dict[str, Statement] = {}
+    for s in records:
+        cur = out.get(s.id)
+        if cur is None or s.revision > cur.revision or (s.revision == cur.revision and s.final):
+            out[s.id] = s
+    return out
+
+
+async def read_statements(bootstrap: str, topic: str, day: str, *, timeout_s: float = 30.0) -> list[Statement]:
+    """Every statement row of `day` (YYYY-MM-DD) in `topic`, latest revision each, sorted."""
+    import asyncio
+    import time
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest", client_id="spendwatch-statement")
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        rows: list[Statement] = []
+        deadline = time.monotonic() + timeout_s
+        done: set = set()
+        while len(done) < len(tps) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    try:
+                        s = decode_statement(m.value)
+                    except msgspec.DecodeError:
+                        log.warning("skipping a malformed record at %s[%d]@%d", tp.topic, tp.partition, m.offset)
+                        continue
+                    if s.day == day:
+                        rows.append(s)
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None and await consumer.position(tp) >= hw:
+                    done.add(tp)
+            await asyncio.sleep(0)
+        if len(done) < len(tps):
+            log.warning("read %d of %d partitions to their end within %.0f s", len(done), len(tps), timeout_s)
+        return sorted(latest(rows).values(), key=lambda s: (s.agent, s.merchant, s.category))
+    finally:
+        await consumer.stop()
+
+
+async def ensure_statement_topic(kafka, settings: StatementSettings) -> None:
+    """Create `settings.topic` (as many partitions as the inputs) if it is missing and creation is on."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap, client_id=f"{kafka.client_id}-admin")
+    await admin.start()
+    try:
+        if settings.topic not in set(await admin.list_topics()) and kafka.create_topics:
+            try:
+                await admin.create_topics([NewTopic(settings.topic, kafka.partitions, kafka.replication_factor)])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+def statement_topic_service(settings: StatementSettings):
+    """A daemon service factory that makes sure the statements topic exists before consuming starts."""
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def service(daemon):
+        await ensure_statement_topic(daemon.k, settings)
+        yield None
+
+    return service
