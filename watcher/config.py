@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from watcher.breaker.config import AdminSettings, BreakerSettings, WebhookSettings
 from watcher.errors import ConfigError
 from watcher.metrics import MetricsSettings
 from watcher.observe.statements import StatementSettings
@@ -106,6 +107,9 @@ class Settings(BaseSettings):
     findings: FindingSettings = FindingSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
     detect: DetectSettings = DetectSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    webhook: WebhookSettings = WebhookSettings()
+    admin: AdminSettings = AdminSettings()
     metrics: MetricsSettings = MetricsSettings()
     statements: StatementSettings = StatementSettings()
     chain: dict[str, Any] = Field(default_factory=dict, description="the chain bridge's table "

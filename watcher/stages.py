@@ -1,6 +1,8 @@
 """The stages after the shard, and the services beside the daemon, built from the settings.
 
     DetectStage     Detector per input partition: policies + anomaly models -> decisions (watcher.decisions)
+    BreakerStage    circuit breaker per agent: signed freeze/unfreeze webhooks (durable outbox on
+                    watcher.breaker), Slack/PagerDuty, the admin API (services)
     StatementStage  daily statements per agent, merchant and category (watcher.statements)
     MetricsStage    Prometheus metrics, updated per batch; served by MetricsService (/metrics)
 """
@@ -12,6 +14,9 @@ import contextlib
 import logging
 from typing import AsyncIterator, Callable
 
+from watcher.breaker import BreakerConfig, BreakerStage
+from watcher.breaker.metrics import BreakerMetrics
+from watcher.breaker.service import breaker_services
 from watcher.config import Settings
 from watcher.daemon import BatchContext, Daemon
 from watcher.detect.decision import encode_decision
@@ -64,6 +69,19 @@ class DetectStage:
                 return det
         return None
 
+    # -- what the breaker stage (and through it the admin API) asks of detection -------------------
+    def release(self, partition: int, agent: str) -> bool:
+        det = self.detector_for(agent)
+        return bool(det and det.release(agent))
+
+    def approve(self, partition: int, agent: str) -> bool:
+        det = self.detector_for(agent)
+        return bool(det and det.approve(agent))
+
+    def is_frozen(self, partition: int, agent: str) -> bool:
+        det = self.detector_for(agent)
+        return bool(det and det.is_frozen(agent))
+
     def snapshot(self, partition: int) -> object:
         return self.detectors[partition].snapshot()
 
@@ -98,7 +116,8 @@ def policy_service(watcher: PolicyWatcher) -> Callable[[Daemon], contextlib.Abst
 class Assembly:
     """Everything the daemon runs besides its core, built from the settings."""
 
-    def __init__(self, settings: Settings, registry=None) -> None:
+    def __init__(self, settings: Settings, registry=None, *, breaker: BreakerConfig | None = None,
+                 names: dict[str, str] | None = None) -> None:
         from prometheus_client import CollectorRegistry
 
         self.settings = settings
@@ -123,6 +142,12 @@ class Assembly:
                                                                   if config_map else None)
 
         self.categorize = categorize
+        self.breaker_config = breaker or BreakerConfig.from_settings(settings)
+        self.breaker = BreakerStage(self.breaker_config, control=self.detect, names=names or {},
+                                    metrics=BreakerMetrics(self.metrics.registry, fleet=self.metrics),
+                                    partitions=settings.kafka.partitions)
+        self.stages.append(self.breaker)
+        self.services.extend(breaker_services(self.breaker, self.breaker_config))
         if settings.statements.enabled:
             self.stages.append(StatementStage(settings.statements, self.metrics))
             self.services.append(statement_topic_service(settings.statements))
@@ -138,5 +163,5 @@ class Assembly:
         return d
 
 
-def build(settings: Settings, registry=None) -> Assembly:
-    return Assembly(settings, registry)
+def build(settings: Settings, registry=None, **kwargs) -> Assembly:
+    return Assembly(settings, registry, **kwargs)

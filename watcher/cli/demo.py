@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
+from watcher.breaker.cli import add_webhook_options, breaker_config_from
 from watcher.cli.common import add_kafka_options, settings_from
 from watcher.cli.simulate import add_fleet_options, fleet_from
 from watcher.daemon import Daemon
@@ -29,6 +30,7 @@ def register(sub) -> None:
         "and prints a summary."))
     add_kafka_options(p)
     add_fleet_options(p)
+    add_webhook_options(p)
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="run this long, then print a summary and exit 0 (default: until Ctrl-C)")
     p.add_argument("--refresh", type=float, default=2.0, help="view refreshes per second (default 2)")
@@ -44,7 +46,14 @@ async def _demo(args) -> int:
         s = s.model_copy(update={"categories": {**fleet.categories(), **s.categories}})
         if not s.detect.policy_file:
             s = s.model_copy(update={"detect": s.detect.model_copy(update={"policy_file": str(DEMO_POLICY)})})
-        daemon = build(s).daemon()
+        assembly = build(s, breaker=breaker_config_from(args, s), names=fleet.names())
+
+        def honour_freezes(d) -> None:  # the simulated wallets stop paying once frozen, as a tap would
+            fleet.blocked = {a for _, a, v in assembly.breaker.breakers()
+                             if v["state"] in ("open", "held")}
+
+        daemon = assembly.daemon(on_batch=honour_freezes)
+        daemon.breaker_stage = assembly.breaker
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -88,10 +97,11 @@ def _summary(console: Console, daemon: Daemon, fleet) -> None:
     names = fleet.names()
     counts = daemon.decision_counts
     print(f"decisions: freeze {counts['freeze']}, escalate {counts['escalate']}, warn {counts['warn']}")
-    frozen = sorted({d.agent for d in daemon.recent_decisions if d.kind == "freeze"})
-    for agent in frozen:
-        first = next(d for d in daemon.recent_decisions if d.kind == "freeze" and d.agent == agent)
-        print(f"FROZEN {names.get(agent, agent)} ({agent}): {first.rule}: {first.reason}")
+    for _, agent, b in daemon.breaker_stage.breakers():
+        first = next((d for d in daemon.recent_decisions if d.kind == "freeze" and d.agent == agent), None)
+        why = f"{first.rule}: {first.reason}" if first else b.get("cause", "")
+        print(f"{b['state'].upper().replace('OPEN', 'FROZEN')} {names.get(agent, agent)} ({agent}): breaker "
+              f"{b['state']}, trips {b.get('trips', 0)}; {why}")
     if top:
         wallet, sums, _ = top[0]
         print(f"top spender over the last minute: {names.get(wallet, wallet)} ({wallet}) "

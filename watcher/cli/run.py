@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from watcher.breaker.cli import add_webhook_options, breaker_config_from
 from watcher.cli.common import add_kafka_options, settings_from
 from watcher.embedded import kafka_settings
 from watcher.stages import build
@@ -12,15 +13,18 @@ from watcher.stages import build
 def register(sub) -> None:
     p = sub.add_parser("run", help="run the watcher daemon", description=(
         "Consume x402.payments and x402.chain, keep exact rolling per-agent spend windows, dead-letter bad "
-        "records, checkpoint state to Kafka. SIGTERM or SIGINT: finish the batch, checkpoint, commit, exit 0."))
+        "records, decide (policies + anomaly models), trip per-agent breakers (signed freeze webhooks, admin "
+        "API), export /metrics and daily statements, checkpoint state to Kafka. SIGTERM or SIGINT: finish "
+        "the batch, checkpoint, commit, flush the outbox, exit 0."))
     add_kafka_options(p)
+    add_webhook_options(p)
     p.set_defaults(func=cmd_run)
 
 
 async def run_daemon(args) -> int:
     settings = settings_from(args)
     async with kafka_settings(settings, args.bootstrap) as s:
-        daemon = build(s).daemon()
+        daemon = build(s, breaker=breaker_config_from(args, s)).daemon()
         daemon.install_signal_handlers()
         await daemon.run()
     return 0

@@ -94,6 +94,7 @@ class Fleet:
         self.block = 1000
         self.seed = seed
         self._bursting: dict[int, int] = {}
+        self.blocked: set[str] = set()  # wallets a frozen breaker stops: their payments are refused
         self._later: list[tuple[int, int, tuple[str, bytes, bytes]]] = []  # chain records not yet mined
         self.block_ms = 2_000
 
@@ -117,6 +118,11 @@ class Fleet:
         amount = max(1, int(merchant.price * rng.uniform(0.95, 1.05)))
         key = agent.wallet.encode()
         out = []
+        if agent.wallet in self.blocked:  # the facilitator refuses a frozen payer at /verify
+            out.append(("payments", key, encode(verify_record(
+                event_id=eid + "-v", ts_ms=ts_ms, payer=agent.wallet, pay_to=merchant.address, amount=amount,
+                resource=merchant.url, valid=False, invalid_reason="payer_frozen"))))
+            return out
         if rng.random() < self.verify_fail_ratio:
             out.append(("payments", key, encode(verify_record(
                 event_id=eid + "-v", ts_ms=ts_ms, payer=agent.wallet, pay_to=merchant.address, amount=amount,

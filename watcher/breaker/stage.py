@@ -1,0 +1,269 @@
+"""BreakerStage: decisions in, breaker changes out (to the log, the webhook sender and notifications).
+
+Runs after the detection stage, reading `ctx.decisions` (freeze -> open, escalate -> escalation) and
+ticking the clock (cool-down -> half-open, probation -> closed). Each change is appended to
+`ctx.publish` as a `change` record of `watcher.breaker` (durable before the batch's input offsets are
+committed) and, when the wallet service must hear of it, queued for the webhook sender at once.
+
+State per input partition: the breakers and the undelivered webhooks (the outbox), both in the
+checkpoint; restore merges the checkpoint with the breaker log's fold (see outbox.py), re-queues every
+undelivered webhook and re-aligns the detector (an agent released after the checkpoint is released again).
+
+People act through `act()` (the admin API calls it): the change is applied, published and awaited
+before the answer, so a crash right after an acknowledged hold cannot lose it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, Callable, Protocol
+
+import msgspec
+from aiokafka.partitioner import murmur2
+
+from watcher.breaker.config import BreakerConfig
+from watcher.breaker.metrics import BreakerMetrics
+from watcher.breaker.outbox import BreakerLog, DeliveredRecord, change_record, encode_record
+from watcher.breaker.state import CLOSED, FROZEN, HALF_OPEN, Breakers, Effect, Timing
+from watcher.breaker.webhook import Delivery, webhook_body
+from watcher.errors import SpendwatchError
+
+log = logging.getLogger("watcher.breaker")
+ACTIONS = ("hold", "release", "approve", "caps")
+
+
+class NotOwnedError(SpendwatchError):
+    """The agent's partition is not owned by this replica (ask the replica that owns it)."""
+
+
+class DetectorControl(Protocol):
+    """What the breaker needs from the detection stage, per input partition. `set_caps` is optional."""
+
+    def release(self, partition: int, agent: str) -> bool: ...
+    def approve(self, partition: int, agent: str) -> bool: ...
+    def is_frozen(self, partition: int, agent: str) -> bool: ...
+
+
+def _canon(agent: str) -> str:
+    try:
+        from eth_utils import to_checksum_address
+        return to_checksum_address(agent)
+    except Exception:  # not an address: names pass through (the API validates)
+        return agent
+
+
+class BreakerStage:
+    def __init__(self, cfg: BreakerConfig | None = None, *, control: DetectorControl | None = None,
+                 names: dict[str, str] | None = None, metrics: BreakerMetrics | None = None,
+                 partitions: int = 8) -> None:
+        self.cfg = cfg or BreakerConfig()
+        self.timing = Timing.from_settings(self.cfg.breaker)
+        self.topic = self.cfg.breaker.topic
+        self.control = control
+        self.names = names or {}
+        self.metrics = metrics or BreakerMetrics()
+        self.partitions = partitions
+        self.parts: dict[int, Breakers] = {}
+        self.outbox: dict[int, dict[str, Delivery]] = {}
+        self.where: dict[str, int] = {}
+        self.reconcile: dict[int, set[str]] = {}
+        # attached by the service (service.py)
+        self.sender = None
+        self.notifier = None
+        self.log: BreakerLog | None = None
+        self.producer = None
+        self.locate: Callable[[str], int | None] | None = None
+        self.effects = 0
+
+    # -- the stage protocol --------------------------------------------------------------------
+    def on_batch(self, ctx) -> None:
+        p = ctx.partition
+        br = self.parts.get(p)
+        if br is None:
+            self.restore(p, None)
+            br = self.parts[p]
+        if p in self.reconcile:
+            self._reconcile(p)
+        for d in ctx.decisions:
+            if d.kind in ("freeze", "escalate"):
+                self.where[d.agent] = p
+                for e in br.on_decision(d):
+                    self._emit(p, e, ctx.publish)
+        for e in br.tick(ctx.now_ms):
+            self._emit(p, e, ctx.publish)
+
+    def snapshot(self, partition: int) -> object:
+        br = self.parts.get(partition)
+        if br is None:
+            return None
+        box = self.outbox.get(partition, {})
+        return {"v": 1, "breakers": br.snapshot(),
+                "outbox": [msgspec.to_builtins(d, builtin_types=(bytes,)) for d in box.values()]}
+
+    def restore(self, partition: int, data: object | None) -> None:
+        data = data or {}
+        br = Breakers.restore(data.get("breakers"), self.timing)
+        box = {d.id: d for d in (msgspec.convert(x, Delivery) for x in data.get("outbox", []))}
+        touched: set[str] = set()
+        if self.log is not None:
+            fold = self.log.fold(partition)
+            for cause in fold.causes:
+                br._remember(cause)
+            for agent, (seq, b) in sorted(fold.latest.items(), key=lambda kv: kv[1][0]):
+                if seq > br.seq:
+                    touched.add(agent)
+                br.fold(seq, msgspec.structs.replace(b))
+            for d in fold.pending.values():
+                box.setdefault(d.id, d)
+            for i in fold.done:
+                box.pop(i, None)
+        for agent in br.by_agent:
+            self.where[agent] = partition
+        for agent in touched:
+            self.where[agent] = partition
+        self.parts[partition] = br
+        self.outbox[partition] = box
+        self.reconcile[partition] = touched | {a for a, b in br.by_agent.items() if b.state == HALF_OPEN}
+        if box:
+            log.info("partition %d: %d undelivered webhooks re-queued", partition, len(box))
+        self._submit_all(partition)
+
+    def drop(self, partition: int) -> None:
+        self.parts.pop(partition, None)
+        self.outbox.pop(partition, None)
+        self.reconcile.pop(partition, None)
+        self.where = {a: p for a, p in self.where.items() if p != partition}
+        if self.sender is not None:
+            self.sender.forget_partition(partition)
+
+    # -- effects -------------------------------------------------------------------------------
+    def _emit(self, p: int, e: Effect, publish: list) -> None:
+        self.effects += 1
+        self.metrics.changed(e.kind, e.breaker)
+        now_ms = int(time.time() * 1000)
+        body = None
+        if e.webhook is not None:
+            body = webhook_body(e, name=self.names.get(e.agent), cap_factor=self.timing.probation_cap_factor)
+            d = Delivery(e.id, p, e.agent, e.webhook, body, now_ms, e.breaker.seq)
+            self.outbox.setdefault(p, {})[d.id] = d
+            if self.sender is not None:
+                self.sender.submit(d)
+        publish.append((self.topic, e.agent.encode(), encode_record(change_record(p, e, body, now_ms))))
+        level = logging.WARNING if e.state in FROZEN or e.kind == "escalated" else logging.INFO
+        log.log(level, "agent %s: %s -> %s (%s by %s): %s", e.agent, e.previous, e.state, e.kind, e.by, e.reason)
+        if self.notifier is not None:
+            self.notifier.on_effect(e)
+        if self.control is not None:
+            self._tell_detector(p, e)
+
+    def _tell_detector(self, p: int, e: Effect) -> None:
+        c = self.control
+        try:
+            if e.kind in ("half_open", "closed"):
+                c.release(p, e.agent)
+                if hasattr(c, "set_caps"):
+                    c.set_caps(p, e.agent, e.breaker.caps,
+                               self.timing.probation_cap_factor if e.state == HALF_OPEN else 1.0)
+            elif e.kind == "approved":
+                c.approve(p, e.agent)
+            elif e.kind == "caps" and hasattr(c, "set_caps"):
+                c.set_caps(p, e.agent, e.breaker.caps,
+                           self.timing.probation_cap_factor if e.state == HALF_OPEN else 1.0)
+        except Exception:
+            log.exception("detector control failed for %s (%s)", e.agent, e.kind)
+
+    def _reconcile(self, p: int) -> None:
+        agents = self.reconcile.pop(p, set())
+        br = self.parts[p]
+        if self.control is None:
+            return
+        for agent in agents:
+            if br.state(agent) not in FROZEN and self.control.is_frozen(p, agent):
+                self.control.release(p, agent)
+                log.info("agent %s: released in the detector (breaker is %s)", agent, br.state(agent))
+
+    def _submit_all(self, partition: int) -> None:
+        if self.sender is None:
+            return
+        for d in sorted(self.outbox.get(partition, {}).values(), key=lambda d: d.seq):
+            self.sender.submit(d)
+
+    def attach(self, sender=None, notifier=None, producer=None, log_: BreakerLog | None = None) -> None:
+        self.sender, self.notifier, self.producer = sender, notifier, producer
+        self.log = log_
+        for p in list(self.outbox):
+            self._submit_all(p)
+
+    def on_result(self, d: Delivery, outcome: str, attempts: int, detail: str) -> None:
+        """The sender finished a delivery: drop it from the outbox and record how it ended."""
+        box = self.outbox.get(d.partition)
+        if box is not None:
+            box.pop(d.id, None)
+        if self.producer is not None:
+            rec = DeliveredRecord(d.id, d.partition, d.agent, outcome, attempts, int(time.time() * 1000), detail)
+            fut = self.producer.send(self.topic, encode_record(rec), key=d.agent.encode())
+            import asyncio
+            asyncio.ensure_future(fut).add_done_callback(lambda f: f.exception() and log.warning(
+                "delivered record for %s not written: %r", d.id, f.exception()))
+
+    # -- people --------------------------------------------------------------------------------
+    def partition_of(self, agent: str) -> int:
+        p = self.where.get(agent)
+        if p is None and self.locate is not None:
+            p = self.locate(agent)
+        if p is None:
+            p = (murmur2(agent.encode()) & 0x7FFFFFFF) % self.partitions
+        if p not in self.parts:
+            raise NotOwnedError(f"agent {agent} is on input partition {p}, which this replica does not own "
+                                f"(owned: {sorted(self.parts)}); ask the replica that owns it")
+        return p
+
+    async def act(self, action: str, agent: str, *, by: str, reason: str = "", caps: dict[str, int] | None = None,
+                  command_id: str | None = None) -> dict[str, Any]:
+        """hold | release | approve | caps. The change is on the broker before this returns."""
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}; one of {ACTIONS}")
+        agent = _canon(agent)
+        p = self.partition_of(agent)
+        br = self.parts[p]
+        cmd = command_id or f"cmd-{uuid.uuid4().hex}"
+        now = int(time.time() * 1000)
+        if action == "hold":
+            e = br.hold(agent, now, by, cmd, reason)
+        elif action == "release":
+            e = br.release(agent, now, by, cmd, reason)
+        elif action == "approve":
+            e = br.approve(agent, now, by, cmd, reason)
+            if e is None and self.control is not None:  # the detector may hold one the breaker missed
+                self.control.approve(p, agent)
+        else:
+            e = br.set_caps(agent, caps, now, by, cmd)
+        publish: list = []
+        if e is not None:
+            self.where[agent] = p
+            self._emit(p, e, publish)
+            for topic, key, value in publish:
+                await self.producer.send_and_wait(topic, value, key=key)
+        return {"agent": agent, "action": action, "changed": e is not None, "effect": e.id if e else None,
+                "partition": p, "breaker": self.view(agent)}
+
+    # -- views ---------------------------------------------------------------------------------
+    def view(self, agent: str) -> dict[str, Any]:
+        p = self.where.get(agent)
+        br = self.parts.get(p) if p is not None else None
+        b = br.get(agent) if br is not None else None
+        if b is None:
+            return {"state": CLOSED, "trips": 0}
+        v = b.view()
+        v.pop("agent", None)
+        v["pending_webhooks"] = sum(1 for d in self.outbox.get(p, {}).values() if d.agent == agent)
+        return v
+
+    def breakers(self) -> list[tuple[int, str, dict]]:
+        """(partition, agent, view) of every breaker that is not plainly closed."""
+        return [(p, a, self.view(a)) for p, br in self.parts.items() for a in br.by_agent]
+
+    def undelivered(self) -> int:
+        return sum(len(b) for b in self.outbox.values())
