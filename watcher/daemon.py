@@ -32,7 +32,7 @@ from watcher.pipeline.categories import CategoryMap
 from watcher.pipeline.shard import Outcome, Shard
 from watcher.sources import kafka as kafka_io
 from watcher.sources.checkpoints import CheckpointStore
-from watcher.sources.deadletter import make_dead_letter, send_dead_letter
+from watcher.sources.deadletter import dead_letter_headers, dead_letter_value, make_dead_letter
 
 log = logging.getLogger("watcher.daemon")
 _enc = msgspec.json.Encoder()
@@ -80,6 +80,9 @@ class Counters(msgspec.Struct):
     dead_letter_reasons: dict[str, int] = {}
 
 
+Outgoing = tuple  # (topic, key bytes | None, value bytes, headers | None)
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, daemon: "Daemon") -> None:
         self.daemon = daemon
@@ -97,6 +100,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Daemon:
+    PUBLISH_RETRIES = 12  # about a minute of back-off in all
     def __init__(self, settings: Settings, stages: list[Stage] | None = None, *,
                  services: list[Callable[["Daemon"], AsyncContextManager]] | None = None,
                  categorize: Callable[[str, str | None], str | None] | None = None,
@@ -183,9 +187,8 @@ class Daemon:
 
     # -- one batch -----------------------------------------------------------------------------
     async def _process(self, batch) -> None:
-        pending: list[asyncio.Future] = []
+        pending: list[Outgoing] = []
         commits: dict[TopicPartition, OffsetAndMetadata] = {}
-        send = self.producer.send
         now_ms = int(time.time() * 1000)
         outcomes: dict[int, list[tuple[Outcome, list[Observation]]]] = {}
         for tp, msgs in batch.items():
@@ -212,10 +215,10 @@ class Daemon:
                         raise EventError("bad_json", "empty record (null value)")
                     obs.append(decode(m.value))
                 except EventError as exc:
-                    pending.append(await self._dead_letter(exc.reason, exc.detail, m))
+                    pending.append(self._dead_letter(exc.reason, exc.detail, m))
                 except Exception as exc:  # a bug must not stop the daemon or lose the record
                     log.exception("unexpected error decoding %s[%s]@%s", m.topic, m.partition, m.offset)
-                    pending.append(await self._dead_letter("internal_error", repr(exc), m))
+                    pending.append(self._dead_letter("internal_error", repr(exc), m))
             outcome = shard.apply(obs)
             outcomes.setdefault(tp.partition, []).append((outcome, obs))
             self.counters.consumed += len(msgs)
@@ -234,7 +237,7 @@ class Daemon:
             for outcome, obs in work:
                 for f in outcome.findings:
                     self.counters.findings += 1
-                    pending.append(await send(self.k.findings_topic, _enc.encode(f), key=f.agent.encode()))
+                    pending.append((self.k.findings_topic, f.agent.encode(), _enc.encode(f), None))
                 if self.stages:
                     ctx = BatchContext(p, shard, outcome, obs, now_ms)
                     for stage in self.stages:
@@ -243,20 +246,48 @@ class Daemon:
                         self.recent_decisions.append(d)
                         self.decision_counts[d.kind] += 1
                     for topic, key, value in ctx.publish:
-                        pending.append(await send(topic, value, key=key))
+                        pending.append((topic, key, value, None))
         if pending:
-            await asyncio.gather(*pending)
+            await self._publish(pending)
         if commits:
             self.counters.batches += 1
             await self.consumer.commit(commits)
 
-    async def _dead_letter(self, reason: str, detail: str, m) -> asyncio.Future:
+    def _dead_letter(self, reason: str, detail: str, m) -> "Outgoing":
         self.counters.dead_lettered += 1
         self.dlq_reasons[reason] += 1
         self.counters.dead_letter_reasons = dict(self.dlq_reasons)
         log.warning("dead-lettered %s[%d]@%d: %s: %s", m.topic, m.partition, m.offset, reason, detail[:200])
         dl = make_dead_letter(reason, detail, m.topic, m.partition, m.offset, m.key, m.value)
-        return await send_dead_letter(self.producer, self.k.dead_letter_topic, dl, m.key)
+        return (self.k.dead_letter_topic, m.key, dead_letter_value(dl), dead_letter_headers(dl))
+
+    async def _publish(self, records: list["Outgoing"]) -> None:
+        """Publish and wait for the broker's acknowledgement of every record, retrying failures with a
+        back-off (a topic just created, a leader moving). The batch's offsets are committed only after
+        this returns; if the broker stays unreachable past the retries, the error stops the daemon and a
+        restart resumes from the last checkpoint, so nothing is lost."""
+        todo, attempt = records, 0
+        while todo:
+            futures = []
+            for topic, key, value, headers in todo:
+                try:
+                    futures.append(await self.producer.send(topic, value, key=key, headers=headers))
+                except Exception as exc:  # e.g. metadata for a new topic not available yet
+                    fut = asyncio.get_running_loop().create_future()
+                    fut.set_exception(exc)
+                    futures.append(fut)
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failed = [rec for rec, res in zip(todo, results) if isinstance(res, BaseException)]
+            if not failed:
+                return
+            attempt += 1
+            first = next(r for r in results if isinstance(r, BaseException))
+            if attempt > self.PUBLISH_RETRIES:
+                raise first
+            log.warning("publishing %d of %d records failed (%r); retry %d of %d", len(failed), len(todo), first,
+                        attempt, self.PUBLISH_RETRIES)
+            await asyncio.sleep(min(5.0, 0.05 * 2 ** attempt))
+            todo = failed
 
     # -- partitions and checkpoints --------------------------------------------------------------
     def _new_shard(self) -> Shard:

@@ -34,6 +34,12 @@ def register(sub) -> None:
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="run this long, then print a summary and exit 0 (default: until Ctrl-C)")
     p.add_argument("--refresh", type=float, default=2.0, help="view refreshes per second (default 2)")
+    p.add_argument("--real-chain", action="store_true", help="instead of the simulator, run the real x402 loop "
+                   "on loopback: anvil + test USDC, the x402 SDK facilitator behind `spendwatch facilitator`, "
+                   "a FastAPI merchant, agents paying with the SDK's httpx client, the chain bridge and the "
+                   "watcher (needs node/npm: the npm packages in tools/npm are installed on first use)")
+    p.add_argument("--payments", type=int, default=3, help="with --real-chain: paid requests per honest agent "
+                   "(default 3)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -109,4 +115,8 @@ def _summary(console: Console, daemon: Daemon, fleet) -> None:
 
 
 def cmd_demo(args) -> int:
+    if args.real_chain:
+        from watcher.realdemo import run_real_demo
+
+        return asyncio.run(run_real_demo(args))
     return asyncio.run(_demo(args))

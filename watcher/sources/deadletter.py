@@ -11,7 +11,6 @@ import base64
 from datetime import datetime, timezone
 
 import msgspec
-from aiokafka import AIOKafkaProducer
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -44,8 +43,10 @@ def decode_dead_letter(raw: bytes) -> DeadLetter:
     return _dec.decode(raw)
 
 
-async def send_dead_letter(producer: AIOKafkaProducer, topic: str, dl: DeadLetter, key: bytes | None):
-    """Queue the dead letter; returns the delivery future (await it before committing the source offset)."""
-    headers = [("reason", dl.reason.encode()), ("source-topic", dl.topic.encode()),
-               ("source-partition", str(dl.partition).encode()), ("source-offset", str(dl.offset).encode())]
-    return await producer.send(topic, _enc.encode(dl), key=key, headers=headers)
+def dead_letter_value(dl: DeadLetter) -> bytes:
+    return _enc.encode(dl)
+
+
+def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
+    return [("reason", dl.reason.encode()), ("source-topic", dl.topic.encode()),
+            ("source-partition", str(dl.partition).encode()), ("source-offset", str(dl.offset).encode())]

@@ -1,0 +1,96 @@
+"""Breaker views: the watcher.breaker topic (records made by the breaker's own code) and the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from tests.tap.conftest import PAYER
+from watcher.breaker.outbox import change_record, encode_record, ensure_topic
+from watcher.breaker.state import Breakers
+from watcher.tap.breakers import AdminBreakerView, TopicBreakerView
+
+OTHER = "0x36b38A5349EE961C604E029Be36faEc12Ed57f47"
+
+
+class _Decision:
+    def __init__(self, id, agent, kind="freeze", at_ms=1000, reason="spend cap"):
+        self.id, self.agent, self.kind, self.at_ms, self.reason = id, agent, kind, at_ms, reason
+
+
+async def _until(pred, timeout=20.0):
+    for _ in range(int(timeout / 0.05)):
+        if pred():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met")
+
+
+@pytest.mark.integration
+async def test_topic_view_follows_the_breaker_log(kafka_bootstrap, unique):
+    topic = f"brk-{unique}"
+    br = Breakers()
+    await ensure_topic(kafka_bootstrap, topic, 2)
+    prod = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await prod.start()
+
+    async def send(effect):
+        await prod.send_and_wait(topic, encode_record(change_record(0, effect, None, effect.at_ms)),
+                                 key=effect.agent.encode())
+
+    try:
+        (e,) = br.on_decision(_Decision("d1", PAYER))          # opened, before the view starts
+        await send(e)
+        await prod.send_and_wait(topic, b"not json", key=b"x")
+        async with TopicBreakerView(kafka_bootstrap, topic) as view:
+            await asyncio.wait_for(view.caught_up.wait(), 20)
+            assert view.is_blocked(PAYER) is True and view.state(PAYER) == "open"
+            assert view.is_blocked(PAYER.lower()) is True
+            assert view.is_blocked(OTHER) is False and view.bad == 1
+            e2 = br.hold(OTHER, 2000, "admin:ops", "cmd-1", "investigating")
+            await send(e2)
+            await _until(lambda: view.state(OTHER) == "held")
+            e3 = br.release(PAYER, 3000, "admin:ops", "cmd-2", "ok")   # open -> half_open: may pay again
+            await send(e3)
+            await _until(lambda: view.is_blocked(PAYER) is False)
+            assert view.state(PAYER) == "half_open"
+    finally:
+        await prod.stop()
+
+
+async def test_topic_view_is_unknown_until_caught_up():
+    view = TopicBreakerView("127.0.0.1:1", "nothing")
+    assert view.is_blocked(PAYER) is None
+
+
+async def test_admin_view_polls_open_and_held_agents():
+    seen = []
+
+    async def agents(request):
+        seen.append(request.headers.get("Authorization"))
+        st = request.query["state"]
+        rows = {"open": [{"agent": PAYER.lower(), "breaker": {"state": "open"}}],
+                "held": [{"agent": OTHER, "breaker": {"state": "held"}}]}[st]
+        return web.json_response({"agents": rows})
+
+    app = web.Application()
+    app.router.add_get("/v1/agents", agents)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with AdminBreakerView(f"http://127.0.0.1:{port}", "tok", refresh_seconds=0.1) as view:
+            await asyncio.wait_for(view.ready.wait(), 10)
+            assert view.state(PAYER) == "open" and view.state(OTHER) == "held"
+            assert view.is_blocked("0x" + "11" * 20) is False
+        assert seen[0] == "Bearer tok"
+    finally:
+        await runner.cleanup()
+    stale = AdminBreakerView("http://127.0.0.1:1", "tok")
+    assert stale.is_blocked(PAYER) is None
+    await stale._client.aclose()

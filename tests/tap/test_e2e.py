@@ -1,0 +1,109 @@
+"""End to end, every part real, on loopback: anvil + test USDC, the x402 SDK facilitator over HTTP, the
+spendwatch facilitator tap in front of it, a FastAPI merchant with the SDK middleware pointed at the tap,
+agents paying with the SDK's httpx client, the chain bridge and the watcher daemon (detection + breakers).
+
+One agent runs away: the watcher freezes it (cap_1m), its next request gets HTTP 402 with the tap's
+refusal, the other agents keep paying; settle records and on-chain transfers reconcile with no
+`unsettled` or `shadow_spend` finding for the honest agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from watcher.events import Decoder
+from watcher.events.observation import Kind
+from watcher.realdemo import PRICES, RealLoop
+
+pytestmark = pytest.mark.integration
+DEC = Decoder(max_future_skew_ms=None)
+
+
+async def read_topic(bootstrap: str, topic: str, min_records: int = 0, timeout_s: float = 20.0) -> list:
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    await c.start()
+    got = []
+    try:
+        for _ in range(int(timeout_s / 0.2)):
+            for msgs in (await c.getmany(timeout_ms=200)).values():
+                got.extend(msgs)
+            if min_records and len(got) >= min_records:
+                break
+            if not min_records and _ > 5:
+                break
+    finally:
+        await c.stop()
+    return got
+
+
+async def test_runaway_agent_is_frozen_and_refused_by_the_tap(kafka_bootstrap, unique, tmp_path):
+    async with RealLoop(kafka_bootstrap, agents=4, suffix=unique, workdir=tmp_path, findings_after_seconds=3) as loop:
+        honest, runaway = loop.agents[:3], loop.agents[3]
+        clients = [loop.client(i) for i in range(4)]
+        try:
+            for _ in range(2):
+                for i in range(3):
+                    assert await loop.pay(clients[i], "search") == (200, None)
+            statuses = []
+            deadline = asyncio.get_running_loop().time() + 60      # a slow, shared machine: no timing asserts
+            while asyncio.get_running_loop().time() < deadline:
+                status, reason = await loop.pay(clients[3], "gpu")
+                statuses.append((status, reason))
+                if status != 200:
+                    break
+                await asyncio.sleep(0.5)
+            assert statuses[-1] == (402, "spendwatch_agent_frozen"), (
+                len(statuses), statuses[-1], loop.daemon.counters, dict(loop.daemon.decision_counts),
+                loop.view.records, loop.view.states, loop.breakers.effects)
+            paid_runaway = len(statuses) - 1
+            assert paid_runaway >= 4                # 0.50 each against a 2 USDC per-minute cap
+            assert loop.view.state(runaway.address) == "open"
+            # the freeze holds at the facilitator: again refused, the others keep paying
+            assert await loop.pay(clients[3], "search") == (402, "spendwatch_agent_frozen")
+            for i in range(3):
+                assert await loop.pay(clients[i], "search") == (200, None)
+        finally:
+            for c in clients:
+                await c.aclose()
+
+        settled = 3 * 3 + paid_runaway
+        await loop.wait(lambda: loop.publisher.published >= settled * 2 + 2, 30, "the tap's records")
+        assert loop.publisher.dropped == 0
+        assert loop.tap.counts["refused"] == 2 and loop.facilitator.calls["settle"] == settled
+
+        # the tap's records: well-formed, keyed by the payer, one settle per paid request
+        recs = await read_topic(loop.bootstrap, loop.settings.kafka.payments_topic, settled * 2 + 2)
+        obs = [DEC.decode(m.value) for m in recs]
+        assert all(m.key.decode() == o.agent for m, o in zip(recs, obs))
+        settles = [o for o in obs if o.kind == Kind.SETTLE]
+        assert len(settles) == settled and all(o.status == "settled" and o.source == "spendwatch-tap" for o in settles)
+        refusals = [o for o in obs if o.kind == Kind.VERIFY and o.status == "invalid"]
+        assert {(o.agent, o.reason) for o in refusals} == {(runaway.address, "spendwatch_agent_frozen")}
+
+        # on-chain transfers confirm; the watcher joins them with the settles, counting each payment once
+        await loop.confirm(3)
+        txs = {o.tx for o in settles}
+
+        def joined() -> bool:
+            from tests.integration.helpers import agent_sums
+            sums = agent_sums(loop.daemon)
+            want = {a.address: (3 * PRICES["search"], 3) for a in honest}
+            return all(sums.get(a) == v for a, v in want.items())
+
+        await loop.wait(joined, 60, "the watcher's windows to hold exactly the honest agents' spend")
+        chain = await read_topic(loop.bootstrap, loop.settings.kafka.chain_topic, 2 * settled, 60)
+        confirmed = {DEC.decode(m.value).tx for m in chain if b'"confirmed"' in m.value}
+        assert txs <= confirmed
+        await asyncio.sleep(loop.findings_after + 2)      # past the unsettled / shadow-spend deadlines
+        findings = [msgspec.json.decode(m.value) for m in
+                    await read_topic(loop.bootstrap, loop.settings.kafka.findings_topic)]
+        honest_addrs = {a.address for a in honest}
+        bad = [f for f in findings if f.get("kind") in ("unsettled", "shadow_spend") and f.get("agent") in honest_addrs]
+        assert bad == []
+        decisions = [msgspec.json.decode(m.value) for m in
+                     await read_topic(loop.bootstrap, loop.settings.kafka.decisions_topic)]
+        assert any(d.get("kind") == "freeze" and d.get("agent") == runaway.address for d in decisions), decisions

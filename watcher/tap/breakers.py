@@ -1,0 +1,274 @@
+"""What the tap knows of the watcher's breakers, and the gate that refuses frozen payers.
+
+    BreakerView.state(wallet) -> "closed" | "open" | "half_open" | "held" | None (unknown: view not current)
+    BreakerView.is_blocked(wallet) -> bool | None
+
+Implementations:
+    TopicBreakerView   consumes `watcher.breaker` from the beginning (no consumer group) and keeps the
+                       latest state per agent: records of type "change" carry "agent" and "state" (the
+                       breaker helper's watcher.breaker.outbox.ChangeRecord); other types are skipped.
+                       Records of one agent share a key, so the log's order is their order.
+    AdminBreakerView   polls the admin API (GET /v1/agents?state=open|held, bearer token) every
+                       `refresh_seconds`; current while the last poll is younger than `stale_after_seconds`.
+    StaticBreakerView  a fixed set (tests, or a hand-kept deny list).
+
+`Gate` turns a view into a decision: a frozen payer (open or held) is refused with a clear reason; an
+unknown state fails open (allowed, counted, `spendwatch_tap_breaker_view_stale` = 1) or closed (refused),
+as configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Literal, Protocol
+
+import httpx
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from watcher.tap.metrics import TapMetrics
+from watcher.tap.records import _checksum
+
+log = logging.getLogger("watcher.tap.breakers")
+FROZEN = frozenset({"open", "held"})
+FailMode = Literal["open", "closed"]
+
+
+class BreakerView(Protocol):
+    def state(self, wallet: str) -> str | None: ...
+    def is_blocked(self, wallet: str) -> bool | None: ...
+
+
+class _Base:
+    def __init__(self) -> None:
+        self.states: dict[str, str] = {}   # agent (checksum) -> state; closed agents are dropped
+        self.current = False
+
+    def state(self, wallet: str) -> str | None:
+        if not self.current:
+            return None
+        return self.states.get(_checksum(wallet), "closed")
+
+    def is_blocked(self, wallet: str) -> bool | None:
+        s = self.state(wallet)
+        return None if s is None else s in FROZEN
+
+    def _set(self, agent: str, state: str) -> None:
+        agent = _checksum(agent)
+        if state == "closed":
+            self.states.pop(agent, None)
+        else:
+            self.states[agent] = state
+
+
+class StaticBreakerView(_Base):
+    def __init__(self, frozen: dict[str, str] | set[str] | None = None) -> None:
+        super().__init__()
+        self.current = True
+        for a in frozen or ():
+            self._set(a, frozen[a] if isinstance(frozen, dict) else "open")
+
+    def freeze(self, wallet: str, state: str = "open") -> None:
+        self._set(wallet, state)
+
+    def release(self, wallet: str) -> None:
+        self._set(wallet, "closed")
+
+
+class _Change(msgspec.Struct):
+    type: str
+    agent: str = ""
+    state: str = ""
+
+
+_dec = msgspec.json.Decoder(_Change)
+
+
+class TopicBreakerView(_Base):
+    """Follows the `watcher.breaker` topic. Current once caught up, and while reads keep succeeding."""
+
+    def __init__(self, bootstrap: str, topic: str = "watcher.breaker", *, stale_after_seconds: float = 30.0,
+                 client_id: str = "spendwatch-tap-breakers") -> None:
+        super().__init__()
+        self.bootstrap, self.topic, self.client_id = bootstrap, topic, client_id
+        self.stale_after = stale_after_seconds
+        self.records = self.bad = 0
+        self.caught_up = asyncio.Event()
+        self._last_ok = 0.0
+        self._task: asyncio.Task | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    def state(self, wallet: str) -> str | None:
+        self.current = self.caught_up.is_set() and time.monotonic() - self._last_ok < self.stale_after
+        return super().state(wallet)
+
+    async def __aenter__(self) -> TopicBreakerView:
+        self._task = asyncio.create_task(self._run(), name="tap breaker view")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+
+    def apply(self, raw: bytes) -> None:
+        try:
+            r = _dec.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.bad += 1
+            return
+        self.records += 1
+        if r.type == "change" and r.agent and r.state:
+            self._set(r.agent, r.state)
+
+    async def _assign(self, c: AIOKafkaConsumer) -> list[TopicPartition]:
+        while True:
+            await c._client.force_metadata_update()   # topics() does not refresh partitions_for_topic
+            parts = c.partitions_for_topic(self.topic)
+            if parts:
+                tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+                c.assign(tps)
+                await c.seek_to_beginning(*tps)
+                return tps
+            log.info("breaker topic %s not there yet; the view stays unknown until it is", self.topic)
+            await asyncio.sleep(1.0)
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while True:
+            c = self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                                  enable_auto_commit=False, auto_offset_reset="earliest",
+                                                  client_id=self.client_id, fetch_max_wait_ms=100)
+            try:
+                await c.start()
+                tps = await self._assign(c)
+                self.states.clear()
+                while True:
+                    batch = await c.getmany(timeout_ms=200, max_records=10_000)
+                    for msgs in batch.values():
+                        for m in msgs:
+                            self.apply(m.value)
+                    self._last_ok = time.monotonic()
+                    if not self.caught_up.is_set():
+                        behind = False
+                        for tp in tps:
+                            hw = c.highwater(tp)
+                            if hw is None or await c.position(tp) < hw:
+                                behind = True
+                        if not behind:
+                            self.caught_up.set()
+                            log.info("breaker view caught up: %d records, %d agents not closed", self.records,
+                                     len(self.states))
+                    delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("breaker view: reading %s failed (%r); retrying in %.1f s", self.topic, exc, delay)
+                self.caught_up.clear()
+                with contextlib.suppress(Exception):
+                    await c.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+class AdminBreakerView(_Base):
+    """Polls the watcher's admin API for agents whose breaker is open or held."""
+
+    def __init__(self, url: str, token: str, *, refresh_seconds: float = 2.0, stale_after_seconds: float = 30.0,
+                 timeout_seconds: float = 5.0) -> None:
+        super().__init__()
+        self.url, self.refresh = url.rstrip("/"), refresh_seconds
+        self.stale_after = stale_after_seconds
+        self._client = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=timeout_seconds)
+        self._last_ok = 0.0
+        self._task: asyncio.Task | None = None
+        self.polls = self.failures = 0
+        self.ready = asyncio.Event()
+
+    def state(self, wallet: str) -> str | None:
+        self.current = self._last_ok > 0 and time.monotonic() - self._last_ok < self.stale_after
+        return super().state(wallet)
+
+    async def __aenter__(self) -> AdminBreakerView:
+        self._task = asyncio.create_task(self._run(), name="tap admin breaker view")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        await self._client.aclose()
+
+    async def poll(self) -> None:
+        states: dict[str, str] = {}
+        for st in ("open", "held"):
+            r = await self._client.get(f"{self.url}/v1/agents", params={"state": st, "limit": "1000"})
+            r.raise_for_status()
+            for row in r.json().get("agents", []):
+                states[_checksum(row["agent"])] = row.get("breaker", {}).get("state", st)
+        self.states = states
+        self._last_ok = time.monotonic()
+        self.polls += 1
+        self.ready.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                log.warning("breaker view: admin API %s failed (%r)", self.url, exc)
+            await asyncio.sleep(self.refresh)
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    reason: str      # machine-readable: the x402 invalidReason / errorReason
+    message: str     # for people
+    state: str
+
+
+def refusal_reason(state: str) -> str:
+    return "spendwatch_agent_held" if state == "held" else "spendwatch_agent_frozen"
+
+
+class Gate:
+    """Decides per payer: None (let it pay) or a Refusal. Never raises and never waits."""
+
+    def __init__(self, view: BreakerView, *, fail_mode: FailMode = "open", metrics: TapMetrics | None = None) -> None:
+        if fail_mode not in ("open", "closed"):
+            raise ValueError("fail_mode must be 'open' or 'closed'")
+        self.view, self.fail_mode = view, fail_mode
+        self.metrics = metrics or TapMetrics()
+
+    def check(self, payer: str | None, where: str = "verify") -> Refusal | None:
+        if not payer:
+            return None
+        try:
+            state = self.view.state(payer)
+        except Exception as exc:  # a broken view must not break payments
+            log.error("breaker view failed for %s: %r", payer, exc)
+            state = None
+        if state is None:
+            self.metrics.view_stale.set(1)
+            self.metrics.breaker_unknown.labels(self.fail_mode).inc()
+            if self.fail_mode == "open":
+                return None
+            self.metrics.refused.labels(where, "unknown").inc()
+            return Refusal("spendwatch_breaker_unavailable",
+                           f"spendwatch cannot tell whether {payer} is frozen and fails closed", "unknown")
+        self.metrics.view_stale.set(0)
+        if state not in FROZEN:
+            return None
+        self.metrics.refused.labels(where, state).inc()
+        who = "held by a person" if state == "held" else "frozen by spendwatch (runaway spend)"
+        return Refusal(refusal_reason(state), f"payer {payer} is {who}; payments refused until released", state)
