@@ -116,7 +116,7 @@ async def bench_kafka(records, bootstrap: str | None) -> dict:
                 "raw_consume_events_per_s": raw, "kafka_events": n}
 
 
-async def run_all(quick: bool = False, bootstrap: str | None = None) -> dict:
+async def run_all(quick: bool = False, bootstrap: str | None = None, parts: set[str] | None = None) -> dict:
     n_inproc = 20_000 if quick else 150_000
     n_kafka = 15_000 if quick else 60_000
     records = build_records(max(n_inproc, n_kafka))
@@ -128,31 +128,46 @@ async def run_all(quick: bool = False, bootstrap: str | None = None) -> dict:
     out["bytes_per_agent_1m"] = bench_bytes_per_agent(1_000_000 if not quick else 300_000)
     if quick:
         out["bytes_per_agent_1m_note"] = "measured at 300,000 agents in --quick"
-    for name, fn in _extra_benches():
-        out.update(await fn(quick))
+    if parts != {"core"}:
+        out.update(await run_parts(quick, bootstrap, None if not parts else parts))
     return out
 
 
-def _extra_benches():
-    """Benchmarks of other parts, when present (chain bridge, detection)."""
-    found = []
-    try:
-        from watcher.detect.bench import run_detect_bench
-        found.append(("detect", _as_async(run_detect_bench)))
-    except ImportError:
-        pass
-    try:
-        from watcher.chain.bench import run_chain_bench
-        found.append(("chain", _as_async(run_chain_bench)))
-    except ImportError:
-        pass
-    return found
+def _extra_benches(bootstrap: str | None):
+    """The benchmarks of the other parts, each returning a dict; keys are prefixed with the part's name."""
+    from watcher.breaker.bench import run_breaker_bench
+    from watcher.chain.bench import run_chain_bench
+    from watcher.detect.bench import run_detect_bench
+    from watcher.observe.bench import run as run_metrics_bench
+    from watcher.tap.bench import _bench as tap_bench
+
+    return [
+        ("detect", lambda quick: run_detect_bench(quick)),
+        ("metrics", lambda quick: run_metrics_bench(300_000 if quick else 1_000_000, 8, repeat=3)),
+        ("breaker", lambda quick: run_breaker_bench(quick, bootstrap)),
+        ("tap", lambda quick: tap_bench(quick, bootstrap)),
+        ("chain", lambda quick: run_chain_bench(quick, bootstrap=bootstrap)),
+    ]
 
 
-def _as_async(fn):
-    async def call(quick: bool) -> dict:
+async def run_parts(quick: bool, bootstrap: str | None, only: set[str] | None = None) -> dict:
+    out: dict = {}
+    for name, fn in _extra_benches(bootstrap):
+        if only and name not in only:
+            continue
         res = fn(quick)
         if asyncio.iscoroutine(res):
             res = await res
-        return res
-    return call
+        for k, v in _flat(res).items():
+            out[k if k.startswith(name + "_") else f"{name}_{k}"] = v
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}_"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

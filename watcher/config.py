@@ -42,6 +42,8 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_ms: Annotated[int, Field(ge=100)] = 3_000
     max_batch: Annotated[int, Field(ge=1, le=100_000)] = 5_000
     poll_timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 200
+    fetch_max_wait_ms: Annotated[int, Field(ge=1, le=10_000)] = 20
+    commit_interval_ms: Annotated[int, Field(ge=0, le=600_000)] = 1_000
 
     @model_validator(mode="after")
     def _heartbeat(self):

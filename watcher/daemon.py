@@ -87,14 +87,18 @@ class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, daemon: "Daemon") -> None:
         self.daemon = daemon
 
+    # The callbacks run in aiokafka's coordinator task, concurrently with the daemon's loop whenever that
+    # awaits (publishing, checkpointing, committing): the lock makes a rebalance wait for the batch in hand.
     async def on_partitions_revoked(self, revoked):
-        await self.daemon._release({tp.partition for tp in revoked})
+        async with self.daemon.lock:
+            await self.daemon._release({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned):
         consumer = self.daemon.consumer
         consumer.pause(*assigned)  # no records for a partition until its state is restored
         try:
-            await self.daemon._acquire({tp.partition for tp in assigned})
+            async with self.daemon.lock:
+                await self.daemon._acquire({tp.partition for tp in assigned})
         finally:
             consumer.resume(*[tp for tp in assigned if tp in consumer.assignment()])
 
@@ -128,7 +132,11 @@ class Daemon:
         self._last_checkpoint = time.monotonic()
         self.producer = None
         self.consumer = None
+        self._inflight: list[tuple[Outgoing, asyncio.Future]] = []
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._last_commit = time.monotonic()
         self.store: CheckpointStore | None = None
+        self.lock = asyncio.Lock()  # one batch, checkpoint or rebalance callback at a time
 
     # -- lifecycle -----------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -162,8 +170,9 @@ class Daemon:
         await self.consumer.start()
         try:
             await self._loop()
-            await self._checkpoint_all()
-            await self._commit()
+            async with self.lock:
+                await self._checkpoint_all()
+                await self._commit()
         finally:
             await self.consumer.stop()
             log.info("consumer closed (left group %s)", self.k.group)
@@ -174,9 +183,10 @@ class Daemon:
             batch = await self.consumer.getmany(timeout_ms=self.k.poll_timeout_ms, max_records=self.k.max_batch)
             if not self.started.is_set() and self.consumer.assignment():
                 self.started.set()
-            await self._process(batch)
-            if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint.interval_seconds:
-                await self._checkpoint_all()
+            async with self.lock:
+                await self._process(batch)
+                if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint.interval_seconds:
+                    await self._checkpoint_all()
             if time.monotonic() - last_log >= 10:
                 self._log_summary("running")
                 last_log = time.monotonic()
@@ -248,10 +258,16 @@ class Daemon:
                     for topic, key, value in ctx.publish:
                         pending.append((topic, key, value, None))
         if pending:
-            await self._publish(pending)
+            await self._send(pending)
         if commits:
             self.counters.batches += 1
-            await self.consumer.commit(commits)
+            self._uncommitted.update(commits)
+        if self._uncommitted and (len(self._inflight) > 20_000 or
+                                  time.monotonic() - self._last_commit >= self.k.commit_interval_ms / 1000):
+            await self._flush()
+            await self.consumer.commit(self._uncommitted)
+            self._uncommitted = {}
+            self._last_commit = time.monotonic()
 
     def _dead_letter(self, reason: str, detail: str, m) -> "Outgoing":
         self.counters.dead_lettered += 1
@@ -261,23 +277,27 @@ class Daemon:
         dl = make_dead_letter(reason, detail, m.topic, m.partition, m.offset, m.key, m.value)
         return (self.k.dead_letter_topic, m.key, dead_letter_value(dl), dead_letter_headers(dl))
 
-    async def _publish(self, records: list["Outgoing"]) -> None:
-        """Publish and wait for the broker's acknowledgement of every record, retrying failures with a
-        back-off (a topic just created, a leader moving). The batch's offsets are committed only after
+    async def _send(self, records: list["Outgoing"]) -> None:
+        """Hand records to the producer without waiting; `_flush` waits for (and retries) them."""
+        for rec in records:
+            topic, key, value, headers = rec
+            try:
+                fut = await self.producer.send(topic, value, key=key, headers=headers)
+            except Exception as exc:  # e.g. metadata for a new topic not available yet: retried by _flush
+                fut = asyncio.get_running_loop().create_future()
+                fut.set_exception(exc)
+            self._inflight.append((rec, fut))
+
+    async def _flush(self) -> None:
+        """Wait for the broker's acknowledgement of every record sent, retrying failures with a back-off
+        (a topic just created, a leader moving). Offsets are committed and state checkpointed only after
         this returns; if the broker stays unreachable past the retries, the error stops the daemon and a
         restart resumes from the last checkpoint, so nothing is lost."""
-        todo, attempt = records, 0
+        todo, self._inflight = self._inflight, []
+        attempt = 0
         while todo:
-            futures = []
-            for topic, key, value, headers in todo:
-                try:
-                    futures.append(await self.producer.send(topic, value, key=key, headers=headers))
-                except Exception as exc:  # e.g. metadata for a new topic not available yet
-                    fut = asyncio.get_running_loop().create_future()
-                    fut.set_exception(exc)
-                    futures.append(fut)
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            failed = [rec for rec, res in zip(todo, results) if isinstance(res, BaseException)]
+            results = await asyncio.gather(*(f for _, f in todo), return_exceptions=True)
+            failed = [rec for (rec, _), res in zip(todo, results) if isinstance(res, BaseException)]
             if not failed:
                 return
             attempt += 1
@@ -287,7 +307,9 @@ class Daemon:
             log.warning("publishing %d of %d records failed (%r); retry %d of %d", len(failed), len(todo), first,
                         attempt, self.PUBLISH_RETRIES)
             await asyncio.sleep(min(5.0, 0.05 * 2 ** attempt))
-            todo = failed
+            self._inflight = []
+            await self._send(failed)
+            todo, self._inflight = self._inflight, []
 
     # -- partitions and checkpoints --------------------------------------------------------------
     def _new_shard(self) -> Shard:
@@ -338,6 +360,7 @@ class Daemon:
         log.info("released partitions %s", sorted(gone))
 
     async def _checkpoint(self, p: int) -> None:
+        await self._flush()  # the state to be saved assumes its outputs are on the broker
         snap = {"shard": self.shards[p].snapshot(), "stages": [s.snapshot(p) for s in self.stages]}
         blob = msgspec.msgpack.encode(snap)
         m = await self.store.write(p, blob, self.covered[p])
@@ -350,6 +373,8 @@ class Daemon:
         self._last_checkpoint = time.monotonic()
 
     async def _commit(self) -> None:
+        await self._flush()
+        self._uncommitted = {}
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "")
                    for p, cov in self.covered.items() for t, o in cov.items()}
         if offsets:

@@ -82,7 +82,7 @@ async def _demo(args) -> int:
             if sim_task in done and not daemon_task.done():
                 # let the watcher drain what was published, then stop it
                 target = fleet.truth.published
-                for _ in range(100):
+                for _ in range(600):  # at most a minute on a busy machine
                     if daemon.counters.consumed >= target:
                         break
                     await asyncio.sleep(0.1)

@@ -36,6 +36,7 @@ def group_consumer(k: KafkaSettings, **extra) -> AIOKafkaConsumer:
                 partition_assignment_strategy=(RangePartitionAssignor,),
                 session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
                 max_poll_records=k.max_batch, fetch_max_bytes=16 * 1024 * 1024,
+                fetch_max_wait_ms=k.fetch_max_wait_ms,
                 max_partition_fetch_bytes=4 * 1024 * 1024)
     opts.update(extra)
     return AIOKafkaConsumer(**opts)

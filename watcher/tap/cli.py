@@ -47,8 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=8402, help="port (default 8402; 0 = a free one)")
     p.add_argument("--name", default="spendwatch-tap",
                    help="facilitator name written in every record (default spendwatch-tap)")
-    p.add_argument("--bootstrap", default=os.environ.get("SPENDWATCH_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-                   metavar="HOST:PORT", help="Kafka bootstrap servers (default $SPENDWATCH_KAFKA_BOOTSTRAP "
+    p.add_argument("--bootstrap", default=os.environ.get("SPENDWATCH_KAFKA__BOOTSTRAP", "127.0.0.1:9092"),
+                   metavar="HOST:PORT", help="Kafka bootstrap servers (default $SPENDWATCH_KAFKA__BOOTSTRAP "
                    "or 127.0.0.1:9092)")
     p.add_argument("--topic", default="x402.payments", help="payments topic (default x402.payments)")
     p.add_argument("--buffer", type=int, default=10_000, metavar="N",
