@@ -23,6 +23,7 @@ from watcher.detect.decision import encode_decision
 from watcher.detect.detector import Detector
 from watcher.detect.policy import Policy, PolicyWatcher
 from watcher.detect.ratecard import RateCard
+from watcher.detect.rules import CAP_WINDOWS, NO_LIMIT
 from watcher.metrics import Metrics
 from watcher.observe.server import MetricsService
 from watcher.observe.stage import MetricsStage
@@ -40,12 +41,16 @@ class DetectStage:
         self.topic = decisions_topic
         self.detectors: dict[int, Detector] = {}
         self.ratecard = RateCard(policy.rate_card)
+        self.cap_overrides: dict[str, tuple[dict[str, int], float]] = {}
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
         self.ratecard = RateCard(policy.rate_card)
         for det in self.detectors.values():
             det.set_policy(policy)
+            for agent in self.cap_overrides:
+                if agent in det.index:
+                    self._apply_caps(det, agent)
 
     def categorize(self, merchant: str, resource: str | None) -> str | None:
         return self.ratecard.categorize(merchant, resource)
@@ -81,6 +86,27 @@ class DetectStage:
     def is_frozen(self, partition: int, agent: str) -> bool:
         det = self.detector_for(agent)
         return bool(det and det.is_frozen(agent))
+
+    def set_caps(self, partition: int, agent: str, caps: dict[str, int] | None, factor: float = 1.0) -> None:
+        """Caps set by a person (base units per window name: 1m, 1h, 24h) and the probation factor, on top
+        of the policy's; kept across policy reloads. None and factor 1 return the agent to its policy."""
+        if caps is None and factor == 1.0:
+            self.cap_overrides.pop(agent, None)
+        else:
+            self.cap_overrides[agent] = (dict(caps or {}), factor)
+        det = self.detector_for(agent) or self.detectors.get(partition)
+        if det is not None:
+            self._apply_caps(det, agent)
+
+    def _apply_caps(self, det: Detector, agent: str) -> None:
+        row = det.row(agent)
+        det.table.set_row(row, det.policy.limits(agent))
+        caps, factor = self.cap_overrides.get(agent, ({}, 1.0))
+        for i, (_, window, _) in enumerate(CAP_WINDOWS):
+            if window in caps:
+                det.table.caps[row, i] = caps[window]
+            if factor != 1.0 and det.table.caps[row, i] != NO_LIMIT:
+                det.table.caps[row, i] = int(det.table.caps[row, i] * factor)
 
     def snapshot(self, partition: int) -> object:
         return self.detectors[partition].snapshot()

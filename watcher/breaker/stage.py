@@ -183,6 +183,11 @@ class BreakerStage:
             if br.state(agent) not in FROZEN and self.control.is_frozen(p, agent):
                 self.control.release(p, agent)
                 log.info("agent %s: released in the detector (breaker is %s)", agent, br.state(agent))
+        if hasattr(self.control, "set_caps"):  # caps set by a person, and probation, survive a restart
+            for agent, b in br.by_agent.items():
+                if b.caps or b.state == HALF_OPEN:
+                    self.control.set_caps(p, agent, b.caps,
+                                          self.timing.probation_cap_factor if b.state == HALF_OPEN else 1.0)
 
     def _submit_all(self, partition: int) -> None:
         if self.sender is None:
