@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from eth_utils import is_checksum_address, to_checksum_address
+from eth_utils import to_checksum_address
 
 from watcher.errors import EventError
 
@@ -33,9 +33,9 @@ class AddressBook:
         if not _ADDRESS(text):
             raise EventError("bad_address", f"{field}={text[:60]!r} is not a 0x-prefixed 20-byte hex address")
         body = text[2:]
-        if body != body.lower() and body != body.upper() and not is_checksum_address(text):
+        out = to_checksum_address(text)  # one keccak: also the EIP-55 check of a mixed-case input
+        if out != text and body != body.lower() and body != body.upper():
             raise EventError("bad_address", f"{field}={text!r} has a wrong EIP-55 checksum")
-        out = to_checksum_address(text)
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[text] = out
