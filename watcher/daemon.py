@@ -265,7 +265,10 @@ class Daemon:
         if self._uncommitted and (len(self._inflight) > 20_000 or
                                   time.monotonic() - self._last_commit >= self.k.commit_interval_ms / 1000):
             await self._flush()
-            await self.consumer.commit(self._uncommitted)
+            try:
+                await self.consumer.commit(self._uncommitted)
+            except Exception as exc:  # dropped from the group after a pause: the checkpoints still rule
+                log.warning("offset commit failed (%r); the next owner restores from the checkpoint", exc)
             self._uncommitted = {}
             self._last_commit = time.monotonic()
 
