@@ -15,8 +15,6 @@ import time
 
 import msgspec
 import pytest
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.helpers import make_settings
 from watcher.events.addresses import key_address
@@ -25,7 +23,7 @@ from watcher.simulate.fleet import Fleet
 from watcher.simulate.publish import publish_records
 from watcher.sources import kafka as kafka_io
 from watcher.sources.checkpoints import CheckpointStore
-from watcher.sources.kafka import ensure_topics
+from watcher.sources.kafka import committed_input_offsets, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -46,15 +44,7 @@ def start(cfg: str, log) -> subprocess.Popen:
 
 
 async def committed(s) -> int:
-    k = s.kafka
-    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap)
-    await admin.start()
-    try:
-        tps = [TopicPartition(t, p) for t in (k.payments_topic, k.chain_topic) for p in range(k.partitions)]
-        offs = await admin.list_consumer_group_offsets(k.group, partitions=tps)
-        return sum(max(0, o.offset) for o in offs.values())
-    finally:
-        await admin.close()
+    return await committed_input_offsets(s.kafka)
 
 
 async def wait_for(pred, timeout_s: float, what: str):

@@ -22,15 +22,15 @@ from pathlib import Path
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.breaker.conftest import SECRET  # the loopback recorder verifies signatures with it
+from tests.breaker.conftest import SECRET, wait_for  # the loopback recorder verifies signatures with SECRET
 from watcher.breaker.outbox import ChangeRecord, decode_record
 from watcher.config import load_settings
 from watcher.events.addresses import key_address
 from watcher.pipeline.shard import Shard
 from watcher.sources import kafka as kafka_io
 from watcher.sources.checkpoints import CheckpointStore
+from watcher.sources.kafka import committed_input_offsets
 
 
 
@@ -157,15 +157,7 @@ class Run:
 
     # -- what the run left on the broker ---------------------------------------------------------
     async def committed(self) -> int:
-        k = self.settings().kafka
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            tps = [TopicPartition(t, p) for t in (k.payments_topic, k.chain_topic) for p in range(self.partitions)]
-            offs = await admin.list_consumer_group_offsets(k.group, partitions=tps)
-            return sum(max(0, o.offset) for o in offs.values())
-        finally:
-            await admin.close()
+        return await committed_input_offsets(self.settings().kafka)
 
     async def checkpoints(self) -> dict:
         """Newest checkpoint per partition: {p: (manifest, decoded snapshot)}."""
@@ -251,16 +243,6 @@ async def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> lis
         await c.stop()
 
 
-async def wait_for(pred, timeout_s: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def hooks_by_key(recorder) -> dict[str, set[bytes]]:

@@ -70,18 +70,9 @@ max_future_skew_seconds = 300
 
 
 async def _committed(s) -> int:
-    from aiokafka import TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
+    from watcher.sources.kafka import committed_input_offsets
 
-    k = s.kafka
-    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap)
-    await admin.start()
-    try:
-        tps = [TopicPartition(t, p) for t in (k.payments_topic, k.chain_topic) for p in range(k.partitions)]
-        offs = await admin.list_consumer_group_offsets(k.group, partitions=tps)
-        return sum(max(0, o.offset) for o in offs.values())
-    finally:
-        await admin.close()
+    return await committed_input_offsets(s.kafka)
 
 
 def _steady_rate(series: list[list[tuple[float, int]]]) -> tuple[float, float, float]:

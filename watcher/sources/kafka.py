@@ -81,3 +81,17 @@ async def input_partition_count(consumer: AIOKafkaConsumer, topic: str) -> int:
         await consumer._client.force_metadata_update()
         parts = consumer.partitions_for_topic(topic)
     return len(parts or ())
+
+
+async def committed_input_offsets(k: KafkaSettings) -> int:
+    """The group's committed offsets over both input topics, summed (progress, for tests and benches)."""
+    from aiokafka import TopicPartition
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap, client_id=f"{k.client_id}-admin")
+    await admin.start()
+    try:
+        tps = [TopicPartition(t, p) for t in (k.payments_topic, k.chain_topic) for p in range(k.partitions)]
+        offs = await admin.list_consumer_group_offsets(k.group, partitions=tps)
+        return sum(max(0, o.offset) for o in offs.values())
+    finally:
+        await admin.close()
