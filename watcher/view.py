@@ -43,14 +43,14 @@ class LiveView:
             self.rate = (d.counters.consumed - n_prev) / (now - t_prev)
             self._last = (now, d.counters.consumed)
         specs = next(iter(d.shards.values())).config.windows if d.shards else ()
-        table = Table(title="top agents by spend (USDC)", expand=True)
-        table.add_column("agent")
-        table.add_column("wallet")
+        table = Table(title="top agents by spend (USDC) per rolling window", expand=True)
+        table.add_column("agent", no_wrap=True, min_width=13)
+        table.add_column("wallet", no_wrap=True)
         for s in specs:
-            table.add_column(s.name, justify="right")
+            table.add_column(s.name, justify="right", no_wrap=True)
         table.add_column("payments 1h" if len(specs) > 2 else "payments", justify="right")
-        for wallet, sums, counts in top_agents(d.shards, 10):
-            table.add_row(self.names.get(wallet, "?"), wallet[:10] + "…", *[fmt_usdc(s) for s in sums],
+        for wallet, sums, counts in top_agents(d.shards, 8):
+            table.add_row(self.names.get(wallet, "?"), wallet[:8] + "…", *[fmt_usdc(s)[:-4] for s in sums],
                           str(counts[min(2, len(counts) - 1)]))
         c = d.counters
         stats = (f"decisions: freeze {d.decision_counts['freeze']}, escalate {d.decision_counts['escalate']}, "
@@ -60,9 +60,11 @@ class LiveView:
                  f"agents {d.tracked_agents():,}   partitions {len(d.shards)}   up {now - self.t0:,.0f} s")
         dec = Table(title="latest decisions", expand=True)
         for col in ("kind", "agent", "rule", "observed", "threshold", "window"):
-            dec.add_column(col)
+            dec.add_column(col, no_wrap=True)
         style = {"freeze": "bold red", "escalate": "yellow", "warn": "cyan"}
-        for d in list(d.recent_decisions)[-6:][::-1]:
+        for d in list(d.recent_decisions)[-4:][::-1]:
+            money = d.unit == "usdc_base_units"
             dec.add_row(f"[{style.get(d.kind, '')}]{d.kind}", self.names.get(d.agent, d.agent[:10]), d.rule,
-                        str(d.observed), str(d.threshold), d.window or "")
+                        fmt_usdc(int(d.observed))[:-4] if money else str(d.observed),
+                        fmt_usdc(int(d.threshold))[:-4] if money else str(d.threshold), d.window or "")
         return Panel(Group(table, dec, stats), title=self.title)

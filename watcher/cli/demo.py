@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.logging import RichHandler
 
 from watcher.breaker.cli import add_webhook_options, breaker_config_from
 from watcher.cli.common import add_kafka_options, settings_from
@@ -50,6 +52,11 @@ async def _demo(args) -> int:
             "group": f"{s.kafka.group}-demo", "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000})})
         fleet = fleet_from(args)
         s = s.model_copy(update={"categories": {**fleet.categories(), **s.categories}})
+        # the demo never fights over fixed ports: its admin API and /metrics take free ones unless configured
+        if "SPENDWATCH_ADMIN__PORT" not in os.environ and not getattr(args, "admin_port", None):
+            s = s.model_copy(update={"admin": s.admin.model_copy(update={"port": 0})})
+        if "SPENDWATCH_METRICS__PORT" not in os.environ:
+            s = s.model_copy(update={"metrics": s.metrics.model_copy(update={"port": 0})})
         if not s.detect.policy_file:
             s = s.model_copy(update={"detect": s.detect.model_copy(update={"policy_file": str(DEMO_POLICY)})})
         assembly = build(s, breaker=breaker_config_from(args, s), names=fleet.names())
@@ -74,10 +81,13 @@ async def _demo(args) -> int:
         sim_task = asyncio.create_task(run_simulator(s.kafka, fleet, rate_per_s=args.rate,
                                                      duration_s=args.duration, stop=stop), name="simulator")
         console = Console()
+        for handler in logging.getLogger().handlers:  # log lines go above the live view, not through it
+            if isinstance(handler, RichHandler):
+                handler.console = console
         view = LiveView(daemon, fleet.names(), title="spendwatch demo (embedded broker is memory-only)"
                         if not (args.bootstrap or settings.kafka.bootstrap) else "spendwatch demo")
         with Live(view, console=console, refresh_per_second=args.refresh, transient=False,
-                  redirect_stderr=False):
+                  redirect_stderr=False, vertical_overflow="crop"):
             done, _ = await asyncio.wait({sim_task, daemon_task}, return_when=asyncio.FIRST_COMPLETED)
             if sim_task in done and not daemon_task.done():
                 # let the watcher drain what was published, then stop it

@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     except SpendwatchError as exc:
         logging.getLogger("spendwatch").error("%s", exc)
         return 1
+    except OSError as exc:  # a port in use, a file that cannot be read: say what, not a traceback
+        logging.getLogger("spendwatch").error("%s (%s); if a port is in use, choose another in the "
+                                              "configuration (admin.port, metrics.port) or stop what holds it",
+                                              exc, type(exc).__name__)
+        return 1
     except KeyboardInterrupt:
         return 130
 
