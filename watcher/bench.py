@@ -21,7 +21,7 @@ from watcher.config import load_settings
 from watcher.daemon import Daemon
 from watcher.embedded import kafka_settings
 from watcher.events.decode import Decoder
-from watcher.pipeline.shard import Shard, agent_key
+from watcher.pipeline.shard import Shard
 from watcher.pipeline.windows import Windows
 from watcher.simulate.fleet import Fleet
 from watcher.simulate.publish import publish_records

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.breaker.conftest import SECRET, TOKEN, free_port, wait_for, wallet
+from tests.breaker.conftest import SECRET, TOKEN, free_port, wallet
 from watcher.breaker import BreakerStage, load_breaker_config, sign
 from watcher.breaker.admin import AdminServer
 

@@ -78,7 +78,6 @@ def test_matches_reference_for_any_batching(raw, cuts):
 
 
 def test_vector_and_scalar_paths_agree():
-    rng = np.random.default_rng(0)
     results = []
     for vmin, vrounds in ((10**9, 0), (0, 10**9)):
         old = B.VECTOR_MIN, B.VECTOR_ROUNDS

@@ -7,7 +7,6 @@ to Kafka, so the test checks exactly what a restarted replica would restore.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys

@@ -11,7 +11,6 @@ input topics, so a single process and N replicas can read exactly the same recor
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.breaker.conftest import SECRET, wait_for  # the loopback recorder verifies signatures with SECRET
+from tests.breaker.conftest import SECRET  # the loopback recorder verifies signatures with it
 from watcher.breaker.outbox import ChangeRecord, decode_record
 from watcher.config import load_settings
 from watcher.events.addresses import key_address

@@ -20,7 +20,8 @@ import time
 import pytest
 
 from tests.breaker.conftest import Recorder
-from tests.scale.harness import Run, hooks_by_key, wait_for
+from tests.breaker.conftest import wait_for
+from tests.scale.harness import Run, hooks_by_key
 from watcher.simulate.fleet import Fleet
 from watcher.simulate.publish import publish_records
 from watcher.sources.kafka import ensure_topics

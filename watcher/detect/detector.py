@@ -14,14 +14,14 @@ Decision ids hash (agent, rule, triggering event), so the same events give the s
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
 
 import numpy as np
 
 from watcher.detect.baselines import NEVER, Baselines, merchant_hash
-from watcher.detect.decision import Decision, decision_id, rfc3339
+from watcher.detect.decision import Decision
 from watcher.detect.fleet import FleetModel
 from watcher.detect.policy import SEVERITY, Policy
+from watcher.detect.verdicts import Candidate, Verdicts
 from watcher.detect.ratecard import RateCard
 from watcher.detect.rules import (CAP_WINDOWS, NO_LIMIT, PolicyTable, first_crossings, in_window,
                                   merchant_verdict)
@@ -33,28 +33,9 @@ log = logging.getLogger("watcher.detect")
 USDC = "usdc_base_units"
 FAIL_SLOTS = 64
 KNOWN_MERCHANTS_MAX = 200_000
-COOLDOWN_MAX = 500_000
-PER_MERCHANT = frozenset({"price_drift", "unknown_payee", "blocked_merchant", "merchant_not_allowed"})
 
 
-class Candidate(NamedTuple):
-    pos: int
-    ts_ms: int
-    row: int
-    rule: str
-    source: str
-    observed: int | float
-    threshold: int | float
-    unit: str
-    window: str | None
-    event_ids: list[str]
-    reason: str
-    merchant: str | None = None
-    category: str | None = None
-    anchor: str = ""
-
-
-class Detector:
+class Detector(Verdicts):
     def __init__(self, policy: Policy | None = None, *, fleet_interval_ms: int = 300_000,
                  fleet_max_per_batch: int = 64, seed: int = 7) -> None:
         self.policy = policy or Policy.default()
@@ -345,92 +326,6 @@ class Detector:
             cands.append(Candidate(base_pos + k, ms, r, f"finding.{f.kind}", "finding", observed, threshold, USDC,
                                    None, list(f.eventIds)[:20], f"{f.kind.replace('_', ' ')} on {f.tx}: {f.detail}",
                                    f.merchant, None, f.id))
-
-    # -- the state machine --------------------------------------------------------------------
-    def _decide(self, cands: list[Candidate]) -> list[Decision]:
-        cands.sort(key=lambda c: (c.pos, -SEVERITY[self.table.limits[c.row].action(c.rule)]))
-        out: list[Decision] = []
-        for c in cands:
-            row = c.row
-            if self.frozen[row]:
-                continue
-            lim = self.table.limits[row]
-            kind = lim.action(c.rule)
-            if kind == "warn" or kind == "observe":
-                key = (row, c.rule, (c.merchant or "") if c.rule in PER_MERCHANT else "")
-                last = self.cooldown.get(key)
-                if last is not None and c.ts_ms - last < lim.warn_cooldown_seconds * 1000:
-                    continue
-                if len(self.cooldown) >= COOLDOWN_MAX:
-                    self._prune_cooldown()
-                self.cooldown[key] = c.ts_ms
-            elif kind == "escalate":
-                if row in self.pending or self.approved_until.get(row, NEVER) > c.ts_ms:
-                    continue
-            d = self._decision(c, kind)
-            if kind == "escalate":
-                self.pending[row] = (c.ts_ms + lim.escalation.timeout_seconds * 1000, d.id, c.rule)
-            elif kind == "freeze":
-                self.frozen[row] = True
-                self.pending.pop(row, None)
-            out.append(d)
-        return out
-
-    def _decision(self, c: Candidate, kind: str) -> Decision:
-        agent = self.agents[c.row]
-        self.counts[kind] += 1
-        return Decision(decision_id(agent, c.rule, c.anchor or c.event_ids[-1]), kind, agent, c.rule, c.source,
-                        c.observed, c.threshold, c.unit, c.window, c.event_ids, rfc3339(c.ts_ms), c.reason,
-                        c.merchant, c.category, self.policy.team_of.get(agent), self.policy.version)
-
-    def _prune_cooldown(self) -> None:
-        horizon = self.now_ms - 24 * 3600 * 1000
-        self.cooldown = {k: v for k, v in self.cooldown.items() if v > horizon}
-
-    # -- clock and people ---------------------------------------------------------------------
-    def tick(self, now_ms: int) -> list[Decision]:
-        """Freeze agents whose escalation nobody answered by its deadline (event or wall time)."""
-        self.now_ms = max(self.now_ms, int(now_ms))
-        if not self.pending:
-            return []
-        due = sorted((dl, row, did, rule) for row, (dl, did, rule) in self.pending.items() if dl <= now_ms)
-        out = []
-        for dl, row, did, rule in due:
-            del self.pending[row]
-            if self.frozen[row]:
-                continue
-            lim = self.table.limits[row]
-            kind = lim.action("escalation_timeout")
-            secs = lim.escalation.timeout_seconds
-            c = Candidate(0, dl, row, "escalation_timeout", "clock", secs, secs, "seconds", None, [did],
-                          f"nobody answered escalation {did} ({rule}) within {secs} s", anchor=did)
-            d = self._decision(c, kind)
-            if kind == "freeze":
-                self.frozen[row] = True
-            out.append(d)
-        return out
-
-    def approve(self, agent: str, now_ms: int | None = None) -> bool:
-        """A person approved the agent's pending escalation. False if none was pending."""
-        row = self.index.get(agent)
-        if row is None:
-            return False
-        now = self.now_ms if now_ms is None else int(now_ms)
-        ttl = self.table.limits[row].escalation.approval_ttl_seconds * 1000
-        self.approved_until[row] = now + ttl
-        return self.pending.pop(row, None) is not None
-
-    def release(self, agent: str) -> bool:
-        """The breaker let the agent go again: decisions about it resume. False if it was not frozen."""
-        row = self.index.get(agent)
-        if row is None or not self.frozen[row]:
-            return False
-        self.frozen[row] = False
-        return True
-
-    def is_frozen(self, agent: str) -> bool:
-        row = self.index.get(agent)
-        return row is not None and bool(self.frozen[row])
 
     # -- checkpoint ---------------------------------------------------------------------------
     def snapshot(self) -> dict:

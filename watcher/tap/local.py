@@ -93,7 +93,7 @@ class LocalFacilitator:
             except PaymentAbortedError as exc:
                 return web.json_response(refused_verify(exc, payer_of(body["paymentPayload"])))
             except Exception as exc:
-                return web.json_response({"isValid": False, "invalidReason": f"unexpected_verify_error",
+                return web.json_response({"isValid": False, "invalidReason": "unexpected_verify_error",
                                           "invalidMessage": repr(exc)[:300]})
         return web.json_response(_dump(res))
 
