@@ -113,7 +113,13 @@ class Detector(Verdicts):
             self._signals(outcome.signals, n, cands)
         if outcome.findings:
             self._findings(outcome.findings, n + len(outcome.signals), cands)
-        return self._decide(cands) if cands else []
+        if not cands:
+            return []
+        order = getattr(outcome, "stream_positions", None)
+        if order:  # judge payments and signals in the order they were in the stream, whatever the batching
+            big = 1 << 40
+            cands = [c._replace(pos=order[c.pos] if c.pos < len(order) else big + c.pos) for c in cands]
+        return self._decide(cands)
 
     def _payments(self, deltas, shard, batch, cands: list[Candidate]) -> None:
         n = len(deltas)
@@ -300,9 +306,7 @@ class Detector(Verdicts):
         for k, o in enumerate(signals):
             if o.reason is None or o.status not in ("invalid", "failed") or o.reason not in reasons:
                 continue
-            r = self.row(o.agent)
-            if self.frozen[r]:
-                continue
+            r = self.row(o.agent)  # recorded even while frozen, so the ring does not depend on batching
             p = int(self.fail_ptr[r])
             self.fail_ring[r, p % FAIL_SLOTS] = o.ts_ms
             self.fail_ptr[r] = p + 1

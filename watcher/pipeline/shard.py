@@ -38,6 +38,7 @@ class Outcome(msgspec.Struct):
     deltas: list[Delta] = []
     signals: list[Observation] = []
     findings: list[Finding] = []
+    stream_positions: list[int] = []  # input index of each delta, then of each signal (their stream order)
 
 
 class Stats(msgspec.Struct):
@@ -80,8 +81,10 @@ class Shard:
         a_rows: list[int] = []
         c_rows: list[int] = []
         deltas = out.deltas
+        delta_pos: list[int] = []
+        signal_pos: list[int] = []
         dup = 0
-        for obs in batch:
+        for i, obs in enumerate(batch):
             if obs.ts_ms > wm:
                 wm = obs.ts_ms
             key = obs.dedupe_key
@@ -99,6 +102,7 @@ class Shard:
                     out.findings.extend(found)
                 if delta is not None:
                     deltas.append(delta)
+                    delta_pos.append(i)
                     agent = delta.agent
                     row = rows_of.get(agent)
                     if row is None:
@@ -108,7 +112,9 @@ class Shard:
                         c_rows.append(cat_row(category_key(agent, delta.category)))
             else:
                 out.signals.append(obs)
+                signal_pos.append(i)
         out.duplicates = dup
+        out.stream_positions = delta_pos + signal_pos
         self.watermark_ms = wm
         if deltas:
             n = len(deltas)
