@@ -77,7 +77,6 @@ class Counters(msgspec.Struct):
     restored_partitions: int = 0
     refetched: int = 0
     not_owned: int = 0
-    dead_letter_reasons: dict[str, int] = {}
 
 
 Outgoing = tuple  # (topic, key bytes | None, value bytes, headers | None)
@@ -275,7 +274,6 @@ class Daemon:
     def _dead_letter(self, reason: str, detail: str, m) -> "Outgoing":
         self.counters.dead_lettered += 1
         self.dlq_reasons[reason] += 1
-        self.counters.dead_letter_reasons = dict(self.dlq_reasons)
         log.warning("dead-lettered %s[%d]@%d: %s: %s", m.topic, m.partition, m.offset, reason, detail[:200])
         dl = make_dead_letter(reason, detail, m.topic, m.partition, m.offset, m.key, m.value)
         return (self.k.dead_letter_topic, m.key, dead_letter_value(dl), dead_letter_headers(dl))

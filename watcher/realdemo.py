@@ -72,14 +72,13 @@ class RealLoop:
         await self.stack.aclose()
 
     async def _start(self) -> None:
-        from watcher.breaker import BreakerConfig, BreakerStage, breaker_services
         from watcher.chain.bridge import ChainBridge
         from watcher.chain.config import ChainSettings
         from watcher.chain.devnet import Anvil
         from watcher.chain.publisher import KafkaPublisher
         from watcher.chain.solc import ensure_npm_tools
         from watcher.chain.testtoken import OTHER, Rpc, TestToken, agent_account
-        from watcher.config import Settings, load_settings
+        from watcher.config import load_settings
         from watcher.stages import build
         from watcher.tap.breakers import Gate, TopicBreakerView
         from watcher.tap.local import LocalFacilitator, ServerThread
@@ -109,29 +108,16 @@ class RealLoop:
              "payments_topic": f"pay-{sx}", "chain_topic": f"chain-{sx}", "dead_letter_topic": f"dlq-{sx}",
              "checkpoint_topic": f"ckpt-{sx}", "findings_topic": f"find-{sx}", "decisions_topic": f"dec-{sx}",
              "session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "poll_timeout_ms": 100}
-        extra: dict[str, Any] = {}
-        if "metrics" in Settings.model_fields:
-            extra["metrics"] = {"port": 0}           # never a fixed port: the machine is shared
-        self.breaker_topic = f"brk-{sx}"
-        cfg = BreakerConfig(breaker={"topic": self.breaker_topic}, admin={"enabled": False})
-        if "breaker" in Settings.model_fields:
-            extra.update(breaker={"topic": self.breaker_topic}, admin={"enabled": False})
         self.settings = load_settings(None, kafka=k, checkpoint={"interval_seconds": 1.0},
                                       detect={"policy_file": str(policy_path)},
                                       findings={"shadow_grace_seconds": self.findings_after,
-                                                "unsettled_after_seconds": self.findings_after}, **extra)
+                                                "unsettled_after_seconds": self.findings_after},
+                                      metrics={"port": 0},  # never a fixed port: the machine is shared
+                                      breaker={"topic": f"brk-{sx}"}, admin={"enabled": False})
         assembly = build(self.settings)
         self.daemon = assembly.daemon()
-        wired = [st for st in assembly.stages if isinstance(st, BreakerStage)]
-        if wired:                                    # the assembly runs the breakers itself
-            self.breakers = wired[0]
-            self.breaker_topic = self.breakers.topic
-        else:                                        # add them right after detection
-            self.breakers = BreakerStage(cfg, control=getattr(assembly, "detect", None))
-            at = assembly.stages.index(assembly.detect) + 1 if getattr(assembly, "detect", None) in assembly.stages \
-                else len(assembly.stages)
-            self.daemon.stages = [*assembly.stages[:at], self.breakers, *assembly.stages[at:]]
-            self.daemon.services = [*assembly.services, *breaker_services(self.breakers, cfg)]
+        self.breakers = assembly.breaker
+        self.breaker_topic = self.breakers.topic
         self.daemon_task = asyncio.create_task(self.daemon.run(), name="daemon")
         s.push_async_callback(self._stop_daemon)
 

@@ -7,22 +7,10 @@ import time
 import numpy as np
 
 from watcher.detect.detector import Detector
-from watcher.detect.eval.scenarios import T0_MS, _addr, _Fast
+from watcher.detect.eval.scenarios import BASE_POLICY, T0_MS, _addr, _Fast
 from watcher.detect.policy import Policy
 from watcher.events.decode import Decoder
 from watcher.pipeline.shard import Shard
-
-BENCH_POLICY = """
-[defaults]
-per_payment_max_usdc = 5
-[defaults.caps]
-per_minute_usdc = 2
-per_hour_usdc = 30
-per_day_usdc = 200
-[defaults.escalation]
-payment_above_usdc = 2
-window_above_usdc = 20
-"""
 
 
 def bench_records(n_payments: int, n_agents: int, seed: int = 3) -> list[bytes]:
@@ -64,7 +52,7 @@ def run_detect_bench(quick: bool = True) -> dict:
     (issue C asks for >= 0.5). Interleaved repeats; the best of each is kept (the machine is shared)."""
     n_pay, n_agents, batch, repeats = (25_000, 2_000, 1_000, 2) if quick else (150_000, 10_000, 2_000, 3)
     records = bench_records(n_pay, n_agents)
-    policy = Policy.from_text(BENCH_POLICY, "<bench>")
+    policy = Policy.from_text(BASE_POLICY, "<bench>")
     base, full = [], []
     for _ in range(repeats):
         base.append(_run(records, batch, None))

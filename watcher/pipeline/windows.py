@@ -135,18 +135,17 @@ class Windows:
         """(sums, counts), each shaped (len(rows), n_windows), at `now_ms` (default: the watermark)."""
         now = self.watermark_ms if now_ms is None else int(now_ms)
         size = len(self.keys)
-        sel = slice(0, size) if rows is None else np.asarray(rows, dtype=np.int64)
-        n = size if rows is None else len(sel)
+        all_sums, all_counts = ((self.sums[:size], self.counts[:size]) if rows is None else
+                                (self.sums[np.asarray(rows, dtype=np.int64)],
+                                 self.counts[np.asarray(rows, dtype=np.int64)]))
+        n = len(all_sums)
         sums = np.zeros((n, len(self.specs)), dtype=np.int64)
         counts = np.zeros((n, len(self.specs)), dtype=np.int64)
         for w, spec in enumerate(self.specs):
-            off = int(self.offsets[w])
-            cols = off + np.nonzero(self._valid(w, now))[0]
+            cols = int(self.offsets[w]) + np.nonzero(self._valid(w, now))[0]
             if len(cols):
-                sums[:, w] = self.sums[sel][:, cols].sum(axis=1) if rows is not None else \
-                    self.sums[:size, cols].sum(axis=1)
-                counts[:, w] = self.counts[sel][:, cols].sum(axis=1) if rows is not None else \
-                    self.counts[:size, cols].sum(axis=1)
+                sums[:, w] = all_sums[:, cols].sum(axis=1)
+                counts[:, w] = all_counts[:, cols].sum(axis=1)
         return sums, counts
 
     def total(self, key: bytes, now_ms: int | None = None) -> tuple[list[int], list[int]]:

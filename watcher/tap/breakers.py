@@ -64,6 +64,33 @@ class _Base:
             self.states[agent] = state
 
 
+class _Following(_Base):
+    """A view kept current by a background task (`_run`); `_close` releases what the task used."""
+
+    task_name = "tap breaker view"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self):
+        self._task = asyncio.create_task(self._run(), name=self.task_name)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        await self._close()
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        pass
+
+
 class StaticBreakerView(_Base):
     def __init__(self, frozen: dict[str, str] | set[str] | None = None) -> None:
         super().__init__()
@@ -87,7 +114,7 @@ class _Change(msgspec.Struct):
 _dec = msgspec.json.Decoder(_Change)
 
 
-class TopicBreakerView(_Base):
+class TopicBreakerView(_Following):
     """Follows the `watcher.breaker` topic. Current once caught up, and while reads keep succeeding."""
 
     def __init__(self, bootstrap: str, topic: str = "watcher.breaker", *, stale_after_seconds: float = 30.0,
@@ -98,22 +125,13 @@ class TopicBreakerView(_Base):
         self.records = self.bad = 0
         self.caught_up = asyncio.Event()
         self._last_ok = 0.0
-        self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
     def state(self, wallet: str) -> str | None:
         self.current = self.caught_up.is_set() and time.monotonic() - self._last_ok < self.stale_after
         return super().state(wallet)
 
-    async def __aenter__(self) -> TopicBreakerView:
-        self._task = asyncio.create_task(self._run(), name="tap breaker view")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+    async def _close(self) -> None:
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
@@ -178,7 +196,7 @@ class TopicBreakerView(_Base):
                 delay = min(delay * 2, 10.0)
 
 
-class AdminBreakerView(_Base):
+class AdminBreakerView(_Following):
     """Polls the watcher's admin API for agents whose breaker is open or held."""
 
     def __init__(self, url: str, token: str, *, refresh_seconds: float = 2.0, stale_after_seconds: float = 30.0,
@@ -188,7 +206,6 @@ class AdminBreakerView(_Base):
         self.stale_after = stale_after_seconds
         self._client = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=timeout_seconds)
         self._last_ok = 0.0
-        self._task: asyncio.Task | None = None
         self.polls = self.failures = 0
         self.ready = asyncio.Event()
 
@@ -196,15 +213,9 @@ class AdminBreakerView(_Base):
         self.current = self._last_ok > 0 and time.monotonic() - self._last_ok < self.stale_after
         return super().state(wallet)
 
-    async def __aenter__(self) -> AdminBreakerView:
-        self._task = asyncio.create_task(self._run(), name="tap admin breaker view")
-        return self
+    task_name = "tap admin breaker view"
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+    async def _close(self) -> None:
         await self._client.aclose()
 
     async def poll(self) -> None:

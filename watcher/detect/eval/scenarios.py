@@ -23,7 +23,7 @@ import numpy as np
 from eth_utils import to_checksum_address
 
 from watcher.detect.decision import rfc3339
-from watcher.simulate.records import encode, settle_record, transfer_record, verify_record
+from watcher.simulate.records import encode, fake_hash, settle_record, transfer_record, verify_record
 
 T0_MS = 1_795_305_600_000          # 2026-11-22T00:00:00Z
 HOUR = 3_600_000
@@ -52,10 +52,6 @@ timeout_seconds = 900
 
 def _addr(*parts) -> str:
     return to_checksum_address("0x" + hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:40])
-
-
-def _hash(*parts) -> str:
-    return "0x" + hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
 
 
 class _Fast:
@@ -90,7 +86,7 @@ class _Fast:
                                   amt=amt, url=url).encode()
 
     def verify_bytes(self, eid, ts, payer, payto, amt, url) -> bytes:
-        return self.verify.format(ts=rfc3339(ts), eid=eid, payer=payer, payto=payto, tx="", nonce=_hash("n", eid),
+        return self.verify.format(ts=rfc3339(ts), eid=eid, payer=payer, payto=payto, tx="", nonce=fake_hash("n", eid),
                                   amt=amt, url=url).encode()
 
     def transfer_bytes(self, ts, payer, to, amt, tx) -> bytes:
