@@ -19,6 +19,7 @@ from aiohttp import web
 from watcher.breaker.config import load_breaker_config
 from watcher.breaker.service import BreakerService
 from watcher.breaker.stage import BreakerStage
+from watcher.stages import DetectStage
 
 log = logging.getLogger("watcher.breaker.bench")
 U = 1_000_000
@@ -26,38 +27,6 @@ SECRET = "bench-secret-0123456789abcdef"
 POLICY = ("[defaults]\nper_payment_max_usdc = 0\n[defaults.caps]\nper_minute_usdc = 5\nper_hour_usdc = 0\n"
           "per_day_usdc = 0\n[defaults.escalation]\npayment_above_usdc = 0\nwindow_above_usdc = 0\n"
           "[defaults.anomaly]\nenabled = false\nfleet = false\n")
-
-
-class _Detect:
-    """The Detector as a daemon stage (what the lead's DetectStage does), for this bench only."""
-
-    def __init__(self, policy) -> None:
-        from watcher.detect import Detector
-        self.policy, self.make, self.d = policy, Detector, {}
-
-    def on_batch(self, ctx) -> None:
-        det = self.d.setdefault(ctx.partition, self.make(self.policy))
-        if ctx.outcome.deltas or ctx.outcome.signals or ctx.outcome.findings:
-            ctx.decisions.extend(det.on_batch(ctx.outcome, ctx.shard, ctx.now_ms, ctx.observations))
-        ctx.decisions.extend(det.tick(ctx.now_ms))
-
-    def snapshot(self, p):
-        return None
-
-    def restore(self, p, data):
-        self.d[p] = self.make(self.policy)
-
-    def drop(self, p):
-        self.d.pop(p, None)
-
-    def release(self, p, a):
-        return self.d[p].release(a)
-
-    def approve(self, p, a):
-        return self.d[p].approve(a)
-
-    def is_frozen(self, p, a):
-        return self.d[p].is_frozen(a)
 
 
 def _wallet(i: int) -> str:
@@ -119,7 +88,7 @@ async def run_breaker_bench(quick: bool = False, bootstrap: str | None = None) -
                                        "poll_timeout_ms": 50}, checkpoint={"interval_seconds": 3600})
         cfg = load_breaker_config(None, webhook={"url": f"http://127.0.0.1:{port}/hook", "secrets": [SECRET]},
                                   admin={"enabled": False}, breaker={"topic": f"bbrk-{tag}"})
-        detect = _Detect(Policy.from_text(POLICY))
+        detect = DetectStage(Policy.from_text(POLICY), s.kafka.decisions_topic)
         stage = BreakerStage(cfg, control=detect)
         daemon = Daemon(s, stages=[detect, stage], services=[lambda d: BreakerService(d, stage, cfg)])
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
