@@ -94,7 +94,8 @@ async def scenario(bootstrap: str, unique: str, tmp_path, *, replicas: int, part
                        "every replica owning partitions")
         await wait_for(lambda: _ge(multi.committed(), 1), 60, "the first commit")
         pub = asyncio.create_task(paced(k, rounds[1]))
-        await asyncio.sleep(1.5)                       # the victim has checkpointed and decided by now
+        await asyncio.sleep(1.5)                       # the victim has decided by now
+        await wait_for(lambda: _every_partition_checkpointed(multi), 60, "a checkpoint of every partition")
         victim = multi.procs[0]
         owned = {int(m.group(1)) for m in ACQUIRED.finditer(multi.log_path(0).read_text())}
         at_kill = await multi.committed()
@@ -150,6 +151,10 @@ def _diff(a: dict, b: dict, ds: list[dict]) -> str:
     only_a = [by_id[i] for i in set(a) - set(b)]
     only_b = [by_id[i] for i in set(b) - set(a)]
     return f"only in the reference: {only_a[:5]}\nonly in the replicas: {only_b[:5]}"
+
+
+async def _every_partition_checkpointed(run: Run) -> bool:
+    return len(await run.checkpoints()) >= run.partitions
 
 
 async def test_two_replicas_one_sigkilled(kafka_bootstrap, unique, tmp_path):
