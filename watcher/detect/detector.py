@@ -101,8 +101,8 @@ class Detector(Verdicts):
 
     # -- the batch ----------------------------------------------------------------------------
     def on_batch(self, outcome, shard, now_ms: int, batch: list[Observation] | None = None) -> list[Decision]:
-        """Decide on what one `Shard.apply` did. `batch` (the observations handed to it) supplies the
-        merchant and resource of each payment; without it merchant rules and novelty are skipped."""
+        """Decide on what one `Shard.apply` did. `batch` is the observations handed to it; without it
+        (a clock tick) merchant rules and novelty are skipped."""
         now = max(int(now_ms), shard.watermark_ms)
         self.now_ms = max(self.now_ms, now)
         cands: list[Candidate] = []
@@ -200,7 +200,7 @@ class Detector(Verdicts):
                                    f"budget {fmt_usdc(lims[j])}", category=d.category))
 
     def _new_payments(self, deltas, ni, rows, ts, amt, batch, cands) -> None:
-        by_id = {o.event_id: o for o in batch} if batch else {}
+        have = bool(batch)  # the merchant and resource of each payment are known (the deltas carry them)
         t = self.table
         lookup = self.ratecard.lookup
         known, card_known = self.known_merchants, self.ratecard.known
@@ -208,8 +208,7 @@ class Detector(Verdicts):
         ceil, escp, lists = t.ceiling, t.esc_payment, t.has_lists
         for i in ni.tolist():
             d = deltas[i]
-            o = by_id.get(d.event_id)
-            m = o.merchant if o is not None else ""
+            m = d.merchant if have else ""
             merchants.append(m)
             r = int(rows[i])
             a = d.amount
@@ -221,15 +220,15 @@ class Detector(Verdicts):
                 cands.append(Candidate(i, d.ts_ms, r, "escalate_payment", "policy", a, int(escp[r]), USDC,
                                        "payment", [d.event_id], f"payment of {fmt_usdc(a)} USDC needs approval "
                                        f"above {fmt_usdc(int(escp[r]))}", m or None, d.category))
-            if o is None:
+            if not have:
                 continue
             if lists[r]:
-                rule = merchant_verdict(t.limits[r], m, o.resource, d.category)
+                rule = merchant_verdict(t.limits[r], m, d.resource, d.category)
                 if rule is not None:
                     cands.append(Candidate(i, d.ts_ms, r, rule, "policy", a, 0, USDC, "payment", [d.event_id],
-                                           f"paid {m} ({o.resource or 'no resource'}, category "
+                                           f"paid {m} ({d.resource or 'no resource'}, category "
                                            f"{d.category or 'none'}): {rule.replace('_', ' ')}", m, d.category))
-            if o.kind == Kind.SETTLE:
+            if d.kind == Kind.SETTLE:
                 if m not in known and len(known) < KNOWN_MERCHANTS_MAX:
                     known[m] = None
             elif m not in known and not card_known(m):
@@ -237,7 +236,7 @@ class Detector(Verdicts):
                                        [d.event_id], f"on-chain transfer of {fmt_usdc(a)} USDC to {m}, an "
                                        "address no facilitator has reported and no rate card lists", m, None,
                                        f"{d.event_id}|{m}"))
-            rate = lookup(m, o.resource)
+            rate = lookup(m, d.resource)
             if rate is not None and rate.price is not None and not rate.low <= a <= rate.high:
                 cands.append(Candidate(i, d.ts_ms, r, "price_drift", "policy", a, rate.price, USDC, "payment",
                                        [d.event_id], f"charged {fmt_usdc(a)} USDC, card {rate.version} says "

@@ -58,34 +58,40 @@ class Replay:
     def run(self, lines: Iterable[bytes], *, drain_ms: int = 0) -> Iterator[Decision]:
         t0 = time.perf_counter()
         st = self.stats
-        decode = self.decoder.decode
+        decode, batch_max = self.decoder.decode, self.batch_max
         batch: list = []
-        bucket = None
+        append = batch.append
+        bucket = -1
+        n = st.lines
         try:
-            for raw in lines:
-                st.lines += 1
-                raw = raw.strip()
-                if not raw:
-                    continue
+            for raw in lines:  # a trailing newline is JSON whitespace: the decoder takes the line as it is
+                n += 1
                 try:
                     obs = decode(raw)
                 except EventError as exc:
+                    if not raw.strip():
+                        continue
                     if self.strict:
-                        raise EventError(exc.reason, f"line {st.lines}: {exc.detail}") from None
+                        raise EventError(exc.reason, f"line {n}: {exc.detail}") from None
                     st.rejected[exc.reason] = st.rejected.get(exc.reason, 0) + 1
                     continue
                 b = obs.ts_ms // CUT_MS
-                if batch and (b > bucket or len(batch) >= self.batch_max):
-                    yield from self._flush(batch)
-                    batch = []
-                if not batch or b > bucket:
-                    bucket = b
-                batch.append(obs)
+                if b > bucket or len(batch) >= batch_max:
+                    if batch:
+                        st.lines = n - 1
+                        yield from self._flush(batch)
+                        batch = []
+                        append = batch.append
+                    if b > bucket:
+                        bucket = b
+                append(obs)
+            st.lines = n
             if batch:
                 yield from self._flush(batch)
             if drain_ms:
                 yield from self.advance(self.shard.watermark_ms + drain_ms)
         finally:
+            st.lines = n
             st.seconds += time.perf_counter() - t0
 
     def _flush(self, batch: list) -> list[Decision]:

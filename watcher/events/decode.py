@@ -70,6 +70,7 @@ class Decoder:
         self.addresses = AddressBook()
         self._addr = self.addresses._cache
         self._places: dict[tuple[str, str, str], tuple[str, str, str, int]] = {}
+        self._chain_networks: dict[int, str] = {}
         self._clock = clock
 
     def decode(self, raw: bytes) -> Observation:
@@ -152,22 +153,26 @@ class Decoder:
 
     # -- chain records -------------------------------------------------------------------------
     def _transfer(self, rec: ChainTransfer) -> Observation:
-        book = self.addresses
-        if rec.chainId not in self.networks.chain_ids:
-            raise EventError("unknown_network", f"chainId {rec.chainId} is not configured; add it to "
-                             "events.extra_chain_ids")
+        chain_id = rec.chainId
+        network = self._chain_networks.get(chain_id)
+        if network is None:
+            if chain_id not in self.networks.chain_ids:
+                raise EventError("unknown_network", f"chainId {chain_id} is not configured; add it to "
+                                 "events.extra_chain_ids")
+            network = self._chain_networks[chain_id] = f"eip155:{chain_id}"
         if rec.logIndex < 0 or rec.blockNumber < 0:
             raise EventError("bad_schema", "logIndex and blockNumber must be non-negative")
-        sender = book.checksum(rec.from_, "from")
-        agent = book.checksum(rec.authorizer, "authorizer") if rec.authorizer else sender
+        cache, checksum = self._addr, self.addresses.checksum
+        sender = cache.get(rec.from_) or checksum(rec.from_, "from")
+        authorizer = rec.authorizer
+        agent = (cache.get(authorizer) or checksum(authorizer, "authorizer")) if authorizer else sender
         ts_dt = rec.blockTime or rec.observedAt
         block_hash = tx_hash(rec.blockHash, "blockHash")
         return Observation(
             Kind.TRANSFER, rec.id, f"{rec.id}|{rec.status}|{block_hash}", _epoch_ms(ts_dt, "blockTime"),
-            agent, book.checksum(rec.to, "to"), parse_amount(rec.value, "value"), rec.chainId,
-            f"eip155:{rec.chainId}", book.checksum(rec.token, "token"), rec.status,
-            tx_hash(rec.txHash, "txHash"), None, None, "chain", rec.blockNumber, block_hash, rec.logIndex,
-            rec.nonce)
+            agent, cache.get(rec.to) or checksum(rec.to, "to"), _amount(rec.value, "value"), chain_id, network,
+            cache.get(rec.token) or checksum(rec.token, "token"), rec.status, tx_hash(rec.txHash, "txHash"),
+            None, None, "chain", rec.blockNumber, block_hash, rec.logIndex, rec.nonce)
 
 
 def utc_now_ms() -> int:

@@ -36,8 +36,6 @@ class Authorization(Struct, frozen=True, gc=False, rename={"from_": "from"}):
     from_: Hex
     to: Hex
     value: Str200
-    validAfter: Str200 | int | None = None
-    validBefore: Str200 | int | None = None
     nonce: Hex | None = None
 
 
@@ -49,14 +47,11 @@ class SchemePayload(Struct, frozen=True, gc=False):
 
 class ResourceInfo(Struct, frozen=True, gc=False):
     url: Str2k
-    description: str | None = None
-    mimeType: str | None = None
 
 
 class Requirements(Struct, frozen=True, gc=False):
     """PaymentRequirements of v2 (`amount`) or v1 (`maxAmountRequired`, `resource`)."""
 
-    scheme: Str200
     network: Str200
     payTo: Hex
     asset: Hex
@@ -66,13 +61,11 @@ class Requirements(Struct, frozen=True, gc=False):
 
 
 class PaymentPayload(Struct, frozen=True, gc=False):
-    """PaymentPayload of v2 (`accepted`, `resource`) or v1 (`scheme`, `network`)."""
+    """PaymentPayload of v2 (`accepted`, `resource`) or v1 (`scheme`, `network`); neither is read."""
 
     x402Version: int
     payload: SchemePayload
     resource: ResourceInfo | None = None
-    scheme: Str200 | None = None
-    network: Str200 | None = None
 
 
 class SettleResponse(Struct, frozen=True, gc=False):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 from datetime import datetime, timezone
+from typing import Callable
 
 import msgspec
 
@@ -25,6 +26,7 @@ from watcher.events.observation import Kind, Observation
 from watcher.pipeline.dedupe import Generations
 
 MISMATCH, SHADOW, UNSETTLED = 1, 2, 4
+SETTLE = Kind.SETTLE
 _NONE: list = []  # shared empty result (never mutated)
 
 
@@ -52,8 +54,9 @@ class Delta(msgspec.Struct, array_like=True, frozen=True, gc=False):
     amount: int
     count: int
     event_id: str
-    merchant: str = ""
+    merchant: str = ""           # of the record that caused the change (payTo, or the transfer's `to`)
     resource: str | None = None
+    kind: int = -1               # that record's Kind
 
 
 def _iso(ms: int) -> datetime:
@@ -69,22 +72,26 @@ class Join:
         self.deadlines: list[tuple[int, str]] = []  # a heap: settles and transfers wait different times
         self.chains_seen: set[int] = set()
 
-    def apply(self, obs: Observation, category: str | None, now_ms: int) -> tuple[Delta | None, list[Finding]]:
-        """Fold one spend observation (a successful settle or a transfer) into its payment."""
+    def apply(self, obs: Observation, categorize: Callable[[str, str | None], str | None],
+              now_ms: int) -> tuple[Delta | None, list[Finding]]:
+        """Fold one spend observation (a successful settle or a transfer) into its payment.
+        `categorize(merchant, resource)` is asked only when the payment has no category yet."""
         key = obs.tx  # EIP-155 signatures bind a tx to one chain: its hash alone is unique
-        p = self.payments.get(key)
+        payments = self.payments
+        p = payments.current.get(key) or payments.get(key)
         if p is None:
+            category = categorize(obs.merchant, obs.resource)
             p = Payment(obs.agent, obs.merchant, obs.ts_ms, obs.chain_id, key, category)
-            self.payments.put(key, p)
-            if obs.kind == Kind.SETTLE:  # the common case: a new payment, reported by its facilitator
+            payments.put(key, p)
+            if obs.kind == SETTLE:  # the common case: a new payment, reported by its facilitator
                 p.settle_amount, p.settle_id = obs.amount, obs.event_id
                 p.counted, p.counted_n = obs.amount, 1
                 heapq.heappush(self.deadlines, (now_ms + self.unsettled_after_ms, key))
-                return Delta(p.agent, category, p.ts_ms, obs.amount, 1, obs.event_id, p.merchant,
-                             obs.resource), _NONE
-        elif p.category is None and category is not None:
-            p.category = category
-        if obs.kind == Kind.SETTLE:
+                return Delta(p.agent, category, p.ts_ms, obs.amount, 1, obs.event_id, obs.merchant,
+                             obs.resource, SETTLE), _NONE
+        elif p.category is None:
+            p.category = categorize(obs.merchant, obs.resource)
+        if obs.kind == SETTLE:
             if p.settle_amount is None:
                 p.settle_amount, p.settle_id = obs.amount, obs.event_id
                 if not p.transfers:
@@ -92,6 +99,11 @@ class Join:
         else:
             self.chains_seen.add(obs.chain_id)
             li = obs.log_index or 0
+            if (not p.transfers and obs.status == "confirmed" and obs.amount == p.settle_amount == p.counted
+                    and p.counted_n == 1):
+                # the other common case: the chain confirms exactly what was settled (nothing changes)
+                p.transfers = ((li, obs.amount, "confirmed", obs.event_id),)
+                return None, _NONE
             p.transfers = tuple(t for t in p.transfers if t[0] != li) + ((li, obs.amount, obs.status,
                                                                           obs.event_id),)
             if obs.status == "confirmed" and p.settle_amount is None:
@@ -109,7 +121,8 @@ class Join:
         if d_amount == 0 and d_n == 0:
             return None
         p.counted, p.counted_n = amount, n
-        return Delta(p.agent, p.category, p.ts_ms, d_amount, d_n, obs.event_id, p.merchant, obs.resource)
+        return Delta(p.agent, p.category, p.ts_ms, d_amount, d_n, obs.event_id, obs.merchant, obs.resource,
+                     obs.kind)
 
     def _confirmed_amount(self, p: Payment) -> int | None:
         confirmed = [t[1] for t in p.transfers if t[2] == "confirmed"]
@@ -129,23 +142,28 @@ class Join:
         """Findings whose deadline passed by `now_ms` (event time)."""
         out: list[Finding] = []
         dl = self.deadlines
+        cur, prev, pop = self.payments.current, self.payments.previous, heapq.heappop
         while dl and dl[0][0] <= now_ms:
-            _, key = heapq.heappop(dl)
-            p = self.payments.current.get(key) or self.payments.previous.get(key)
+            _, key = pop(dl)
+            p = cur.get(key) or prev.get(key)
             if p is None:
                 continue
-            confirmed = self._confirmed_amount(p)
-            if p.settle_amount is None and confirmed is not None and not p.reported & SHADOW:
-                p.reported |= SHADOW
-                out.append(self._finding("shadow_spend", p, now_ms,
-                                         f"confirmed transfer of {confirmed} base units with no facilitator "
-                                         "settle record"))
-            elif (p.settle_amount is not None and confirmed is None and not p.reported & UNSETTLED
-                  and p.chain_id in self.chains_seen):
-                p.reported |= UNSETTLED
-                out.append(self._finding("unsettled", p, now_ms,
-                                         f"settled {p.settle_amount} base units but no confirmed transfer "
-                                         f"after {self.unsettled_after_ms // 1000} s"))
+            if p.settle_amount is not None:
+                if p.transfers and p.transfers[-1][2] == "confirmed":
+                    continue  # the common case: settled and confirmed
+                if (self._confirmed_amount(p) is None and not p.reported & UNSETTLED
+                        and p.chain_id in self.chains_seen):
+                    p.reported |= UNSETTLED
+                    out.append(self._finding("unsettled", p, now_ms,
+                                             f"settled {p.settle_amount} base units but no confirmed transfer "
+                                             f"after {self.unsettled_after_ms // 1000} s"))
+            elif not p.reported & SHADOW:
+                confirmed = self._confirmed_amount(p)
+                if confirmed is not None:
+                    p.reported |= SHADOW
+                    out.append(self._finding("shadow_spend", p, now_ms,
+                                             f"confirmed transfer of {confirmed} base units with no facilitator "
+                                             "settle record"))
         return out
 
     def _finding(self, kind: str, p: Payment, now_ms: int, detail: str) -> Finding:

@@ -97,7 +97,7 @@ class Shard:
             else:
                 cur[key] = 1
             if obs.tx is not None and (obs.kind == TRANSFER or obs.status == "settled"):
-                delta, found = join_apply(obs, categorize(obs.merchant, obs.resource), wm)
+                delta, found = join_apply(obs, categorize, wm)
                 if found:
                     out.findings.extend(found)
                 if delta is not None:
