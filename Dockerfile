@@ -7,7 +7,7 @@ COPY watcher ./watcher
 RUN pip install --no-cache-dir -c constraints.txt . \
     && useradd --system --uid 10001 spendwatch
 USER spendwatch
-# /metrics of the watcher (metrics.port); the chain bridge's compose service uses 9465
-EXPOSE 9464
+# /metrics of the watcher (metrics.port) and of the chain bridge (chain.metrics_port)
+EXPOSE 9464 9465
 ENTRYPOINT ["spendwatch"]
 CMD ["run"]

@@ -127,7 +127,7 @@ def agent() -> Dashboard:
 def health() -> Dashboard:
     return (
         base("spendwatch / watcher health", "spendwatch-health",
-             "The watcher's own health: intake, lag, latency, dead letters, webhooks, chain bridge.")
+             "The watcher's own health: intake, lag, latency, dead letters, webhooks, chain bridge, facilitator tap.")
         .with_row(Row("Intake"))
         .with_panel(st("Watchers up", "short", q('sum(up{job="spendwatch"})')))
         .with_panel(st("Tracked agents", "short", q("sum(spendwatch_tracked_agents)")))
@@ -156,6 +156,16 @@ def health() -> Dashboard:
         .with_panel(ts("Reorgs (total) and deepest", "short",
                        q("sum(spendwatch_chain_reorgs_total)", "reorgs"),
                        q("histogram_quantile(1, sum by (le) (spendwatch_chain_reorg_depth_blocks_bucket))", "deepest", "B")))
+        .with_row(Row("Facilitator tap"))
+        .with_panel(ts("Tap breaker view stale", "short",
+                       q("max by (instance) (spendwatch_tap_breaker_view_stale)", "{{instance}}"), w=8,
+                       desc="1 = the tap cannot tell which agents are frozen: it lets them pay (--fail open) "
+                            "or refuses everyone (--fail closed)"))
+        .with_panel(ts("Tap records / s by outcome", "short",
+                       q("sum by (outcome) (rate(spendwatch_tap_records_total[$__rate_interval]))", "{{outcome}}"),
+                       w=8, desc="dropped and unrecordable records are payments the watcher never sees"))
+        .with_panel(ts("Tap records waiting for Kafka", "short",
+                       q("max by (instance) (spendwatch_tap_buffer_records)", "{{instance}}"), w=8))
         .with_row(Row("Metrics"))
         .with_panel(ts("Per-agent series refresh (s)", "s", q("max(spendwatch_metrics_refresh_seconds)", "refresh")))
         .with_panel(ts("Agents with series", "short", q("sum(spendwatch_agents_ranked)", "agents")))

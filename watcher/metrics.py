@@ -4,8 +4,9 @@
 
 Writers: `watcher.observe.stage.MetricsStage` (spend, findings, decisions, events, latency; per batch),
 `watcher.observe.server` (daemon counters, consumer lag; read at scrape time), the breaker
-(`breaker_state`, `escalation_waiting`, `webhook_result`), the chain bridge (`chain_head`, `reorg`) and the
-detector (`anomaly_score`/`anomaly_scores`). Money is converted from integer base units to USDC only here.
+(`breaker_state`, `escalation_waiting`, `webhook_result`) and the detector (`anomaly_score`/`anomaly_scores`).
+Money is converted from integer base units to USDC only here. The chain bridge is another process: its
+families (`spendwatch_chain_*`) live in `watcher.chain.metrics` and are served by `spendwatch chain`.
 
 Label sets are bounded: categories come from the configuration, networks from the known list, merchants
 are capped (`max_merchants`, the rest are "other"), decision rules from the policy. Per-agent series exist
@@ -120,13 +121,6 @@ class Metrics:
                                 "http_error, timeout, connection_error, gave_up).", ["outcome"], registry=r)
         self.webhook_seconds = Histogram("spendwatch_webhook_duration_seconds", "Webhook request latency "
                                          "(seconds).", buckets=WEBHOOK_BUCKETS, registry=r)
-        self.chain_lag = Gauge("spendwatch_chain_head_lag_blocks", "Blocks between the chain head and the last "
-                               "block the bridge published.", registry=r)
-        self.chain_updated = Gauge("spendwatch_chain_head_updated_timestamp_seconds", "When the bridge last "
-                                   "saw a new head (Unix seconds).", registry=r)
-        self.reorgs = Counter("spendwatch_chain_reorgs", "Chain reorganisations seen by the bridge.", registry=r)
-        self.reorg_depth = Histogram("spendwatch_chain_reorg_depth_blocks", "Depth of chain reorganisations "
-                                     "(blocks).", buckets=(1, 2, 3, 5, 10, 20, 64), registry=r)
         self.statements = Counter("spendwatch_statements_published", "Daily statement rows published.",
                                   registry=r)
         self.refresh_seconds = Gauge("spendwatch_metrics_refresh_seconds", "Duration of the last per-agent "
@@ -215,16 +209,6 @@ class Metrics:
         self.webhooks.labels(outcome).inc()
         self.webhook_seconds.observe(seconds)
 
-    # -- chain helper ----------------------------------------------------------------------------------
-    def chain_head(self, lag_blocks: int) -> None:
-        """The bridge saw a new head; `lag_blocks` = head - last block it published."""
-        self.chain_lag.set(lag_blocks)
-        self.chain_updated.set(time.time())
-
-    def reorg(self, depth: int) -> None:
-        self.reorgs.inc()
-        self.reorg_depth.observe(depth)
-
     # -- detect helper ---------------------------------------------------------------------------------
     def anomaly_score(self, model: str, value: float, high: bool = False) -> None:
         self.anomaly_scores(model, (value,), int(high))
@@ -301,10 +285,6 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_checkpoints_total", "counter", "", "state checkpoints written"),
     ("spendwatch_webhooks_total", "counter", "outcome", "webhook attempts"),
     ("spendwatch_webhook_duration_seconds", "histogram", "", "webhook latency"),
-    ("spendwatch_chain_head_lag_blocks", "gauge", "", "chain head - last published block"),
-    ("spendwatch_chain_head_updated_timestamp_seconds", "gauge", "", "last new head seen"),
-    ("spendwatch_chain_reorgs_total", "counter", "", "reorgs seen"),
-    ("spendwatch_chain_reorg_depth_blocks", "histogram", "", "reorg depth"),
     ("spendwatch_statements_published_total", "counter", "", "daily statement rows published"),
     ("spendwatch_agents_ranked", "gauge", "", "agents with per-agent series"),
     ("spendwatch_metrics_refresh_seconds", "gauge", "", "last top-N refresh duration"),

@@ -6,6 +6,10 @@ Node tools come from tools/npm (installed with `npm ci` when node_modules is mis
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +106,36 @@ def settings_for():
         return ChainSettings(**base)
 
     return make
+
+
+def write_chain_config(path: Path, settings: ChainSettings) -> Path:
+    """A TOML file whose [chain] table holds `settings` (JSON scalars and arrays are valid TOML values)."""
+    values = settings.model_dump(mode="json", exclude_none=True)
+    path.write_text("[chain]\n" + "".join(f"{key} = {json.dumps(v)}\n" for key, v in values.items()))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def spendwatch_chain(settings: ChainSettings, log_path: Path):
+    """`spendwatch chain --config FILE` with `settings` as a real process (output appended to log_path);
+    killed if still running when the block exits."""
+    config = write_chain_config(log_path.with_suffix(".toml"), settings)
+    with open(log_path, "ab") as out:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "watcher.cli.main", "chain", "--config",
+                                                    str(config), stdin=asyncio.subprocess.DEVNULL, stdout=out,
+                                                    stderr=out)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.fixture
+def chain_cli():
+    """chain_cli(settings, log_path): async context manager running `spendwatch chain` (see spendwatch_chain)."""
+    return spendwatch_chain
 
 
 @dataclass(frozen=True)

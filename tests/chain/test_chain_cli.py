@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-import sys
 import time
 
 import pytest
@@ -19,20 +17,6 @@ def _id(receipt: dict) -> str:
     return chain_transfer_id(8453, receipt["transactionHash"], int(receipt["logs"][-1]["logIndex"], 16))
 
 
-@contextlib.asynccontextmanager
-async def spendwatch_chain(config, log_path):
-    with open(log_path, "ab") as out:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "watcher.cli.main", "chain", "--config",
-                                                    str(config), stdin=asyncio.subprocess.DEVNULL, stdout=out,
-                                                    stderr=out)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def _until(pred, timeout_seconds, what):
     deadline = time.monotonic() + timeout_seconds
     while not pred():
@@ -40,22 +24,15 @@ async def _until(pred, timeout_seconds, what):
         await asyncio.sleep(0.05)
 
 
-async def test_cli_runs_stops_on_sigterm_and_resumes(chain, reader, tmp_path, kafka_bootstrap, kafka_topic):
+async def test_cli_runs_stops_on_sigterm_and_resumes(chain, reader, tmp_path, kafka_bootstrap, kafka_topic,
+                                                     settings_for, chain_cli):
     agent = chain.agents[0]
     checkpoint = tmp_path / "state" / "chain.json"
-    config = tmp_path / "spendwatch.toml"
-    config.write_text(f"""[chain]
-ws_url = "{chain.node.ws_url}"
-http_url = "{chain.node.http_url}"
-token = "{chain.token.address}"
-confirmations = 1
-watched_wallets = ["{agent.address}"]
-checkpoint_path = "{checkpoint}"
-kafka_bootstrap = "{kafka_bootstrap}"
-topic = "{kafka_topic}"
-""")
+    settings = settings_for(chain, tmp_path, kafka_bootstrap, kafka_topic, http_url=chain.node.http_url,
+                          confirmations=1, watched_wallets=[agent.address], checkpoint_path=checkpoint,
+                          metrics_port="off")
     log = tmp_path / "chain.log"
-    async with spendwatch_chain(config, log) as proc:
+    async with chain_cli(settings, log) as proc:
         await _until(checkpoint.exists, 30, "the first checkpoint")
         _, r1 = await chain.token.pay(agent, chain.merchant, 10)
         await reader.until(lambda rs: _id(r1) in reader.ids(rs, "pending"), what="the first payment")
@@ -64,7 +41,7 @@ topic = "{kafka_topic}"
 
     _, r2 = await chain.token.pay(agent, chain.merchant, 20)           # while it is down
     await chain.mine(1)
-    async with spendwatch_chain(config, log) as proc:
+    async with chain_cli(settings, log) as proc:
         await reader.until(lambda rs: {_id(r1), _id(r2)} <= reader.ids(rs, "confirmed"), what="both confirmed")
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0, log.read_text()

@@ -1,6 +1,7 @@
 """A real observability stack on loopback for integration tests: Prometheus and Alertmanager (Debian
 binaries, no systemd), an HTTP recorder standing in for Slack and PagerDuty, and a daemon (with the
-metrics stage and /metrics service) fed by the fleet simulator, running in its own thread and loop.
+metrics stage and /metrics service) fed by the fleet simulator, running in its own thread and loop;
+`serve_registry` serves the registry of another process (chain bridge, facilitator tap) for Prometheus.
 
 The rules and the Alertmanager configuration are test copies generated from the committed files:
 shorter `for:` and group timings, receivers pointed at the recorder; routes and inhibitions unchanged.
@@ -9,6 +10,7 @@ shorter `for:` and group timings, receivers pointed at the recorder; routes and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -19,9 +21,11 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
+from prometheus_client import start_http_server
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "alerts" / "rules.yml"
@@ -197,6 +201,19 @@ def _ready(p: Process, url: str, name: str) -> None:
 
 def query(prom: str, expr: str) -> dict:
     return get_json(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+
+
+@contextlib.contextmanager
+def serve_registry(registry) -> Iterator[str]:
+    """A registry's /metrics on a free loopback port ("127.0.0.1:port"), as a process of its own serves it."""
+    port = free_port()
+    server, thread = start_http_server(port, "127.0.0.1", registry=registry)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 # -- a daemon with metrics, fed by the fleet simulator, in its own thread ---------------------------------

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import yaml
+from prometheus_client import CollectorRegistry
 
 from tests.observe.stack import ALERTMANAGER, ROOT, RULES, need
+from watcher.tap.metrics import TapMetrics
 
 ISSUE_ALERTS = {"AgentRunawaySpend", "AgentSpendRateHigh", "BreakerOpened", "EscalationWaiting", "AnomalyScoreHigh",
                 "ShadowSpend", "UnsettledPayments", "ConsumerLagHigh", "DeadLetterRateHigh", "WebhookFailing",
                 "ChainBridgeStalled"}
+TAP_ALERTS = {"TapBreakerViewStale", "TapRecordsLost", "TapPublishFailing"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -32,12 +36,19 @@ def test_rules_unit_tests():
 def test_every_alert_has_severity_summary_and_unit_test():
     rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
     names = {r["alert"] for r in rules}
-    assert ISSUE_ALERTS <= names
+    assert ISSUE_ALERTS | TAP_ALERTS <= names
     tested = "".join(p.read_text() for p in (ROOT / "alerts" / "tests").glob("*.yml"))
     for r in rules:
         assert r["labels"]["severity"] in ("critical", "warning"), r["alert"]
         assert r["annotations"]["summary"] and r["annotations"]["description"], r["alert"]
         assert f"alertname: {r['alert']}" in tested, f"{r['alert']} has no promtool unit test"
+
+
+def test_tap_rules_use_the_families_the_tap_exports():
+    families = {f.name for f in TapMetrics(CollectorRegistry()).registry.collect()}
+    exported = {f + suffix for f in families for suffix in ("", "_total", "_bucket", "_count", "_sum")}
+    used = set(re.findall(r"spendwatch_tap_\w+", RULES.read_text()))
+    assert used and used <= exported, f"not exported by watcher/tap/metrics.py: {used - exported}"
 
 
 def test_alertmanager_config_checks():

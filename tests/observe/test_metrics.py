@@ -112,8 +112,6 @@ def test_render_at_scale_is_bounded_and_promtool_clean(capsys):
     m.breaker_state("0x" + "ab" * 20, "open")
     m.escalation_waiting("0x" + "cd" * 20, 1_700_000_000_000)
     m.webhook_result("ok", 0.05)
-    m.chain_head(3)
-    m.reorg(2)
     m.anomaly_scores("fleet.hst", [0.1, 0.97], high=1)
     text = m.render()
     names = {f.name for f in text_string_to_metric_families(text.decode())}

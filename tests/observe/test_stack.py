@@ -16,12 +16,14 @@ from prometheus_client import CollectorRegistry
 
 from tests.integration.helpers import make_settings
 from tests.observe.stack import (ROOT, DaemonThread, Recorder, alertmanager_copy, get_json, need, query,
-                                 rules_copy, start_alertmanager, start_prometheus, wait_until)
+                                 rules_copy, serve_registry, start_alertmanager, start_prometheus, wait_until)
+from watcher.chain.metrics import ChainMetrics
 from watcher.config import WindowSettings
 from watcher.metrics import Metrics, MetricsSettings
 from watcher.observe.server import MetricsService
 from watcher.observe.stage import MetricsStage
 from watcher.simulate.fleet import Fleet
+from watcher.tap.metrics import TapMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +32,29 @@ SHORT_WINDOWS = [WindowSettings(name="1m", seconds=6, buckets=3), WindowSettings
 
 
 @pytest.fixture(scope="module")
-def stack(kafka_bootstrap, tmp_path_factory):
+def chain_target():
+    """The chain bridge is a process of its own (job "chain"): its families, as the bridge would report them."""
+    chain = ChainMetrics(CollectorRegistry(), 8453)
+    chain.head(101, "0xaa")
+    chain.processed(100, 0)
+    chain.reorg(2)
+    with serve_registry(chain.registry) as target:
+        yield target
+
+
+@pytest.fixture(scope="module")
+def tap_target():
+    """A facilitator tap is a process of its own (job "spendwatch-tap"): its families, as a tap reports them."""
+    tap = TapMetrics(CollectorRegistry())
+    tap.records.labels("x402.settle", "published").inc(3)
+    tap.view_stale.set(0)
+    tap.buffer.set(0)
+    with serve_registry(tap.registry) as target:
+        yield target, tap
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap, tmp_path_factory, chain_target, tap_target):
     need("prometheus")
     need("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("observe-stack")
@@ -47,14 +71,13 @@ def stack(kafka_bootstrap, tmp_path_factory):
         daemon = DaemonThread(settings, metrics, service, [MetricsStage(metrics)], fleet).start()
         prom = None
         try:
-            prom, prom_url = start_prometheus(tmp, {"spendwatch": f"127.0.0.1:{service.port}"},
+            prom, prom_url = start_prometheus(tmp, {"spendwatch": f"127.0.0.1:{service.port}",
+                                                    "chain": chain_target, "spendwatch-tap": tap_target[0]},
                                               rules_copy(tmp / "rules.yml"), am_url)
-            # what the helpers would report (breaker, detector, chain bridge), for the panels that show it
+            # what the helpers would report (breaker, detector), for the panels that show it
             quiet = fleet.agents[5].wallet
             metrics.breaker_state(quiet, "half_open")
             metrics.webhook_result("ok", 0.04)
-            metrics.chain_head(1)
-            metrics.reorg(2)
             metrics.anomaly_scores("fleet.hst", [0.2, 0.4, 0.95], high=1)
             metrics.decision("warn", "cap_1m")
             yield {"metrics_url": f"http://127.0.0.1:{service.port}/metrics", "prom": prom_url, "am": am_url, "recorder": recorder, "fleet": fleet, "metrics": metrics,
@@ -157,3 +180,14 @@ def test_open_breaker_inhibits_spend_rate_alert(stack):
     assert not [b for b in _slack(recorder, "AgentSpendRateHigh") if agent in json.dumps(b)]
     got = get_json(f"{am}/api/v2/alerts?inhibited=true&active=false&silenced=false&filter=agent%3D%22{agent}%22")
     assert any(a["status"]["inhibitedBy"] for a in got if a["labels"]["alertname"] == "AgentSpendRateHigh")
+
+
+def test_stale_tap_view_pages_then_resolves(stack, tap_target):
+    recorder, (_, tap) = stack["recorder"], tap_target
+    tap.view_stale.set(1)
+    trig = wait_until(lambda: [e for e in _pd_events(recorder, "TapBreakerViewStale")
+                               if e.get("event_action") == "trigger"], 60, "the TapBreakerViewStale page")
+    assert tap_target[0] in json.dumps(trig[0]) and not _slack(recorder, "TapBreakerViewStale")
+    tap.view_stale.set(0)
+    wait_until(lambda: [e for e in recorder.bodies("/pagerduty") if e.get("event_action") == "resolve"
+                        and e.get("dedup_key") == trig[0]["dedup_key"]], 60, "the TapBreakerViewStale resolve")

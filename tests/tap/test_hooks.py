@@ -123,3 +123,23 @@ async def test_async_facilitator_and_a_publisher_that_raises():
     assert (await fac.verify(pp, req)).is_valid        # a broken publisher never fails the payment
     assert (await fac.settle(pp, req)).success
     assert tap.errors == 2
+
+
+def test_stale_gauge_follows_the_view_without_payments():
+    """The stale flag is computed when Prometheus scrapes, so it clears (and rises) with no payment."""
+    import time
+
+    from watcher.tap.breakers import AdminBreakerView
+
+    registry = CollectorRegistry()
+    view = AdminBreakerView("http://127.0.0.1:9", "t", stale_after_seconds=30)
+    Gate(view, metrics=TapMetrics(registry))
+
+    def stale() -> float:
+        return registry.get_sample_value("spendwatch_tap_breaker_view_stale")
+
+    assert stale() == 1.0            # never polled
+    view._last_ok = time.monotonic()
+    assert stale() == 0.0            # a poll succeeded: current, though no payment was checked
+    view._last_ok = time.monotonic() - 31
+    assert stale() == 1.0            # the poll is too old

@@ -7,6 +7,7 @@
     checkpoint.py  the durable position (atomic JSON file)
     node.py        web3.py 8 AsyncWeb3 over WebSocket (subscriptions) or HTTP (polling)
     publisher.py   Kafka producer (acks=all), key = payer wallet
+    metrics.py     ChainMetrics (head, lag, records, reorgs, errors) and their /metrics server
     bridge.py      ChainBridge: the async shell that ties them together
     cli.py         `spendwatch chain`
     bench.py       run_chain_bench(quick)
@@ -17,7 +18,8 @@ from importlib import import_module
 
 # imported on first use, so `spendwatch --help` does not pay for web3 and aiokafka
 _EXPORTS = {"ChainBridge": "bridge", "ChainSettings": "config", "load_settings": "config", "ChainError": "errors",
-            "NodeError": "errors", "PublishError": "errors", "KafkaPublisher": "publisher"}
+            "NodeError": "errors", "PublishError": "errors", "KafkaPublisher": "publisher",
+            "ChainMetrics": "metrics"}
 __all__ = sorted(_EXPORTS)
 
 

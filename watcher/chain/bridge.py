@@ -8,12 +8,16 @@ eth_getLogs over bounded block ranges (published `confirmed` at once), then the 
 one (eth_getLogs by block hash; published `pending`, later `confirmed`). The checkpoint is written after
 Kafka acknowledged the records it covers, so a crash at any point only repeats records (stable ids).
 
+Progress (head, lag, records by status, reorgs, errors) goes to `ChainMetrics` (`watcher.chain.metrics`),
+which `spendwatch chain` serves on /metrics.
+
 Passes run when a subscription message arrives (WebSocket) or every poll_interval_seconds. Any node or
 Kafka failure ends the session: state goes back to the last checkpoint, and the bridge reconnects after
 a back-off (reconnect_min_seconds doubling up to reconnect_max_seconds).
 
     async with ChainBridge(settings, sink) as bridge:   # runs in a task until the block exits
         ...
+    ChainBridge(settings, sink, metrics)                # with the ChainMetrics to serve (default: its own)
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from watcher.chain.checkpoint import Checkpoint, read_checkpoint, write_checkpoi
 from watcher.chain.config import ChainSettings, watched_wallets
 from watcher.chain.errors import ChainError
 from watcher.chain.logs import JoinStats, Transfer, join_transfers, to_wire
+from watcher.chain.metrics import ChainMetrics
 from watcher.chain.node import Node
 from watcher.chain.publisher import Sink
 from watcher.chain.reorg import ChainTracker, Emission
@@ -41,9 +46,13 @@ log = logging.getLogger("spendwatch.chain")
 
 
 class ChainBridge:
-    def __init__(self, settings: ChainSettings, sink: Sink) -> None:
+    def __init__(self, settings: ChainSettings, sink: Sink, metrics: ChainMetrics | None = None) -> None:
         self.settings = settings
         self.sink = sink
+        if metrics is None:
+            from prometheus_client import CollectorRegistry
+            metrics = ChainMetrics(CollectorRegistry(), settings.chain_id, settings.token)
+        self.metrics = metrics
         self.watched = None if settings.watch_all else watched_wallets(settings)
         self.tracker = ChainTracker(settings.required_confirmations, settings.max_reorg_depth)
         self.stats: Counter[str] = Counter()
@@ -97,11 +106,13 @@ class ChainBridge:
                                           key="chain.chain_id", fix=f"set chain_id = {chain_id} or use a node "
                                           f"of chain {s.chain_id}")
                     self.connected.set()
+                    self.metrics.set_connected(True)
                     self.stats["connects"] += 1
                     log.info("chain bridge connected to %s (chain %d)", s.ws_url or s.http_url, chain_id)
                     await self._session(node)
             except ChainError as exc:
                 self.connected.clear()
+                self.metrics.error(exc)
                 self.stats["reconnects"] += 1
                 log.warning("chain bridge: %s; reconnecting in %.1f s", exc, self._backoff)
                 self._restore_committed()
@@ -109,6 +120,7 @@ class ChainBridge:
                     await asyncio.wait_for(self._stop.wait(), self._backoff)
                 self._backoff = min(self._backoff * 2, s.reconnect_max_seconds)
         self.connected.clear()
+        self.metrics.set_connected(False)
 
     def _on_wake(self, number: int) -> None:
         self.stats["notifications"] += 1
@@ -151,6 +163,7 @@ class ChainBridge:
         if cp is not None:
             self.tracker.restore(cp.headers, cp.unconfirmed)
             self._resume_from = None
+            self.metrics.processed(cp.tip.number, len(cp.unconfirmed))
         else:
             self._resume_from = s.start_block
 
@@ -164,6 +177,7 @@ class ChainBridge:
         write_checkpoint(self.settings.checkpoint_path, cp)
         self._committed = cp
         self.head_seen = tracker.tip.number
+        self.metrics.processed(tracker.tip.number, len(cp.unconfirmed))
 
     async def _emit(self, emissions: Sequence[Emission]) -> None:
         if not emissions:
@@ -171,8 +185,10 @@ class ChainBridge:
         now = datetime.now(timezone.utc)
         records: list[ChainTransfer] = [to_wire(e.transfer, e.status, e.confirmations, now) for e in emissions]
         await self.sink.publish(records)
-        for e in emissions:
-            self.stats[e.status] += 1
+        counts = Counter(e.status for e in emissions)
+        self.stats.update(counts)
+        for status, n in counts.items():
+            self.metrics.records(status, n)
 
     def _join(self, logs, times: dict[str, int]) -> list[Transfer]:
         s = self.settings
@@ -184,6 +200,7 @@ class ChainBridge:
         head = await node.header("latest")
         if head is None:
             raise ChainError("the node has no latest block")
+        self.metrics.head(head.number, head.hash)
         tracker = self.tracker
         tip = tracker.tip
         if tip is None:
@@ -210,6 +227,7 @@ class ChainBridge:
         if deep_end >= start + 1:
             await self._backfill(node, start, deep_end)
             start = deep_end + 1
+        self.metrics.backfill_remaining.set(0)
         for n in range(start, head.number + 1):
             if self._stop.is_set():
                 return
@@ -231,6 +249,7 @@ class ChainBridge:
         step = self.settings.backfill_block_range
         a = first
         while a <= last and not self._stop.is_set():
+            self.metrics.backfill_remaining.set(last - a + 1)
             b = min(a + step - 1, last)
             logs = await node.logs_range(a, b)
             headers: dict[int, Header] = await node.headers(sorted({x.block_number for x in logs} | {b}))
@@ -256,7 +275,8 @@ class ChainBridge:
             if h is not None and h.hash == tracker.hash_at(n):
                 break
             n -= 1
-        if n < floor:
+        deep = n < floor
+        if deep:
             self.stats["deep_reorgs"] += 1
             log.error("chain bridge: reorg deeper than the %d remembered blocks (below %d); transfers there "
                       "that were already confirmed cannot be reverted", len(tracker.headers), floor)
@@ -264,6 +284,7 @@ class ChainBridge:
         if tracker.tip is None:
             self._resume_from = n + 1
         self.stats["reorgs"] += 1
+        self.metrics.reorg(old_tip - n, deep=deep)
         log.warning("chain bridge: reorg: blocks %d..%d dropped, %d transfers reverted", n + 1, old_tip,
                     len(emissions))
         await self._emit(emissions)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -23,6 +24,9 @@ payments (x402 "exact") are joined with their AuthorizationUsed log and carry th
 With ws_url the bridge subscribes to new heads and to the token's Transfer/AuthorizationUsed logs; with
 only http_url it polls. On start it resumes from its checkpoint file (no gap, no harm in overlap: record
 ids are chain id + tx hash + log index).
+
+Prometheus metrics (head, lag, records by status, reorgs, errors) are served at
+http://METRICS_HOST:METRICS_PORT/metrics (default 127.0.0.1:9465; metrics_port = "off" serves none).
 
 Configuration: the [chain] table of --config FILE; SPENDWATCH_CHAIN__<KEY> environment variables override
 it (lists as JSON, e.g. SPENDWATCH_CHAIN__WATCHED_WALLETS='["0x.."]'); options below override both.
@@ -50,6 +54,8 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", type=Path, metavar="FILE", help="checkpoint file (chain.checkpoint_path)")
     p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (chain.kafka_bootstrap)")
     p.add_argument("--topic", help="Kafka topic (chain.topic, default x402.chain)")
+    p.add_argument("--metrics-port", metavar="PORT", help="port of /metrics (chain.metrics_port, default "
+                   "9465; 0 or off: none)")
     p.add_argument("--check", action="store_true", help="validate the configuration, print it, and exit")
     p.set_defaults(func=cmd_chain)
 
@@ -57,19 +63,30 @@ def register(subparsers) -> None:
 def settings_from_args(args: argparse.Namespace) -> ChainSettings:
     overrides = {"ws_url": args.ws_url, "http_url": args.http_url, "chain_id": args.chain_id,
                  "token": args.token, "confirmations": args.confirmations, "watch_all": args.watch_all,
-                 "checkpoint_path": args.checkpoint, "kafka_bootstrap": args.bootstrap, "topic": args.topic}
+                 "checkpoint_path": args.checkpoint, "kafka_bootstrap": args.bootstrap, "topic": args.topic,
+                 "metrics_port": args.metrics_port}
     if args.wallets:
         overrides["extra_wallets"] = args.wallets
     return load_settings(args.config, **overrides)
 
 
 async def run_bridge(settings: ChainSettings) -> dict:
+    from prometheus_client import CollectorRegistry
+
     from watcher.chain.bridge import ChainBridge
+    from watcher.chain.metrics import ChainMetrics, serve_chain_metrics
     from watcher.chain.publisher import KafkaPublisher
 
     loop = asyncio.get_running_loop()
-    async with KafkaPublisher(settings.kafka_bootstrap, settings.topic) as pub:
-        bridge = ChainBridge(settings, pub)
+    metrics = ChainMetrics(CollectorRegistry(), settings.chain_id, settings.token)
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.metrics_port:     # first: a taken port fails before anything connects
+            await stack.enter_async_context(serve_chain_metrics(metrics, settings.metrics_host,
+                                                                settings.metrics_port))
+        else:
+            log.info("chain bridge: no /metrics (chain.metrics_port is off)")
+        pub = await stack.enter_async_context(KafkaPublisher(settings.kafka_bootstrap, settings.topic))
+        bridge = ChainBridge(settings, pub, metrics)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, bridge.stop)
         try:

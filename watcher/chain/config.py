@@ -75,6 +75,10 @@ class ChainSettings(BaseSettings):
     reconnect_min_seconds: float = Field(0.2, gt=0, description="First back-off after a dropped connection.")
     reconnect_max_seconds: float = Field(30.0, gt=0, description="Longest back-off between reconnects.")
     request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one RPC call.")
+    metrics_host: str = Field("127.0.0.1", min_length=1, description="Bind address of /metrics (0.0.0.0 in "
+                              "a container).")
+    metrics_port: int = Field(9465, ge=0, le=65535, description="Port of /metrics (Prometheus job \"chain\"); "
+                              "0 or \"off\" serves no metrics.")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -91,6 +95,13 @@ class ChainSettings(BaseSettings):
     @classmethod
     def _wallets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(_address(w, "watched_wallets[]") for w in v))
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _metrics_off(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in ("off", "false", "no", "none", ""):
+            return 0
+        return v
 
     @field_validator("ws_url")
     @classmethod

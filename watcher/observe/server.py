@@ -3,7 +3,8 @@
     service = MetricsService(metrics, settings.metrics)
     Daemon(settings, stages=[..., MetricsStage(metrics)], services=[service])
 
-`serve_metrics(metrics, host, port)` serves a registry without a daemon (the chain bridge's process).
+`serve_metrics(metrics, host, port)` serves anything with `render() -> bytes` without a daemon (the chain
+bridge's process serves `watcher.chain.metrics.ChainMetrics` with it).
 Consumer lag, dead letters and the other daemon counters are read at scrape time (cheap: one value per
 partition); everything else was updated per batch. GET /metrics, GET /healthz.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Protocol
 
 from aiohttp import web
 from aiokafka import TopicPartition
@@ -66,8 +67,12 @@ class DaemonCollector:
         yield lag
 
 
+class Exposition(Protocol):
+    def render(self) -> bytes: ...
+
+
 class _Server:
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+    def __init__(self, metrics: Exposition, host: str, port: int) -> None:
         self.metrics, self.host, self.port = metrics, host, port
         self.runner: web.AppRunner | None = None
 
@@ -97,10 +102,10 @@ class _Server:
 
 
 @contextlib.asynccontextmanager
-async def serve_metrics(metrics: Metrics, host: str = "127.0.0.1", port: int = 9464) -> AsyncIterator[_Server]:
+async def serve_metrics(metrics: Exposition, host: str = "127.0.0.1", port: int = 9464) -> AsyncIterator[_Server]:
     server = _Server(metrics, host, port)
-    await server.start()
     try:
+        await server.start()            # OSError if the port is taken
         yield server
     finally:
         await server.stop()

@@ -47,8 +47,12 @@ class _Base:
         self.states: dict[str, str] = {}   # agent (checksum) -> state; closed agents are dropped
         self.current = False
 
+    def fresh(self) -> bool:
+        """True while the view is current (subclasses recompute it from the age of their last update)."""
+        return self.current
+
     def state(self, wallet: str) -> str | None:
-        if not self.current:
+        if not self.fresh():
             return None
         return self.states.get(_checksum(wallet), "closed")
 
@@ -127,9 +131,9 @@ class TopicBreakerView(_Following):
         self._last_ok = 0.0
         self._consumer: AIOKafkaConsumer | None = None
 
-    def state(self, wallet: str) -> str | None:
+    def fresh(self) -> bool:
         self.current = self.caught_up.is_set() and time.monotonic() - self._last_ok < self.stale_after
-        return super().state(wallet)
+        return self.current
 
     async def _close(self) -> None:
         if self._consumer is not None:
@@ -209,9 +213,9 @@ class AdminBreakerView(_Following):
         self.polls = self.failures = 0
         self.ready = asyncio.Event()
 
-    def state(self, wallet: str) -> str | None:
+    def fresh(self) -> bool:
         self.current = self._last_ok > 0 and time.monotonic() - self._last_ok < self.stale_after
-        return super().state(wallet)
+        return self.current
 
     task_name = "tap admin breaker view"
 
@@ -260,15 +264,20 @@ class Gate:
             raise ValueError("fail_mode must be 'open' or 'closed'")
         self.view, self.fail_mode = view, fail_mode
         self.metrics = metrics or TapMetrics()
+        self._broken = False
+        fresh = getattr(view, "fresh", None)
+        if fresh is not None:  # computed at scrape time: right also while no payment comes through
+            self.metrics.view_stale.set_function(lambda: 0.0 if fresh() and not self._broken else 1.0)
 
     def check(self, payer: str | None, where: str = "verify") -> Refusal | None:
         if not payer:
             return None
         try:
             state = self.view.state(payer)
+            self._broken = False
         except Exception as exc:  # a broken view must not break payments
             log.error("breaker view failed for %s: %r", payer, exc)
-            state = None
+            state, self._broken = None, True
         if state is None:
             self.metrics.view_stale.set(1)
             self.metrics.breaker_unknown.labels(self.fail_mode).inc()

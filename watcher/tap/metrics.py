@@ -1,6 +1,6 @@
 """The facilitator tap's Prometheus metrics, on an injected registry (tests pass a fresh one).
 
-    spendwatch_tap_records_total{kind, outcome}     outcome: published | dropped | failed_retry
+    spendwatch_tap_records_total{kind, outcome}     outcome: published | dropped | failed_retry | unrecordable
     spendwatch_tap_buffer_records                   records waiting for Kafka
     spendwatch_tap_refused_total{where, state}      where: verify | settle; state: open | held | unknown
     spendwatch_tap_breaker_unknown_total{mode}      a payer's breaker state could not be known (mode: open | closed)
