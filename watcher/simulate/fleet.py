@@ -15,8 +15,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from eth_utils import to_checksum_address
-
+from watcher.events.addresses import eip55
 from watcher.simulate.records import encode, fake_hash, settle_record, transfer_record, verify_record
 
 CATEGORIES = {"data": (2_000, 20_000), "search": (1_000, 5_000), "inference": (5_000, 80_000),
@@ -24,7 +23,7 @@ CATEGORIES = {"data": (2_000, 20_000), "search": (1_000, 5_000), "inference": (5
 
 
 def wallet(seed: int, kind: str, i: int) -> str:
-    return to_checksum_address("0x" + hashlib.sha256(f"{seed}/{kind}/{i}".encode()).hexdigest()[:40])
+    return eip55("0x" + hashlib.sha256(f"{seed}/{kind}/{i}".encode()).hexdigest()[:40])
 
 
 @dataclass

@@ -20,9 +20,9 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
-from eth_utils import to_checksum_address
 
 from watcher.detect.decision import rfc3339
+from watcher.events.addresses import eip55
 from watcher.simulate.records import encode, fake_hash, settle_record, transfer_record, verify_record
 
 T0_MS = 1_795_305_600_000          # 2026-11-22T00:00:00Z
@@ -51,7 +51,7 @@ timeout_seconds = 900
 
 
 def _addr(*parts) -> str:
-    return to_checksum_address("0x" + hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:40])
+    return eip55("0x" + hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:40])
 
 
 class _Fast:
