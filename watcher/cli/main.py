@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from rich.console import Console
 from rich.logging import RichHandler
 
 from watcher.errors import SpendwatchError
@@ -19,7 +20,9 @@ OPTIONAL = ["watcher.chain.cli", "watcher.detect.cli", "watcher.observe.cli", "w
 
 
 def setup_logging(level: str = "INFO") -> None:
-    handler = RichHandler(show_path=False, rich_tracebacks=True, log_time_format="%H:%M:%S")
+    # logs on stderr: stdout carries what a command prints (--json summaries, decisions with --out -)
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=True,
+                          log_time_format="%H:%M:%S")
     logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", handlers=[handler], force=True)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.WARNING)
