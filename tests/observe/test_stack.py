@@ -188,6 +188,7 @@ def test_stale_tap_view_pages_then_resolves(stack, tap_target):
     trig = wait_until(lambda: [e for e in _pd_events(recorder, "TapBreakerViewStale")
                                if e.get("event_action") == "trigger"], 60, "the TapBreakerViewStale page")
     assert tap_target[0] in json.dumps(trig[0]) and not _slack(recorder, "TapBreakerViewStale")
+    assert "cannot tell which agents are frozen" in trig[0]["payload"]["summary"]  # each alert's own summary
     tap.view_stale.set(0)
     wait_until(lambda: [e for e in recorder.bodies("/pagerduty") if e.get("event_action") == "resolve"
                         and e.get("dedup_key") == trig[0]["dedup_key"]], 60, "the TapBreakerViewStale resolve")
