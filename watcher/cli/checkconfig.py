@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from watcher.config import load_settings
-
 
 def register(sub) -> None:
     p = sub.add_parser("check-config", help="validate a configuration file and print the result",
@@ -17,6 +15,8 @@ def register(sub) -> None:
 
 
 def cmd_check(args) -> int:
+    from watcher.config import load_settings
+
     s = load_settings(args.file)
     if args.show:
         print(json.dumps(s.model_dump(mode="json"), indent=2))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from watcher.config import Settings, load_settings
+if TYPE_CHECKING:
+    from watcher.config import Settings
 
 
 def add_kafka_options(p: argparse.ArgumentParser) -> None:
@@ -15,4 +17,6 @@ def add_kafka_options(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    from watcher.config import load_settings  # imported when a command runs: `--help` stays fast
+
     return load_settings(getattr(args, "config", None))

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
@@ -15,11 +16,9 @@ from rich.logging import RichHandler
 from watcher.breaker.cli import add_webhook_options, breaker_config_from
 from watcher.cli.common import add_kafka_options, settings_from
 from watcher.cli.simulate import add_fleet_options, fleet_from
-from watcher.daemon import Daemon
-from watcher.embedded import kafka_settings
-from watcher.stages import build
-from watcher.simulate.publish import run_simulator
-from watcher.view import LiveView, top_agents
+
+if TYPE_CHECKING:
+    from watcher.daemon import Daemon
 
 log = logging.getLogger("watcher.demo")
 DEMO_POLICY = Path(__file__).resolve().parents[2] / "examples" / "demo-policy.toml"
@@ -46,6 +45,11 @@ def register(sub) -> None:
 
 
 async def _demo(args) -> int:
+    from watcher.embedded import kafka_settings
+    from watcher.simulate.publish import run_simulator
+    from watcher.stages import build
+    from watcher.view import LiveView
+
     settings = settings_from(args)
     async with kafka_settings(settings, args.bootstrap) as s:
         s = s.model_copy(update={"kafka": s.kafka.model_copy(update={
@@ -104,6 +108,8 @@ async def _demo(args) -> int:
 
 
 def _summary(console: Console, daemon: Daemon, fleet) -> None:
+    from watcher.view import top_agents
+
     c = daemon.counters
     print(f"summary: published {fleet.truth.published:,} records, consumed {c.consumed:,}, "
                   f"processed {c.processed:,}, dead-lettered {c.dead_lettered:,} "

@@ -6,8 +6,6 @@ import asyncio
 
 from watcher.breaker.cli import add_webhook_options, breaker_config_from
 from watcher.cli.common import add_kafka_options, settings_from
-from watcher.embedded import kafka_settings
-from watcher.stages import build
 
 
 def register(sub) -> None:
@@ -22,6 +20,9 @@ def register(sub) -> None:
 
 
 async def run_daemon(args) -> int:
+    from watcher.embedded import kafka_settings
+    from watcher.stages import build
+
     settings = settings_from(args)
     async with kafka_settings(settings, args.bootstrap) as s:
         daemon = build(s, breaker=breaker_config_from(args, s)).daemon()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from typing import TYPE_CHECKING
+
 from watcher.cli.common import add_kafka_options, settings_from
-from watcher.embedded import kafka_settings
-from watcher.simulate.fleet import Fleet
-from watcher.simulate.publish import run_simulator
-from watcher.sources.kafka import ensure_topics
+
+if TYPE_CHECKING:
+    from watcher.simulate.fleet import Fleet
 
 
 def add_fleet_options(p) -> None:
@@ -25,6 +26,8 @@ def add_fleet_options(p) -> None:
 
 
 def fleet_from(args) -> Fleet:
+    from watcher.simulate.fleet import Fleet
+
     return Fleet(agents=args.agents, merchants=args.merchants, seed=args.seed,
                  runaway_after_s=args.runaway_after, runaway_per_s=args.runaway_rate)
 
@@ -41,6 +44,10 @@ def register(sub) -> None:
 
 
 async def _simulate(args) -> int:
+    from watcher.embedded import kafka_settings
+    from watcher.simulate.publish import run_simulator
+    from watcher.sources.kafka import ensure_topics
+
     settings = settings_from(args)
     async with kafka_settings(settings, args.bootstrap) as s:
         await ensure_topics(s.kafka)

@@ -1,9 +1,20 @@
-"""Detection: policy rules, per-agent baselines and a fleet model turn a shard's outcome into decisions."""
+"""Detection: policy rules, per-agent baselines and a fleet model turn a shard's outcome into decisions.
 
-from watcher.detect.decision import Decision, decode_decision, encode_decision, encode_decisions
-from watcher.detect.detector import Detector
-from watcher.detect.policy import Policy, PolicyWatcher
-from watcher.detect.ratecard import RateCard
+The names below are imported on first use (PEP 562), so `spendwatch --help` does not load river and numpy.
+"""
 
-__all__ = ["Decision", "Detector", "Policy", "PolicyWatcher", "RateCard", "decode_decision", "encode_decision",
-           "encode_decisions"]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {"Decision": "decision", "decode_decision": "decision", "encode_decision": "decision",
+          "encode_decisions": "decision", "Detector": "detector", "Policy": "policy", "PolicyWatcher": "policy",
+          "RateCard": "ratecard"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'watcher.detect' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"watcher.detect.{_WHERE[name]}"), name)
