@@ -14,15 +14,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.breaker.conftest import SECRET  # the loopback recorder verifies signatures with it
+from tests.topics import read_topic
 from watcher.breaker.outbox import ChangeRecord, decode_record
 from watcher.config import load_settings
 from watcher.events.addresses import key_address
@@ -210,36 +209,6 @@ def _toml(v) -> str:
     if isinstance(v, (int, float)):
         return str(v)
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-async def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[bytes]:
-    """Every value of every partition of `topic`, up to its high-water marks (Tansu: not end_offsets)."""
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                         auto_offset_reset="earliest")
-    await c.start()
-    try:
-        parts = c.partitions_for_topic(topic)
-        if not parts:
-            await c._client.force_metadata_update()
-            parts = c.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return []
-        c.assign(tps)
-        await c.seek_to_beginning(*tps)
-        out: list[bytes] = []
-        deadline = time.monotonic() + timeout_s
-        while True:
-            batch = await c.getmany(timeout_ms=200, max_records=10_000)
-            for msgs in batch.values():
-                out += [m.value for m in msgs if m.value is not None]
-            behind = [tp for tp in tps if c.highwater(tp) is None or await c.position(tp) < c.highwater(tp)]
-            if not behind:
-                return out
-            if time.monotonic() > deadline:
-                raise AssertionError(f"reading {topic} took over {timeout_s} s")
-    finally:
-        await c.stop()
 
 
 

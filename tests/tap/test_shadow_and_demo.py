@@ -7,13 +7,15 @@ the (absent) settle and publishes a `shadow_spend` finding to watcher.findings.
 
 from __future__ import annotations
 
+import asyncio
+
 import subprocess
 import sys
 
 import msgspec
 import pytest
 
-from tests.tap.test_e2e import read_topic
+from tests.topics import read_records
 from watcher.chain.testtoken import agent_account
 from watcher.realdemo import U, RealLoop
 
@@ -29,15 +31,16 @@ async def test_shadow_spend_is_found_end_to_end_through_kafka(kafka_bootstrap, u
         tx = tx if isinstance(tx, str) else "0x" + bytes(tx).hex()
 
         async def shadow() -> list[dict]:
-            records = await read_topic(loop.bootstrap, loop.settings.kafka.findings_topic)
+            records = await read_records(loop.bootstrap, loop.settings.kafka.findings_topic)
             found = [msgspec.json.decode(m.value) for m in records]
             return [f for f in found if f["kind"] == "shadow_spend" and f["agent"] == stolen.address]
 
         found: list[dict] = []
-        for _ in range(30):
+        for _ in range(60):  # the shadow grace period runs first (event time follows the wall clock)
             found = await shadow()
             if found:
                 break
+            await asyncio.sleep(0.5)
         assert found, "no shadow_spend finding for the agent whose key paid on-chain"
         f = found[0]
         assert f["tx"] == tx.lower() and f["merchant"] == thief and f["transferredAmount"] == str(3 * U)
