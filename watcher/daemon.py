@@ -280,6 +280,10 @@ class Daemon:
 
     async def _send(self, records: list["Outgoing"]) -> None:
         """Hand records to the producer without waiting; `_flush` waits for (and retries) them."""
+        self._inflight += await self._submit(records)
+
+    async def _submit(self, records: list["Outgoing"]) -> list[tuple["Outgoing", asyncio.Future]]:
+        out = []
         for rec in records:
             topic, key, value, headers = rec
             try:
@@ -287,7 +291,8 @@ class Daemon:
             except Exception as exc:  # e.g. metadata for a new topic not available yet: retried by _flush
                 fut = asyncio.get_running_loop().create_future()
                 fut.set_exception(exc)
-            self._inflight.append((rec, fut))
+            out.append((rec, fut))
+        return out
 
     async def _flush(self) -> None:
         """Wait for the broker's acknowledgement of every record sent, retrying failures with a back-off
@@ -308,9 +313,7 @@ class Daemon:
             log.warning("publishing %d of %d records failed (%r); retry %d of %d", len(failed), len(todo), first,
                         attempt, self.PUBLISH_RETRIES)
             await asyncio.sleep(min(5.0, 0.05 * 2 ** attempt))
-            self._inflight = []
-            await self._send(failed)
-            todo, self._inflight = self._inflight, []
+            todo = await self._submit(failed)
 
     # -- partitions and checkpoints --------------------------------------------------------------
     def _new_shard(self) -> Shard:

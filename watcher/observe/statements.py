@@ -198,48 +198,21 @@ def latest(records) -> dict[str, Statement]:
 
 async def read_statements(bootstrap: str, topic: str, day: str, *, timeout_s: float = 30.0) -> list[Statement]:
     """Every statement row of `day` (YYYY-MM-DD) in `topic`, latest revision each, sorted."""
-    import asyncio
-    import time
+    from watcher.sources.kafka import read_to_end
 
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest", client_id="spendwatch-statement")
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        rows: list[Statement] = []
-        deadline = time.monotonic() + timeout_s
-        done: set = set()
-        while len(done) < len(tps) and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    try:
-                        s = decode_statement(m.value)
-                    except msgspec.DecodeError:
-                        log.warning("skipping a malformed record at %s[%d]@%d", tp.topic, tp.partition, m.offset)
-                        continue
-                    if s.day == day:
-                        rows.append(s)
-            for tp in tps:
-                hw = consumer.highwater(tp)
-                if hw is not None and await consumer.position(tp) >= hw:
-                    done.add(tp)
-            await asyncio.sleep(0)
-        if len(done) < len(tps):
-            log.warning("read %d of %d partitions to their end within %.0f s", len(done), len(tps), timeout_s)
-        return sorted(latest(rows).values(), key=lambda s: (s.agent, s.merchant, s.category))
-    finally:
-        await consumer.stop()
+    records, complete = await read_to_end(bootstrap, topic, timeout_s=timeout_s, client_id="spendwatch-statement")
+    rows: list[Statement] = []
+    for m in records:
+        try:
+            s = decode_statement(m.value)
+        except msgspec.DecodeError:
+            log.warning("skipping a malformed record at %s[%d]@%d", m.topic, m.partition, m.offset)
+            continue
+        if s.day == day:
+            rows.append(s)
+    if not complete:
+        log.warning("%s was not read to the end of every partition within %.0f s", topic, timeout_s)
+    return sorted(latest(rows).values(), key=lambda s: (s.agent, s.merchant, s.category))
 
 
 async def ensure_statement_topic(kafka, settings: StatementSettings) -> None:

@@ -78,7 +78,7 @@ class Join:
         `categorize(merchant, resource)` is asked only when the payment has no category yet."""
         key = obs.tx  # EIP-155 signatures bind a tx to one chain: its hash alone is unique
         payments = self.payments
-        p = payments.current.get(key) or payments.get(key)
+        p = payments.get(key)
         if p is None:
             category = categorize(obs.merchant, obs.resource)
             p = Payment(obs.agent, obs.merchant, obs.ts_ms, obs.chain_id, key, category)

@@ -135,9 +135,8 @@ class Windows:
         """(sums, counts), each shaped (len(rows), n_windows), at `now_ms` (default: the watermark)."""
         now = self.watermark_ms if now_ms is None else int(now_ms)
         size = len(self.keys)
-        all_sums, all_counts = ((self.sums[:size], self.counts[:size]) if rows is None else
-                                (self.sums[np.asarray(rows, dtype=np.int64)],
-                                 self.counts[np.asarray(rows, dtype=np.int64)]))
+        sel = slice(0, size) if rows is None else np.asarray(rows, dtype=np.int64)
+        all_sums, all_counts = self.sums[sel], self.counts[sel]
         n = len(all_sums)
         sums = np.zeros((n, len(self.specs)), dtype=np.int64)
         counts = np.zeros((n, len(self.specs)), dtype=np.int64)

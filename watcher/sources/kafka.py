@@ -95,3 +95,40 @@ async def committed_input_offsets(k: KafkaSettings) -> int:
         return sum(max(0, o.offset) for o in offs.values())
     finally:
         await admin.close()
+
+
+async def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
+                      client_id: str = "spendwatch-reader") -> tuple[list, bool]:
+    """Every record of every partition of `topic`, from the beginning up to the high-water marks seen while
+    reading (Tansu does not answer end_offsets reliably), and whether every partition got there within
+    `timeout_s`. No consumer group: nothing is committed."""
+    import time
+
+    from aiokafka import TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", client_id=client_id)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return [], True
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for msgs in (await consumer.getmany(timeout_ms=200, max_records=10_000)).values():
+                out += msgs
+            behind = [tp for tp in tps
+                      if consumer.highwater(tp) is None or await consumer.position(tp) < consumer.highwater(tp)]
+            if not behind:
+                return out, True
+            if time.monotonic() > deadline:
+                return out, False
+    finally:
+        await consumer.stop()
