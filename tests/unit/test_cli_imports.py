@@ -4,7 +4,7 @@ those are imported when a command runs. Checked by module, not by timing (the ma
 import subprocess
 import sys
 
-HEAVY = ("river", "numpy", "web3", "watcher.stages", "watcher.config", "watcher.daemon")
+HEAVY = ("river", "numpy", "web3", "aiohttp", "x402", "watcher.stages", "watcher.config", "watcher.daemon")
 
 
 def test_building_the_parser_loads_no_heavy_module():
@@ -20,3 +20,10 @@ def test_lazy_package_names_still_resolve():
     from watcher.detect.detector import Detector as D
 
     assert Detector is D and Policy.default() is not None and callable(encode_decision)
+
+
+def test_breaker_names_still_resolve():
+    from watcher.breaker import BreakerStage, load_breaker_config, sign
+    from watcher.breaker.stage import BreakerStage as S
+
+    assert BreakerStage is S and callable(load_breaker_config) and callable(sign)

@@ -9,20 +9,19 @@ the admin API.
     notify.py   Slack and PagerDuty
     admin.py    the admin HTTP API; openapi.py its document; client.py + cli.py `spendwatch breaker`
     service.py  the daemon service that wires them
+
+The names below are imported on first use (PEP 562): commands that only read the configuration, such as
+`spendwatch replay`, do not load aiohttp and the outbox.
 """
 
-from watcher.breaker.config import AdminSettings, BreakerConfig, BreakerSettings, WebhookSettings, load_breaker_config
-from watcher.breaker.signing import SignatureError, sign, verify
-from watcher.breaker.state import Breaker, Breakers, Effect, Timing
-from watcher.breaker.stage import BreakerStage, NotOwnedError
+from __future__ import annotations
 
-__all__ = ["AdminSettings", "BreakerConfig", "BreakerSettings", "WebhookSettings", "load_breaker_config",
-           "SignatureError", "sign", "verify", "Breaker", "Breakers", "Effect", "Timing", "BreakerStage",
-           "NotOwnedError", "breaker_services"]
+from watcher.lazy import lazy_names
 
+_WHERE = {"AdminSettings": "config", "BreakerConfig": "config", "BreakerSettings": "config",
+          "WebhookSettings": "config", "load_breaker_config": "config", "SignatureError": "signing",
+          "sign": "signing", "verify": "signing", "Breaker": "state", "Breakers": "state", "Effect": "state",
+          "Timing": "state", "BreakerStage": "stage", "NotOwnedError": "stage", "breaker_services": "service"}
 
-def __getattr__(name):
-    if name == "breaker_services":
-        from watcher.breaker.service import breaker_services
-        return breaker_services
-    raise AttributeError(name)
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_names(__name__, _WHERE)

@@ -5,16 +5,11 @@ The names below are imported on first use (PEP 562), so `spendwatch --help` does
 
 from __future__ import annotations
 
-import importlib
+from watcher.lazy import lazy_names
 
 _WHERE = {"Decision": "decision", "decode_decision": "decision", "encode_decision": "decision",
           "encode_decisions": "decision", "Detector": "detector", "Policy": "policy", "PolicyWatcher": "policy",
           "RateCard": "ratecard"}
 
 __all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'watcher.detect' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"watcher.detect.{_WHERE[name]}"), name)
+__getattr__ = lazy_names(__name__, _WHERE)

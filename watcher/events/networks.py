@@ -1,15 +1,21 @@
 """Known payment networks: x402 v1 names and CAIP-2 ids, both mapped to an EVM chain id.
 
-The v1 name table is the x402 SDK's own, so the two stay in step.
+The v1 name table is a copy of the x402 SDK's `x402.mechanisms.evm.v1.constants.V1_NETWORK_CHAIN_IDS`:
+importing it pulls in the SDK's signers and web3 (~1 s at every start). tests/unit/test_networks.py keeps
+the copy equal to the pinned SDK's table.
 """
 
 from __future__ import annotations
 
-from x402.mechanisms.evm.v1.constants import V1_NETWORK_CHAIN_IDS
-
 from watcher.errors import EventError
 
-V1_NAMES: dict[str, int] = dict(V1_NETWORK_CHAIN_IDS)
+V1_NAMES: dict[str, int] = {
+    "base": 8453, "base-sepolia": 84532, "ethereum": 1, "polygon": 137, "polygon-amoy": 80002,
+    "avalanche": 43114, "avalanche-fuji": 43113, "abstract": 2741, "abstract-testnet": 11124, "iotex": 4689,
+    "sei": 1329, "sei-testnet": 1328, "peaq": 3338, "story": 1513, "educhain": 656476,
+    "skale-base-sepolia": 1444673419, "megaeth": 4326, "monad": 143, "monad-testnet": 10143, "stable": 988,
+    "stable-testnet": 2201, "celo": 42220, "flare": 14,
+}
 CHAIN_NAMES: dict[int, str] = {cid: name for name, cid in V1_NAMES.items()}
 KNOWN_CHAIN_IDS: frozenset[int] = frozenset(V1_NAMES.values()) | {31337}
 
