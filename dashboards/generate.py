@@ -166,6 +166,14 @@ def health() -> Dashboard:
                        w=8, desc="dropped and unrecordable records are payments the watcher never sees"))
         .with_panel(ts("Tap records waiting for Kafka", "short",
                        q("max by (instance) (spendwatch_tap_buffer_records)", "{{instance}}"), w=8))
+        .with_panel(ts("Tap answers / s by call and status", "reqps",
+                       q("sum by (call, status) (rate(spendwatch_tap_requests_total[$__rate_interval]))",
+                         "{{call}} {{status}}"),
+                       desc="5xx over 5% of a call's answers for 5 minutes: TapUpstreamErrors"))
+        .with_panel(ts("Tap upstream latency p99 by call", "s",
+                       q("histogram_quantile(0.99, sum by (call, le) "
+                         "(rate(spendwatch_tap_upstream_seconds_bucket[$__rate_interval])))", "{{call}}"),
+                       desc="over 10 s for 10 minutes: TapUpstreamSlow"))
         .with_row(Row("Metrics"))
         .with_panel(ts("Per-agent series refresh (s)", "s", q("max(spendwatch_metrics_refresh_seconds)", "refresh")))
         .with_panel(ts("Agents with series", "short", q("sum(spendwatch_agents_ranked)", "agents")))

@@ -4,6 +4,8 @@ Kafka-protocol broker, scraped over HTTP; then the families with plain values.""
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import shutil
 import signal
 import socket
@@ -15,10 +17,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from watcher.chain.config import ChainSettings
+from watcher.chain.config import ChainSettings, load_settings
 from watcher.chain.devnet import free_port
 from watcher.chain.errors import NodeError, PublishError
-from watcher.chain.metrics import FAMILIES, ChainMetrics
+from watcher.chain.metrics import FAMILIES, ChainMetrics, serve_chain_metrics
 from watcher.errors import ConfigError
 
 
@@ -136,6 +138,38 @@ async def test_a_taken_port_stops_the_bridge_before_it_connects(tmp_path):
     assert f"cannot serve /metrics on 127.0.0.1:{port}" in str(err.value) and err.value.key == "chain.metrics_port"
 
 
+def _served_ports(caplog) -> list[int]:
+    return [int(p) for p in re.findall(r"serving /metrics on http://127\.0\.0\.1:(\d+)/metrics", caplog.text)]
+
+
+async def test_port_0_serves_on_a_free_port_and_logs_it(caplog):
+    caplog.set_level(logging.INFO)
+    m = ChainMetrics(CollectorRegistry(), 8453)
+    async with serve_chain_metrics(m, "127.0.0.1", 0) as server:
+        assert server.port != 0
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            r = await client.get(f"http://127.0.0.1:{server.port}/metrics")
+        assert r.status_code == 200 and "spendwatch_chain_info" in r.text
+    assert _served_ports(caplog) == [server.port]
+
+
+@pytest.mark.parametrize("port", [0, "off"])
+async def test_the_bridge_serves_metrics_on_port_0_and_none_when_off(port, tmp_path, caplog):
+    from watcher.chain.cli import run_bridge
+
+    caplog.set_level(logging.INFO)
+    # no Kafka at 127.0.0.1:9: the bridge stops there, after /metrics was (or was not) served
+    settings = ChainSettings(ws_url="ws://127.0.0.1:9", kafka_bootstrap="127.0.0.1:9", watch_all=True,
+                             checkpoint_path=tmp_path / "cp.json", metrics_port=port)
+    with pytest.raises(PublishError):
+        await asyncio.wait_for(run_bridge(settings), 30)
+    served = _served_ports(caplog)
+    if port == "off":
+        assert served == [] and "no /metrics (chain.metrics_port is off)" in caplog.text
+    else:
+        assert len(served) == 1 and served[0] not in (0, 9465), caplog.text
+
+
 # -- plain values ---------------------------------------------------------------------------------
 
 def _settings(**kw) -> ChainSettings:
@@ -144,10 +178,33 @@ def _settings(**kw) -> ChainSettings:
 
 def test_metrics_port_setting():
     assert _settings().metrics_port == 9465 and _settings().metrics_host == "127.0.0.1"
-    assert _settings(metrics_port="off").metrics_port == 0
+    for off in ("off", " OFF ", "none", "", False):
+        assert _settings(metrics_port=off).metrics_port == "off", off
+    for free in (0, "0"):                                   # 0 is a port (a free one), as for the watcher
+        assert _settings(metrics_port=free).metrics_port == 0, free
     assert _settings(metrics_port="9500").metrics_port == 9500
-    with pytest.raises(ValueError):
-        _settings(metrics_port=70_000)
+    for bad in (70_000, -1, "abc", True, 9465.5):
+        with pytest.raises(ValueError, match="is not a port"):
+            _settings(metrics_port=bad)
+
+
+def test_metrics_port_from_environment_and_file(monkeypatch, tmp_path):
+    from tests.chain.conftest import write_chain_config
+
+    monkeypatch.setenv("SPENDWATCH_CHAIN__WS_URL", "ws://127.0.0.1:8545")
+    monkeypatch.setenv("SPENDWATCH_CHAIN__WATCH_ALL", "true")
+    for env, want in (("off", "off"), ("0", 0), ("9500", 9500)):
+        monkeypatch.setenv("SPENDWATCH_CHAIN__METRICS_PORT", env)
+        assert load_settings(None).metrics_port == want, env
+    monkeypatch.setenv("SPENDWATCH_CHAIN__METRICS_PORT", "70000")
+    with pytest.raises(ConfigError) as err:
+        load_settings(None)
+    assert err.value.key == "chain.metrics_port"
+    monkeypatch.delenv("SPENDWATCH_CHAIN__METRICS_PORT")
+    # what the CLI tests hand the process: "off" and 0 survive the [chain] table round trip
+    for port in ("off", 0):
+        path = write_chain_config(tmp_path / f"chain-{port}.toml", _settings(metrics_port=port))
+        assert load_settings(path).metrics_port == port
 
 
 def test_lag_head_time_and_errors():

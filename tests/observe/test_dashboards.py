@@ -53,7 +53,8 @@ def test_dashboards_cover_what_the_issue_asks():
     for family in ("spendwatch_spend_usdc_total", "spendwatch_consumer_lag_records", "spendwatch_event_latency_seconds",
                    "spendwatch_dead_letters_total", "spendwatch_webhooks_total", "spendwatch_chain_head_lag_blocks",
                    "spendwatch_chain_reorgs_total", "spendwatch_decisions_total", "spendwatch_breakers",
-                   "spendwatch_anomaly_score", "spendwatch_tap_breaker_view_stale", "spendwatch_tap_records_total"):
+                   "spendwatch_anomaly_score", "spendwatch_tap_breaker_view_stale", "spendwatch_tap_records_total",
+                   "spendwatch_tap_requests_total", "spendwatch_tap_upstream_seconds"):
         assert any(family in e for e in exprs), family
     # every panel targets the provisioned datasource
     for d in docs.values():

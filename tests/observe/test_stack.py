@@ -47,6 +47,8 @@ def tap_target():
     """A facilitator tap is a process of its own (job "spendwatch-tap"): its families, as a tap reports them."""
     tap = TapMetrics(CollectorRegistry())
     tap.records.labels("x402.settle", "published").inc(3)
+    tap.requests.labels("settle", "200").inc(3)
+    tap.upstream.labels("settle").observe(0.8)
     tap.view_stale.set(0)
     tap.buffer.set(0)
     with serve_registry(tap.registry) as target:

@@ -26,7 +26,8 @@ only http_url it polls. On start it resumes from its checkpoint file (no gap, no
 ids are chain id + tx hash + log index).
 
 Prometheus metrics (head, lag, records by status, reorgs, errors) are served at
-http://METRICS_HOST:METRICS_PORT/metrics (default 127.0.0.1:9465; metrics_port = "off" serves none).
+http://METRICS_HOST:METRICS_PORT/metrics (default 127.0.0.1:9465; metrics_port = 0 takes a free port and
+logs it, "off" serves none).
 
 Configuration: the [chain] table of --config FILE; SPENDWATCH_CHAIN__<KEY> environment variables override
 it (lists as JSON, e.g. SPENDWATCH_CHAIN__WATCHED_WALLETS='["0x.."]'); options below override both.
@@ -55,7 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (chain.kafka_bootstrap)")
     p.add_argument("--topic", help="Kafka topic (chain.topic, default x402.chain)")
     p.add_argument("--metrics-port", metavar="PORT", help="port of /metrics (chain.metrics_port, default "
-                   "9465; 0 or off: none)")
+                   "9465; 0: a free port, logged; off: none)")
     p.add_argument("--check", action="store_true", help="validate the configuration, print it, and exit")
     p.set_defaults(func=cmd_chain)
 
@@ -80,7 +81,8 @@ async def run_bridge(settings: ChainSettings) -> dict:
     loop = asyncio.get_running_loop()
     metrics = ChainMetrics(CollectorRegistry(), settings.chain_id, settings.token)
     async with contextlib.AsyncExitStack() as stack:
-        if settings.metrics_port:     # first: a taken port fails before anything connects
+        if settings.metrics_port != "off":  # first: a taken port fails before anything connects
+            # logs the address it bound ("serving /metrics on http://..."): with port 0, the one the OS chose
             await stack.enter_async_context(serve_chain_metrics(metrics, settings.metrics_host,
                                                                 settings.metrics_port))
         else:

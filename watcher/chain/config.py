@@ -11,7 +11,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from eth_utils import is_address, is_checksum_address, to_checksum_address
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -27,6 +27,9 @@ BASE_CHAIN_ID = 8453
 # to the point where PoS reorgs stop being seen). Local dev chains: 2.
 DEFAULT_CONFIRMATIONS: dict[int, int] = {1: 12, 8453: 10, 84532: 5, 10: 10, 42161: 10, 137: 64, 31337: 2}
 FALLBACK_CONFIRMATIONS = 12
+
+# metrics_port values that serve no /metrics (0 is a port: a free one the OS picks, as for the watcher)
+METRICS_OFF = ("off", "false", "no", "none", "")
 
 
 def _address(value: str, key: str) -> str:
@@ -77,8 +80,8 @@ class ChainSettings(BaseSettings):
     request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one RPC call.")
     metrics_host: str = Field("127.0.0.1", min_length=1, description="Bind address of /metrics (0.0.0.0 in "
                               "a container).")
-    metrics_port: int = Field(9465, ge=0, le=65535, description="Port of /metrics (Prometheus job \"chain\"); "
-                              "0 or \"off\" serves no metrics.")
+    metrics_port: int | Literal["off"] = Field(9465, description="Port of /metrics (Prometheus job \"chain\"); "
+                                               "0: a free port (logged); \"off\": no metrics.")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -98,9 +101,14 @@ class ChainSettings(BaseSettings):
 
     @field_validator("metrics_port", mode="before")
     @classmethod
-    def _metrics_off(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().lower() in ("off", "false", "no", "none", ""):
-            return 0
+    def _metrics_port(cls, v: Any) -> Any:
+        if v is False or (isinstance(v, str) and v.strip().lower() in METRICS_OFF):
+            return "off"
+        if isinstance(v, str) and v.strip().isdecimal():
+            v = int(v.strip())
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
+            raise ValueError(f"metrics_port={v!r} is not a port: give 1-65535, 0 for a free port (logged), "
+                             "or \"off\" to serve no /metrics")
         return v
 
     @field_validator("ws_url")

@@ -119,7 +119,8 @@ class ChainMetrics:
 
 @contextlib.asynccontextmanager
 async def serve_chain_metrics(metrics: ChainMetrics, host: str, port: int) -> AsyncIterator[object]:
-    """/metrics and /healthz on host:port, through the watcher's server; a taken port is a ConfigError."""
+    """/metrics and /healthz on host:port, through the watcher's server; a taken port is a ConfigError.
+    Port 0 takes a free one the OS picks; the server logs the address it bound and holds it in `.port`."""
     from watcher.observe.server import serve_metrics
 
     async with contextlib.AsyncExitStack() as stack:
@@ -127,8 +128,9 @@ async def serve_chain_metrics(metrics: ChainMetrics, host: str, port: int) -> As
             server = await stack.enter_async_context(serve_metrics(metrics, host, port))
         except OSError as exc:
             raise ConfigError(f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}",
-                              key="chain.metrics_port", fix="choose a free port (SPENDWATCH_CHAIN__METRICS_PORT), "
-                              "\"off\" to serve no metrics, or stop what holds the port") from exc
+                              key="chain.metrics_port", fix="choose a free port, or 0 for one the OS picks "
+                              "(SPENDWATCH_CHAIN__METRICS_PORT), \"off\" to serve no metrics, or stop what "
+                              "holds the port") from exc
         yield server
 
 
