@@ -43,3 +43,27 @@ def test_eval_meets_the_targets(capsys):
     assert rows["normal_fleet"]["false_freezes"] == 0
     assert rows["normal_fleet"]["false_warnings_per_1000_agent_hours"] <= 1.0
     assert all(result["targets_met"].values()), result["targets_met"]
+
+
+def test_eval_over_seeds_reports_the_worst_and_the_seeds_that_missed():
+    from watcher.detect.cli import _seed_range, format_seeds
+    from watcher.detect.eval.score import run_eval, run_evals
+
+    assert _seed_range("3-5") == [3, 4, 5] and _seed_range("7") == [7]
+    small = {"n_normal": 20, "hours": 8.0, "n_each": 4}
+    multi = run_evals([4, 5], **small)
+    singles = [run_eval(s, **small) for s in (4, 5)]
+    assert [r["seed"] for r in multi["runs"]] == [4, 5]
+    for name in ("normal_fleet", "runaway_loop", "slow_drain"):
+        rows = [next(x for x in r["scenarios"] if x["name"] == name) for r in singles]
+        w = multi["worst"][name]
+        assert w["false_warnings_per_1000_agent_hours_max"] == max(x["false_warnings_per_1000_agent_hours"]
+                                                                    for x in rows)
+        assert w["false_freezes_max"] == max(x["false_freezes"] for x in rows)
+        recalls = [x["recall"] for x in rows if x["recall"] is not None]
+        assert w["recall_min"] == (min(recalls) if recalls else None)
+    for target, seeds in multi["missed"].items():
+        assert seeds == [r["seed"] for r in singles if not r["targets_met"][target]]
+    assert multi["all_targets_met"] == all(all(r["targets_met"].values()) for r in singles)
+    text = format_seeds(multi)
+    assert text.count("\nseed ") + text.startswith("seed ") == 2 and "worst over seeds 4-5" in text

@@ -137,3 +137,36 @@ def test_same_events_same_ids(harness):
         return [d.id for d in h.decisions]
     a, b = run(), run()
     assert a == b and len(a) == 1 and a[0].startswith("d-")
+
+
+def test_fleet_model_warns_only_with_the_spend_rate_floor(harness):
+    """A fleet-model flag, even corroborated by the spend-rate z, is said only when the agent spent at least
+    min_spend_usdc in ~30 min: no person is asked about cents. The model is forced to flag every agent it
+    scores and the z-score to be high, so only the spend floor decides."""
+    text = ("[defaults.anomaly]\nwarmup_payments = 1\nwarmup_seconds = 0\nspend_rate_ratio = 1000\n"
+            "payment_size_z = 1000\nmin_spend_usdc = 1\nfleet_corroborate_z = 3\n")
+    small, big = "0x" + "33" * 20, "0x" + "44" * 20
+
+    def forced(h):
+        real_features, real_score = h.detector.base.features, h.detector.fleet.score
+        h.detector.fleet.scored = 10**6  # past the model's own warm-up
+
+        def features(rows, now):
+            feats, z, spent = real_features(rows, now)
+            return feats, z * 0 + 5.0, spent
+
+        def score(rows, feats, now):
+            scores, _ = real_score(rows, feats, now)
+            return scores, scores == scores
+
+        h.detector.base.features, h.detector.fleet.score = features, score
+        return h
+
+    h = forced(harness(text))
+    cheap = [h.settle(T0 + i * 1000, 100_000, agent=small) for i in range(9)]         # 0.9 USDC
+    assert [d.rule for d in h.feed(cheap)] == []
+    h = forced(harness(text))
+    dear = [h.settle(T0 + i * 1000, 200_000, agent=big) for i in range(9)]           # 1.8 USDC
+    ds = h.feed(dear)
+    assert [(d.kind, d.rule, d.unit) for d in ds] == [("warn", "fleet.hst", "score")]
+    assert "USDC in ~30 min" in ds[0].reason

@@ -293,9 +293,9 @@ class Baselines:
         out.size_flag[sel] = size_flag
 
     # -- features for the fleet model ---------------------------------------------------------
-    def features(self, rows: np.ndarray, now_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    def features(self, rows: np.ndarray, now_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Normalised per-agent features in [0, 1] (rate z, gap z, log rate ratio, gap spread, novelty),
-        and the raw spend-rate z-scores."""
+        the raw spend-rate z-scores, and the spend of the last ~30 min (base units, decayed)."""
         S = self.state[rows]
         dt_s = np.maximum(now_ms - S[:, LAST], 0) / 1000.0
         sm = S[:, SM] * np.exp(-dt_s / TAU_M_S)
@@ -308,7 +308,7 @@ class Baselines:
         z_gap = (S[:, GAP_M] - np.log(np.maximum(dt_s, MIN_GAP_S))) / np.sqrt(S[:, GAP_V] + VAR_FLOOR_GAP)
         feats = np.stack([z_rate / 8.0, z_gap / 8.0, lr / 8.0, np.sqrt(S[:, GAP_V]) / 4.0,
                           S[:, NOV] * 2 - 1], axis=1)
-        return 0.5 + 0.5 * np.tanh(feats), z_rate
+        return 0.5 + 0.5 * np.tanh(feats), z_rate, sm
 
     # -- checkpoint ---------------------------------------------------------------------------
     def snapshot(self, size: int) -> dict:

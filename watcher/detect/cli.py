@@ -30,12 +30,28 @@ def register(subparsers) -> None:
         description="Generate a seeded 24 h world (a normal fleet plus runaway loops, slow drains, "
                     "compromised keys, price drift, category budget breaches and new-merchant bursts), "
                     "replay it through the detector and score the decisions against the ground truth.")
-    ev.add_argument("--seed", type=int, default=1, help="scenario seed (default 1)")
+    which = ev.add_mutually_exclusive_group()
+    which.add_argument("--seed", type=int, default=1, help="scenario seed (default 1)")
+    which.add_argument("--seeds", type=_seed_range, metavar="FIRST-LAST",
+                       help="score every seed in the range (about 30 s each) and report, per target, the "
+                            "seeds that missed it and the worst value; with --json one object with `runs`, "
+                            "`worst`, `missed` and `all_targets_met`")
     ev.add_argument("--policy", metavar="FILE.toml",
                     help="policy limits to evaluate instead of the built-in eval policy (the scenario's "
                          "rate card is appended)")
     ev.add_argument("--json", action="store_true", help="print one JSON object with a `scenarios` list")
     ev.set_defaults(func=cmd_eval)
+
+
+def _seed_range(text: str) -> list[int]:
+    first, sep, last = text.partition("-")
+    try:
+        seeds = list(range(int(first), int(last if sep else first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIRST-LAST, e.g. 1-10") from None
+    if not seeds or len(seeds) > 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} must name 1 to 1000 seeds, FIRST <= LAST")
+    return seeds
 
 
 def _policy(path: str | None):
@@ -78,14 +94,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             _policy(args.policy)
             with open(args.policy, encoding="utf-8") as f:
                 text = f.read()
-        result = run_eval(args.seed, text)
+        if args.seeds:
+            from watcher.detect.eval.score import run_evals
+
+            result = run_evals(args.seeds, text)
+        else:
+            result = run_eval(args.seed, text)
     except ConfigError as exc:
         print(f"spendwatch eval: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result))
     else:
-        print(format_table(result))
+        print(format_seeds(result) if args.seeds else format_table(result))
     return 0
 
 
@@ -110,6 +131,28 @@ def format_table(result: dict) -> str:
     lines.append("")
     lines.append(f"seed {result.get('seed')}, {result.get('events')} events, decisions {result.get('decisions')}")
     lines.append("targets: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in met.items()))
+    return "\n".join(lines)
+
+
+def format_seeds(result: dict) -> str:
+    """One line per seed, then per scenario its worst value over the seeds, then the missed targets."""
+    lines = []
+    for r in result["runs"]:
+        rows = {x["name"]: x for x in r["scenarios"]}
+        missed = [k for k, ok in r["targets_met"].items() if not ok]
+        lines.append(f"seed {r['seed']}: false freezes {rows['normal_fleet']['false_freezes']}, false warnings "
+                     f"{rows['normal_fleet']['false_warnings_per_1000_agent_hours']:.3f}/1000 agent-h, recall "
+                     + " ".join(f"{k} {_f(x['recall'])}" for k, x in rows.items() if x["recall"] is not None)
+                     + ("; MISSED " + ", ".join(missed) if missed else "; all targets met"))
+    lines.append("")
+    lines.append(f"worst over seeds {result['seeds'][0]}-{result['seeds'][-1]}:")
+    for name, w in result["worst"].items():
+        lines.append(f"  {name}: recall {_f(w['recall_min'])}, delay {_f(w['detection_delay_s_max'], '{:.1f}')} s, "
+                     f"false freezes {w['false_freezes_max']}, false warnings "
+                     f"{w['false_warnings_per_1000_agent_hours_max']:.3f}/1000 agent-h")
+    missed = {k: v for k, v in result["missed"].items() if v}
+    lines.append("targets: " + ("all met in every seed" if not missed else
+                                "; ".join(f"{k} MISSED in seeds {v}" for k, v in missed.items())))
     return "\n".join(lines)
 
 

@@ -282,7 +282,7 @@ class Detector(Verdicts):
         due = self.fleet.due(warm_rows, now)
         if not len(due):
             return
-        feats, z_rate = self.base.features(due, now)
+        feats, z_rate, spent = self.base.features(due, now)
         scores, flags = self.fleet.score(due, feats, now)
         if not flags.any():
             return
@@ -290,15 +290,16 @@ class Detector(Verdicts):
         thr = self.fleet.threshold()
         for k in np.nonzero(flags)[0].tolist():
             row = int(due[k])
-            need = t.limits[row].anomaly.fleet_corroborate_z
-            if z_rate[k] < need:
+            # corroborated by the agent's own spend rate, and worth a person's time (the spend-rate rule's floor)
+            if z_rate[k] < t.limits[row].anomaly.fleet_corroborate_z or spent[k] < p.min_spend[row]:
                 continue
             i = last_pos[row]
             d = deltas[i]
             cands.append(Candidate(i, d.ts_ms, row, "fleet.hst", "model", round(float(scores[k]), 4),
                                    round(thr, 4), "score", "fleet", [d.event_id],
                                    f"fleet model score {scores[k]:.3f} above its {self.fleet.quantile} quantile "
-                                   f"{thr:.3f}, spend-rate z {z_rate[k]:.1f}", None, d.category, f"{d.event_id}|fleet"))
+                                   f"{thr:.3f}, spend-rate z {z_rate[k]:.1f}, {fmt_usdc(int(spent[k]))} USDC in ~30 min",
+                                   None, d.category, f"{d.event_id}|fleet"))
 
     def _signals(self, signals: list[Observation], base_pos: int, cands) -> None:
         reasons = self.policy.defaults.findings.failed_reasons

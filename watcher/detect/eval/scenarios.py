@@ -1,8 +1,9 @@
 """A seeded world: a normal fleet over 24 h plus injected incidents, as topic records with ground truth.
 
 Normal fleet: agents paying 2-6 rate-carded merchants, Poisson per minute with a daily cycle (each agent
-its own phase and amplitude); a third are bursty (sessions of 5-15x their rate for 2-10 min); a few
-payments are refused for insufficient funds. Every facilitator payment is a settle record followed 1.5 s
+its own phase and amplitude); a third are bursty (sessions of 5-15x their rate for 2-10 min), a minute's
+expected spend staying under 40% of the per-minute cap as a healthy agent's does; a few payments are refused
+for insufficient funds. Every facilitator payment is a settle record followed 1.5 s
 later by its confirmed on-chain transfer.
 
 Incidents (each in its own agent, after at least 4 h of normal history):
@@ -29,6 +30,7 @@ T0_MS = 1_795_305_600_000          # 2026-11-22T00:00:00Z
 HOUR = 3_600_000
 MIN = 60_000
 CAP_1M_USDC = 2.0
+PEAK_SHARE = 0.4                   # a normal agent's busiest minute, as a share of the per-minute cap
 
 BASE_POLICY = """\
 version = "eval"
@@ -162,6 +164,10 @@ class _Builder:
         mine = rng.choice(len(pool), size=min(k, len(pool)), replace=False)
         w = 1.0 / np.arange(1, len(mine) + 1)
         w /= w.sum()
+        # a healthy agent's peaks stay well under its per-minute cap (operators set caps above them): a
+        # minute's expected spend is at most PEAK_SHARE of the cap, even at its dearest merchant
+        top = max(pool[j].price for j in mine)
+        rate = np.minimum(rate, PEAK_SHARE * CAP_1M_USDC * 1e6 / top)
         counts = rng.poisson(rate)
         n = int(counts.sum())
         ts = start + (np.repeat(np.arange(minutes), counts) * MIN + rng.integers(0, MIN, n))

@@ -133,6 +133,25 @@ def run_eval(seed: int = 1, policy_text: str | None = None, **world_kw) -> dict:
     return out
 
 
+def run_evals(seeds: list[int], policy_text: str | None = None, **world_kw) -> dict:
+    """`run_eval` for each seed, and per target the seeds that missed it (a target met in one seed only
+    is luck, not a property of the detector)."""
+    runs = [run_eval(seed, policy_text, **world_kw) for seed in seeds]
+    missed = {k: [r["seed"] for r in runs if not r["targets_met"][k]] for k in runs[0]["targets_met"]}
+    worst = {}
+    for name in SCENARIOS:
+        rows = [next(x for x in r["scenarios"] if x["name"] == name) for r in runs]
+        worst[name] = {
+            "recall_min": min((x["recall"] for x in rows if x["recall"] is not None), default=None),
+            "detection_delay_s_max": max((x["detection_delay_s"] for x in rows
+                                          if x["detection_delay_s"] is not None), default=None),
+            "false_freezes_max": max(x["false_freezes"] for x in rows),
+            "false_warnings_per_1000_agent_hours_max": max(x["false_warnings_per_1000_agent_hours"]
+                                                           for x in rows)}
+    return {"seeds": seeds, "runs": runs, "worst": worst, "missed": missed,
+            "all_targets_met": not any(missed.values())}
+
+
 def _cards(world: World) -> str:
     return "".join(f'\n[[rate_card]]\nmerchant = "{m.address}"\ncategory = "{m.category}"\n'
                    f'price_usdc = {m.price / 1e6:.6f}\nversion = "2026-11"\ntolerance_pct = 5\n' for m in world.merchants)
