@@ -152,3 +152,11 @@ def test_config_file_errors_name_file_key_and_fix(tmp_path, monkeypatch):
     assert load_settings(cfg).required_confirmations == 4
     with pytest.raises(ConfigError, match="ws_url"):
         settings_from_mapping({"ws_url": "http://x", "watch_all": True})
+
+
+@pytest.mark.parametrize("extra", [(), ("0x70997970C51812dc3A010C7d01b50e0d17dc79C8",)])
+def test_environment_list_that_is_not_json_names_the_variable(monkeypatch, extra):
+    monkeypatch.setenv("SPENDWATCH_CHAIN__WATCHED_WALLETS", "0x70997970C51812dc3A010C7d01b50e0d17dc79C8")
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, ws_url="ws://127.0.0.1:8545", extra_wallets=list(extra))
+    assert err.value.key == "chain.watched_wallets" and "SPENDWATCH_CHAIN__WATCHED_WALLETS" in err.value.fix

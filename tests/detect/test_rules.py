@@ -170,3 +170,16 @@ def test_fleet_model_warns_only_with_the_spend_rate_floor(harness):
     ds = h.feed(dear)
     assert [(d.kind, d.rule, d.unit) for d in ds] == [("warn", "fleet.hst", "score")]
     assert "USDC in ~30 min" in ds[0].reason
+
+
+def test_zero_value_payments_are_scored_not_fatal(harness):
+    """Anyone can send a 0 USDC transfer from a watched wallet (address poisoning), and a 0 settle is valid:
+    the baselines must take them (log of a zero rate ratio once stopped the daemon) and stay finite."""
+    import numpy as np
+
+    h = harness("[defaults.anomaly]\nwarmup_payments = 1\nwarmup_seconds = 0\n")
+    assert h.feed([h.settle(T0, 0)]) == []
+    assert h.feed([h.transfer(T0 + 1000, 0)]) == []
+    h.feed([h.settle(T0 + 2000 + i * 1000, 0) for i in range(40)])   # the vector path, many rows at once
+    h.feed([h.settle(T0 + 60_000, 1_000)])
+    assert np.isfinite(h.detector.base.state[: len(h.detector.index)]).all()

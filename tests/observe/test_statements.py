@@ -118,6 +118,9 @@ async def test_daemon_publishes_statements_that_the_cli_exports(kafka_bootstrap,
     if start + 120_000 > now_ms:
         start = now_ms - 120_000 - 60_000
     records = fleet.events(300, start, rate_per_s=5)
+    from watcher.sources.kafka import ensure_topics
+
+    await ensure_topics(settings.kafka)  # before publishing: the broker would create them with its own count
     await publish_records(settings.kafka, records)
     day = time.strftime("%Y-%m-%d", time.gmtime(start / 1000))
     stage = StatementStage(ss)
@@ -143,3 +146,24 @@ async def test_daemon_publishes_statements_that_the_cli_exports(kafka_bootstrap,
     await asyncio.to_thread(cmd_statement, args)
     parsed = list(csv.DictReader(out.open()))
     assert len(parsed) == len(rows) and sum(int(p["amount"]) for p in parsed) == sum(truth.values())
+
+
+async def test_statement_export_refuses_an_unreachable_or_partial_read(monkeypatch):
+    """An export that could not read the whole topic is an error, not a shorter statement."""
+    import socket
+
+    import watcher.sources.kafka as kafka_io
+    from watcher.errors import BrokerError
+    from watcher.observe.statements import read_statements
+
+    with socket.socket() as s:          # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(BrokerError, match="cannot reach Kafka"):
+        await read_statements(f"127.0.0.1:{port}", "watcher.statements", "2026-11-23", timeout_s=5)
+
+    async def partial(*_args, **_kw):
+        return [], False
+    monkeypatch.setattr(kafka_io, "read_to_end", partial)
+    with pytest.raises(BrokerError, match="not read to the end.*raise --timeout"):
+        await read_statements("127.0.0.1:9092", "watcher.statements", "2026-11-23", timeout_s=5)

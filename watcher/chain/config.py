@@ -16,6 +16,7 @@ from typing import Any, Literal
 from eth_utils import is_address, is_checksum_address, to_checksum_address
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from watcher.errors import ConfigError
 
@@ -182,6 +183,11 @@ def _error_key(err: dict) -> str:
 def settings_from_mapping(data: dict[str, Any], *, source: str = "<settings>") -> ChainSettings:
     try:
         return ChainSettings(**data)
+    except SettingsError as exc:  # an environment value that is not JSON where a list or table is wanted
+        field = exc.args[0].split('"')[1] if exc.args and '"' in exc.args[0] else "chain"
+        raise ConfigError(f"{exc} (not valid JSON)", file="<environment>", key=f"chain.{field}",
+                          fix=f"write SPENDWATCH_CHAIN__{field.upper()} as JSON, e.g. '[\"0x..\"]' for a "
+                          "list") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         msg = first["msg"].removeprefix("Value error, ")
@@ -218,7 +224,12 @@ def load_settings(path: Path | None, **overrides: Any) -> ChainSettings:
     data.update({k: v for k, v in overrides.items() if v is not None})
     if extra:
         env_wallets = os.environ.get("SPENDWATCH_CHAIN__WATCHED_WALLETS")
-        base = list(json.loads(env_wallets)) if env_wallets else list(data.get("watched_wallets", []))
+        try:
+            base = list(json.loads(env_wallets)) if env_wallets else list(data.get("watched_wallets", []))
+        except ValueError:
+            raise ConfigError("not valid JSON", file="<environment>", key="chain.watched_wallets",
+                              fix="write SPENDWATCH_CHAIN__WATCHED_WALLETS as a JSON list, e.g. "
+                              "'[\"0x..\"]'") from None
         data["watched_wallets"] = [*base, *extra]
     settings = settings_from_mapping(data, source=source)
     watched_wallets(settings)  # a broken registry fails now, not after connecting

@@ -9,11 +9,13 @@ if TYPE_CHECKING:
     from watcher.config import Settings
 
 
-def add_kafka_options(p: argparse.ArgumentParser) -> None:
+def add_kafka_options(p: argparse.ArgumentParser, *, embedded: bool = True) -> None:
+    """--config and --bootstrap; `embedded=False` for commands that need a Kafka that keeps its data."""
     p.add_argument("--config", metavar="FILE", help="TOML configuration file (see README, Configuration); "
                    "SPENDWATCH_<SECTION>__<KEY> environment variables override it")
-    p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers; without it (and without "
-                   "kafka.bootstrap) the embedded memory-only Tansu broker is started")
+    p.add_argument("--bootstrap", metavar="HOST:PORT", help=(
+        "Kafka bootstrap servers; without it (and without kafka.bootstrap) the embedded memory-only Tansu "
+        "broker is started" if embedded else "Kafka bootstrap servers (default: kafka.bootstrap); required"))
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -34,6 +34,7 @@ TRAIN_RATIO = 3.0               # a payment at >= 3x the long rate does not trai
 ALPHA = 0.02
 ALPHA_NOV = 0.05
 MIN_GAP_S = 0.05
+RATIO_FLOOR = 1e-9             # a zero-value payment (anyone can send a 0 USDC transfer from a wallet) has ratio 0
 VAR_FLOOR_RATE = 0.25
 VAR_FLOOR_SIZE = 0.0625
 VAR_FLOOR_GAP = 0.25
@@ -185,7 +186,7 @@ class Baselines:
             rate_m = sm / (TAU_M_S * -expm1(-age_s / TAU_M_S))
             rate_l = sl_prev / (TAU_L_S * -expm1(-age_s / TAU_L_S))
             ratio = rate_m / max(rate_l, floor)
-            lr = log(ratio)
+            lr = log(max(ratio, RATIO_FLOOR))
             z_rate = (lr - S[LR_M]) / sqrt(S[LR_V] + VAR_FLOOR_RATE)
             x = log(max(a, 1.0))
             z_size = (x - S[SIZE_M]) / sqrt(S[SIZE_V] + VAR_FLOOR_SIZE)
@@ -244,7 +245,7 @@ class Baselines:
         rate_m = sm / (TAU_M_S * -np.expm1(-age_s / TAU_M_S))
         rate_l = sl_prev / (TAU_L_S * -np.expm1(-age_s / TAU_L_S))
         ratio = rate_m / np.maximum(rate_l, np.maximum(p.min_spend[r], 1.0) / TAU_L_S)
-        lr = np.log(ratio)
+        lr = np.log(np.maximum(ratio, RATIO_FLOOR))
         z_rate = (lr - S[:, LR_M]) / np.sqrt(S[:, LR_V] + VAR_FLOOR_RATE)
         # payment size and inter-arrival
         x = np.log(np.maximum(a, 1.0))

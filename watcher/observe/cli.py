@@ -26,7 +26,7 @@ def register(sub) -> None:
                     "open day are provisional and republished every statements.publish_interval_seconds). "
                     "Needs a real Kafka: the embedded broker keeps nothing between runs.",
         epilog="Example: spendwatch statement --bootstrap localhost:9092 --day 2026-11-23 --format csv > day.csv")
-    add_kafka_options(p)
+    add_kafka_options(p, embedded=False)
     p.add_argument("--day", required=True, metavar="YYYY-MM-DD", help="the UTC day to export")
     p.add_argument("--format", choices=["csv", "json"], default="csv", help="output format (default csv)")
     p.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")

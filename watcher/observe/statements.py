@@ -200,7 +200,19 @@ async def read_statements(bootstrap: str, topic: str, day: str, *, timeout_s: fl
     """Every statement row of `day` (YYYY-MM-DD) in `topic`, latest revision each, sorted."""
     from watcher.sources.kafka import read_to_end
 
-    records, complete = await read_to_end(bootstrap, topic, timeout_s=timeout_s, client_id="spendwatch-statement")
+    from aiokafka.errors import KafkaConnectionError
+
+    from watcher.errors import BrokerError
+
+    try:
+        records, complete = await read_to_end(bootstrap, topic, timeout_s=timeout_s,
+                                              client_id="spendwatch-statement")
+    except KafkaConnectionError as exc:
+        raise BrokerError(f"cannot reach Kafka at {bootstrap!r} ({exc}); check --bootstrap / kafka.bootstrap") \
+            from None
+    if not complete:  # a partial statement would look whole to whoever reads it: refuse
+        raise BrokerError(f"{topic} was not read to the end of every partition within {timeout_s:.0f} s; "
+                          "nothing was exported: raise --timeout or check the brokers")
     rows: list[Statement] = []
     for m in records:
         try:
@@ -210,8 +222,6 @@ async def read_statements(bootstrap: str, topic: str, day: str, *, timeout_s: fl
             continue
         if s.day == day:
             rows.append(s)
-    if not complete:
-        log.warning("%s was not read to the end of every partition within %.0f s", topic, timeout_s)
     return sorted(latest(rows).values(), key=lambda s: (s.agent, s.merchant, s.category))
 
 

@@ -56,7 +56,11 @@ async def ensure_topics(k: KafkaSettings, *, timeout_s: float = 30.0) -> None:
         wanted = {k.payments_topic: k.partitions, k.chain_topic: k.partitions,
                   k.dead_letter_topic: k.partitions, k.findings_topic: k.partitions,
                   k.decisions_topic: k.partitions, k.checkpoint_topic: 1}
-        missing = [NewTopic(t, n, k.replication_factor) for t, n in wanted.items() if t not in existing]
+        # checkpoints are written to be compacted (each generation's chunks, then tombstones for the last):
+        # without compaction a restore reads every checkpoint ever written and soon runs out of time
+        configs = {k.checkpoint_topic: {"cleanup.policy": "compact"}}
+        missing = [NewTopic(t, n, k.replication_factor, topic_configs=configs.get(t, {}))
+                   for t, n in wanted.items() if t not in existing]
         if missing and k.create_topics:
             try:
                 await admin.create_topics(missing)
@@ -71,8 +75,32 @@ async def ensure_topics(k: KafkaSettings, *, timeout_s: float = 30.0) -> None:
         if len(set(counts.values())) > 1:
             raise BrokerError(f"input topics must have the same number of partitions (both are keyed by "
                               f"payer wallet and partition p of each belongs to one shard): {counts}")
+        if counts and set(counts.values()) != {k.partitions}:
+            # admin actions on an agent not seen yet route by murmur2(wallet) % kafka.partitions: a wrong
+            # count would put a hold on another partition's breakers
+            raise BrokerError(f"kafka.partitions is {k.partitions} but the input topics have "
+                              f"{next(iter(counts.values()))} partitions ({counts}); set kafka.partitions "
+                              f"(SPENDWATCH_KAFKA__PARTITIONS) to {next(iter(counts.values()))}")
+        if k.checkpoint_topic in existing:
+            await _warn_unless_compacted(admin, k.checkpoint_topic)
     finally:
         await admin.close()
+
+
+async def _warn_unless_compacted(admin: AIOKafkaAdminClient, topic: str) -> None:
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    try:
+        res = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        entries = {e[0]: e[1] for r in res for e in r.resources[0][4]}
+    except Exception as exc:  # noqa: BLE001 - some brokers (Tansu) do not describe configs: nothing to check
+        log.debug("cannot describe %s's configuration: %r", topic, exc)
+        return
+    policy = entries.get("cleanup.policy")
+    if policy is not None and "compact" not in policy:
+        log.warning("checkpoint topic %s has cleanup.policy=%s, not compact: restores read every checkpoint "
+                    "ever kept and slow down until they time out; run kafka-configs --alter --entity-type "
+                    "topics --entity-name %s --add-config cleanup.policy=compact", topic, policy, topic)
 
 
 async def input_partition_count(consumer: AIOKafkaConsumer, topic: str) -> int:
@@ -108,7 +136,11 @@ async def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", client_id=client_id)
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()  # a failed start leaves its client open
+        raise
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
