@@ -71,3 +71,21 @@ def test_help_explains_every_command():
     out = subprocess.run([sys.executable, "-m", "watcher", "--help"], capture_output=True, text=True).stdout
     for cmd in ("run", "simulate", "demo", "check-config", "bench"):
         assert cmd in out
+
+
+@pytest.mark.parametrize("text, says", [
+    ('[detect]\npolicy_file = "{tmp}/missing-policy.toml"\n', "cannot read the policy file"),
+    ('[detect]\npolicy_file = "{tmp}/bad-policy.toml"\n', "caps.per_minute_usdc"),
+    ('[chain]\nhttp_url = "http://127.0.0.1:8545"\nbogus_key = 1\n', "chain.bogus_key"),
+])
+def test_check_config_checks_what_the_commands_would_read(tmp_path, text, says):
+    """check-config fails where `spendwatch run` (its policy file) or `spendwatch chain` (its table) would."""
+    (tmp_path / "bad-policy.toml").write_text('[defaults.caps]\nper_minute_usdc = -1\n')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text.format(tmp=tmp_path))
+    r = subprocess.run([sys.executable, "-m", "watcher", "check-config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 1 and says in r.stdout + r.stderr, r.stdout + r.stderr
+    (tmp_path / "bad-policy.toml").write_text('[defaults.caps]\nper_minute_usdc = 1\n')
+    cfg.write_text('[detect]\npolicy_file = "{tmp}/bad-policy.toml"\n'.format(tmp=tmp_path))
+    r = subprocess.run([sys.executable, "-m", "watcher", "check-config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0 and "policy" in r.stdout

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import tomllib
+from pathlib import Path
 
 
 def register(sub) -> None:
     p = sub.add_parser("check-config", help="validate a configuration file and print the result",
                        description="Validate FILE (plus SPENDWATCH_* environment overrides) without "
-                                   "connecting to anything. Exit 0 if valid, 1 with the file, key and fix if not.")
+                                   "connecting to anything, as the commands that read it would: the daemon's "
+                                   "tables, the policy file it names (detect.policy_file) and, when present, "
+                                   "the [chain] table of `spendwatch chain`. Exit 0 if valid, 1 with the file, "
+                                   "key and fix if not.")
     p.add_argument("file", help="TOML configuration file")
     p.add_argument("--show", action="store_true", help="print the effective configuration as JSON")
     p.set_defaults(func=cmd_check)
@@ -18,7 +23,15 @@ def cmd_check(args) -> int:
     from watcher.config import load_settings
 
     s = load_settings(args.file)
+    if s.detect.policy_file:
+        from watcher.detect.policy import Policy
+
+        Policy.load(s.detect.policy_file)
+    if "chain" in tomllib.loads(Path(args.file).read_text()):
+        from watcher.chain.config import load_settings as load_chain_settings
+
+        load_chain_settings(Path(args.file))
     if args.show:
         print(json.dumps(s.model_dump(mode="json"), indent=2))
-    print(f"{args.file}: OK")
+    print(f"{args.file}: OK" + (f" (policy {s.detect.policy_file}: OK)" if s.detect.policy_file else ""))
     return 0
