@@ -10,20 +10,29 @@ families (`spendwatch_chain_*`) live in `watcher.chain.metrics` and are served b
 
 Label sets are bounded: categories come from the configuration, networks from the known list, merchants
 are capped (`max_merchants`, the rest are "other"), decision rules from the policy. Per-agent series exist
-only for the top `top_n` agents by spend rate plus up to `max_pinned` agents with an open breaker or a
-waiting escalation; they are chosen with numpy once per `refresh_seconds` and pre-rendered, so a scrape
-costs the same whatever the number of tracked agents. The README's metrics table lists every family.
+only for the top `top_n` agents by spend rate plus up to `max_pinned` pinned agents (a breaker that is not
+closed, or a waiting escalation; first come, a freed slot goes to an unpinned one); they are chosen
+with numpy once per `refresh_seconds` and pre-rendered, so a scrape costs the same whatever the number of
+tracked agents. The fleet gauges (`spendwatch_breakers`, `spendwatch_escalations_waiting`) count every
+agent this process owns, pinned or not; `spendwatch_agents_capped` says how many were left unpinned.
+The README's metrics table lists every family.
+
+Breaker state arrives three ways: `breaker_state`/`escalation_waiting` (a change, counted as a transition),
+`restore` (a partition taken over: its agents as they are, no transition) and `forget` (a partition let
+go: its agents' state and series go, another process exports them now).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from itertools import chain
 from typing import Annotated, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from watcher.errors import ConfigError
 from watcher.observe.histogram import BulkHistogram
 from watcher.observe.topn import AddressCache, AgentRow, rank_agents, render_agents
 
@@ -49,12 +58,19 @@ class MetricsSettings(BaseModel):
 
     @model_validator(mode="after")
     def _budget(self):
-        # each agent has a spend rate and a payment count per window (4 windows by default), plus one
-        # breaker and one escalation series per pinned agent
-        if (self.top_n + self.max_pinned) * 8 + 2 * self.max_pinned > self.max_agent_series:
-            raise ValueError(f"(top_n + max_pinned) * 8 + 2 * max_pinned must stay within max_agent_series "
-                             f"({self.max_agent_series}): lower top_n or max_pinned")
+        # the window count is in `[[windows]]`, not here: this is the check for the fewest windows (one);
+        # Metrics() checks again with the configured windows
+        if agent_series_budget(self.top_n, self.max_pinned, 1) > self.max_agent_series:
+            raise ValueError(f"(top_n + max_pinned) * 2 * windows + 2 * max_pinned must stay within "
+                             f"max_agent_series ({self.max_agent_series}) even with one window: lower top_n or "
+                             f"max_pinned, or raise max_agent_series")
         return self
+
+
+def agent_series_budget(top_n: int, max_pinned: int, windows: int) -> int:
+    """The most per-agent series rendered: every row (top N, plus pinned agents outside it) has a spend rate
+    and a payment count per window, and each pinned agent a breaker and an escalation series."""
+    return (top_n + max_pinned) * 2 * windows + 2 * max_pinned
 
 
 def usdc(base_units: int) -> float:
@@ -84,6 +100,14 @@ class Metrics:
         disable_created_metrics()  # no `_created` twin of every counter and histogram (process-wide)
         self.registry, self.settings = registry, settings
         self.windows = tuple(windows) or DEFAULT_WINDOWS
+        need = agent_series_budget(settings.top_n, settings.max_pinned, len(self.windows))
+        if need > settings.max_agent_series:
+            raise ConfigError(
+                f"per-agent series may reach {need} ((top_n {settings.top_n} + max_pinned {settings.max_pinned})"
+                f" * 2 * {len(self.windows)} windows + 2 * max_pinned), above metrics.max_agent_series "
+                f"({settings.max_agent_series})", key="metrics.max_agent_series",
+                fix=f"raise metrics.max_agent_series to {need}, or lower metrics.top_n or metrics.max_pinned, "
+                    f"or configure fewer [[windows]]")
         r = registry
         # -- fleet spend ---------------------------------------------------------------------------
         self.spend = Counter("spendwatch_spend_usdc", "Spend counted once per payment (USDC), by merchant "
@@ -127,17 +151,26 @@ class Metrics:
                                      "series refresh (top-N ranking) (seconds).", registry=r)
         self.ranked = Gauge("spendwatch_agents_ranked", "Agents with per-agent series (top N + pinned).",
                             registry=r)
+        self.capped = Gauge("spendwatch_agents_capped", "Agents left without per-agent series by "
+                            "metrics.max_pinned, by kind: breaker (not closed), escalation (waiting). They "
+                            "are still counted in spendwatch_breakers and spendwatch_escalations_waiting.",
+                            ["kind"], registry=r)
         for kind in ("unsettled", "shadow_spend", "amount_mismatch"):   # series exist from the start
             self.findings.labels(kind)
         for source in ("facilitator", "chain"):
             self.events.labels(source)
         for state in BREAKER_STATES:
             self.breakers.labels(state).set(0)
+        for kind in ("breaker", "escalation"):
+            self.capped.labels(kind).set(0)
         self.webhooks.labels("ok")
         Gauge("spendwatch_build_info", "Build information.", ["version"], registry=r).labels(version).set(1)
-        # -- per-agent series (bounded) ------------------------------------------------------------------
+        # -- breaker state of every owned agent that is not closed (as many as the breakers hold) ----------
         self._breaker_of: dict[str, str] = {}
         self._escalation_since: dict[str, float] = {}
+        self._in_state: dict[str, int] = {}
+        # -- per-agent series (bounded) ------------------------------------------------------------------
+        self._pinned: dict[str, None] = {}        # at most max_pinned, in pinning order
         self._rows: list[AgentRow] = []
         self._agent_text: bytes | None = None
         self._lock = threading.Lock()
@@ -181,29 +214,85 @@ class Metrics:
 
     # -- breaker helper ------------------------------------------------------------------------------
     def breaker_state(self, agent: str, state: str) -> None:
-        """An agent's breaker entered `state` (closed, open, half_open, held)."""
+        """An agent's breaker entered `state` (closed, open, half_open, held): a transition, counted."""
         with self._lock:
-            prev = self._breaker_of.get(agent, "closed")
-            if state == prev:
-                return
-            if state == "closed":
-                self._breaker_of.pop(agent, None)
-            elif agent in self._breaker_of or len(self._breaker_of) < self.settings.max_pinned:
-                self._breaker_of[agent] = state
-            self.breaker_transitions.labels(state).inc()
-            for s in BREAKER_STATES:
-                self.breakers.labels(s).set(sum(1 for v in self._breaker_of.values() if v == s))
-            self._agent_text = None
+            if self._set_breaker(agent, state):
+                self.breaker_transitions.labels(state).inc()
+                self._repin(agent)
+                self._publish()
 
     def escalation_waiting(self, agent: str, since_ms: int | None) -> None:
         """An escalation for `agent` waits for a person since `since_ms` (None: answered or expired)."""
         with self._lock:
-            if since_ms is None:
-                self._escalation_since.pop(agent, None)
-            elif agent in self._escalation_since or len(self._escalation_since) < self.settings.max_pinned:
-                self._escalation_since[agent] = since_ms / 1000
-            self.escalations.set(len(self._escalation_since))
-            self._agent_text = None
+            if self._set_escalation(agent, since_ms):
+                self._repin(agent)
+                self._publish()
+
+    def restore(self, agents: Iterable[tuple[str, str, int | None]]) -> None:
+        """Agents as they are, from a restored partition: (agent, breaker state, escalation waiting since
+        in ms or None). No transition is counted: nothing changed, this process only took them over."""
+        with self._lock:
+            for agent, state, since_ms in agents:
+                if self._set_breaker(agent, state) | self._set_escalation(agent, since_ms):
+                    self._repin(agent)
+            self._publish()
+
+    def forget(self, agents: Iterable[str]) -> None:
+        """Agents of a partition this process let go: their state and series go (no transition)."""
+        with self._lock:
+            for agent in agents:
+                if self._set_breaker(agent, "closed") | self._set_escalation(agent, None):
+                    self._repin(agent)
+            self._publish()
+
+    def _set_breaker(self, agent: str, state: str) -> bool:
+        prev = self._breaker_of.get(agent, "closed")
+        if state == prev:
+            return False
+        if prev != "closed":
+            self._in_state[prev] -= 1
+        if state == "closed":
+            del self._breaker_of[agent]
+        else:
+            self._breaker_of[agent] = state
+            self._in_state[state] = self._in_state.get(state, 0) + 1
+        return True
+
+    def _set_escalation(self, agent: str, since_ms: int | None) -> bool:
+        if since_ms is None:
+            return self._escalation_since.pop(agent, None) is not None
+        since = since_ms / 1000
+        if self._escalation_since.get(agent) == since:
+            return False
+        self._escalation_since[agent] = since
+        return True
+
+    def _repin(self, agent: str) -> None:
+        """Pin `agent` if it needs series and there is room; unpin it if not, and give its slot away."""
+        if agent in self._breaker_of or agent in self._escalation_since:
+            if agent not in self._pinned and len(self._pinned) < self.settings.max_pinned:
+                self._pinned[agent] = None
+        elif agent in self._pinned:
+            del self._pinned[agent]
+            # an unpinned agent takes the slot (breakers in the order they left closed, then escalations in
+            # the order they started waiting); at most 2 * max_pinned pinned ones are skipped on the way
+            for a in chain(self._breaker_of, self._escalation_since) if self._capped_any() else ():
+                if len(self._pinned) >= self.settings.max_pinned:
+                    break
+                if a not in self._pinned:
+                    self._pinned[a] = None
+
+    def _capped_any(self) -> bool:
+        return len(self._breaker_of) + len(self._escalation_since) > len(self._pinned)
+
+    def _publish(self) -> None:
+        for s in BREAKER_STATES:
+            self.breakers.labels(s).set(self._in_state.get(s, 0))
+        self.escalations.set(len(self._escalation_since))
+        self.capped.labels("breaker").set(len(self._breaker_of) - sum(a in self._breaker_of for a in self._pinned))
+        self.capped.labels("escalation").set(len(self._escalation_since)
+                                             - sum(a in self._escalation_since for a in self._pinned))
+        self._agent_text = None
 
     def webhook_result(self, outcome: str, seconds: float) -> None:
         self.webhooks.labels(outcome).inc()
@@ -223,7 +312,9 @@ class Metrics:
 
     # -- per-agent series --------------------------------------------------------------------------------
     def pinned(self) -> set[str]:
-        return set(self._breaker_of) | set(self._escalation_since)
+        """Agents with series beyond the top N: a breaker not closed or a waiting escalation, capped."""
+        with self._lock:
+            return set(self._pinned)
 
     def refresh_agents(self, shards: Mapping[int, object]) -> list[AgentRow]:
         """Re-rank agents over all shards (vectorised) and keep their series for the next scrapes."""
@@ -241,8 +332,10 @@ class Metrics:
     def agent_text(self) -> bytes:
         with self._lock:
             if self._agent_text is None:
-                self._agent_text = render_agents(self.windows, self._rows, self._breaker_of,
-                                                 self._escalation_since)
+                pins = self._pinned
+                self._agent_text = render_agents(
+                    self.windows, self._rows, {a: self._breaker_of[a] for a in pins if a in self._breaker_of},
+                    {a: self._escalation_since[a] for a in pins if a in self._escalation_since})
             return self._agent_text
 
     # -- exposition -------------------------------------------------------------------------------------
@@ -288,5 +381,6 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_statements_published_total", "counter", "", "daily statement rows published"),
     ("spendwatch_agents_ranked", "gauge", "", "agents with per-agent series"),
     ("spendwatch_metrics_refresh_seconds", "gauge", "", "last top-N refresh duration"),
+    ("spendwatch_agents_capped", "gauge", "kind", "agents left without per-agent series by max_pinned"),
     ("spendwatch_build_info", "gauge", "version", "build information"),
 ]

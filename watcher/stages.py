@@ -20,7 +20,7 @@ from watcher.breaker.service import breaker_services
 from watcher.config import Settings
 from watcher.daemon import BatchContext, Daemon
 from watcher.detect.decision import encode_decision
-from watcher.detect.detector import Detector
+from watcher.detect.detector import Detector, ScoreSink
 from watcher.detect.policy import Policy, PolicyWatcher
 from watcher.detect.ratecard import RateCard
 from watcher.detect.rules import CAP_WINDOWS, NO_LIMIT
@@ -34,11 +34,13 @@ log = logging.getLogger("watcher.stages")
 
 
 class DetectStage:
-    """Runs one Detector per owned partition and publishes its decisions."""
+    """Runs one Detector per owned partition and publishes its decisions. `score_sink` receives each
+    detector's model scores once per batch (the Assembly passes `Metrics.anomaly_scores`)."""
 
-    def __init__(self, policy: Policy, decisions_topic: str) -> None:
+    def __init__(self, policy: Policy, decisions_topic: str, score_sink: ScoreSink | None = None) -> None:
         self.policy = policy
         self.topic = decisions_topic
+        self.score_sink = score_sink
         self.detectors: dict[int, Detector] = {}
         self.ratecard = RateCard(policy.rate_card)
         self.cap_overrides: dict[str, tuple[dict[str, int], float]] = {}
@@ -112,7 +114,9 @@ class DetectStage:
         return self.detectors[partition].snapshot()
 
     def restore(self, partition: int, data: object | None) -> None:
-        self.detectors[partition] = Detector.restore(data, self.policy) if data else Detector(self.policy)
+        sink = self.score_sink
+        self.detectors[partition] = (Detector.restore(data, self.policy, score_sink=sink) if data
+                                     else Detector(self.policy, score_sink=sink))
 
     def drop(self, partition: int) -> None:
         self.detectors.pop(partition, None)
@@ -159,7 +163,8 @@ class Assembly:
         else:
             self.policy_watcher = None
             policy = Policy.default()
-        self.detect = DetectStage(policy, settings.kafka.decisions_topic)
+        self.detect = DetectStage(policy, settings.kafka.decisions_topic, score_sink=(
+            self.metrics.anomaly_scores if settings.metrics.enabled else None))
         self.stages.append(self.detect)
         config_map = CategoryMap(settings.categories)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,12 +12,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from watcher.errors import ConfigError
+from watcher.events.addresses import key_address
 from watcher.events.observation import Kind, Observation
 from watcher.metrics import FAMILIES, Metrics, MetricsSettings
 from watcher.observe.bench import build_shards
 from watcher.observe.stage import MetricsStage
 from watcher.pipeline.join import Delta
 from watcher.pipeline.shard import Outcome, Shard
+from watcher.pipeline.windows import DEFAULT_WINDOWS, WindowSpec
 
 A1 = "0x" + "11" * 20
 M1 = "0x" + "22" * 20
@@ -93,11 +97,80 @@ def test_top_n_is_bounded_exact_and_includes_pinned_agents():
     assert quiet_addr  # (raw key hex differs from the checksum form only in case)
 
 
+def _count(text: str, prefix: str) -> int:
+    return sum(1 for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_fleet_gauges_count_every_agent_and_only_the_agent_series_are_capped():
+    m = _metrics()                                                 # max_pinned 40
+    g = m.registry.get_sample_value
+    for i in range(50):
+        m.breaker_state(f"0x{i:040x}", "open")
+    text = m.render().decode()
+    assert g("spendwatch_breakers", {"state": "open"}) == 50
+    assert g("spendwatch_breaker_transitions_total", {"state": "open"}) == 50
+    assert _count(text, "spendwatch_agent_breaker_state{") == 40
+    assert g("spendwatch_agents_capped", {"kind": "breaker"}) == 10
+    m.breaker_state(f"0x{0:040x}", "closed")                       # a freed slot goes to one left out
+    text = m.render().decode()
+    assert g("spendwatch_breakers", {"state": "open"}) == 49
+    assert _count(text, "spendwatch_agent_breaker_state{") == 40
+    assert g("spendwatch_agents_capped", {"kind": "breaker"}) == 9
+    for i in range(50):                                            # the pins are one pool of max_pinned
+        m.escalation_waiting(f"0x{1000 + i:040x}", 1_700_000_000_000)
+    text = m.render().decode()
+    assert g("spendwatch_escalations_waiting") == 50
+    assert _count(text, "spendwatch_agent_escalation_waiting_since_timestamp_seconds{") == 0
+    assert g("spendwatch_agents_capped", {"kind": "escalation"}) == 50
+    assert len(m.pinned()) == 40
+
+
+def test_restore_and_forget_move_agents_without_transitions():
+    m = _metrics(max_pinned=2)
+    g = m.registry.get_sample_value
+    m.restore([("0x" + "01" * 20, "held", None), ("0x" + "02" * 20, "open", 1_700_000_000_000),
+               ("0x" + "03" * 20, "closed", 1_700_000_000_000), ("0x" + "04" * 20, "open", None)])
+    assert (g("spendwatch_breakers", {"state": "held"}), g("spendwatch_breakers", {"state": "open"})) == (1, 2)
+    assert g("spendwatch_escalations_waiting") == 2
+    assert g("spendwatch_breaker_transitions_total", {"state": "open"}) is None
+    assert g("spendwatch_agents_capped", {"kind": "breaker"}) == 1
+    m.forget(["0x" + "01" * 20, "0x" + "02" * 20, "0x" + "03" * 20])
+    text = m.render().decode()
+    assert g("spendwatch_breakers", {"state": "open"}) == 1 and g("spendwatch_breakers", {"state": "held"}) == 0
+    assert g("spendwatch_escalations_waiting") == 0
+    assert g("spendwatch_agents_capped", {"kind": "breaker"}) == 0
+    assert _count(text, "spendwatch_agent_breaker_state{") == 1
+    assert f'agent="{"0x" + "04" * 20}"' in text and f'agent="{"0x" + "01" * 20}"' not in text
+
+
 def test_series_budget_is_validated():
     with pytest.raises(ValueError):
         MetricsSettings(top_n=1000, max_pinned=500)
     s = MetricsSettings()
-    assert (s.top_n + s.max_pinned) * 8 + 2 * s.max_pinned <= 2000
+    # a spend rate and a payment count per window for each row (top N + pinned), a breaker and an
+    # escalation series per pinned agent
+    assert (s.top_n + s.max_pinned) * 2 * len(DEFAULT_WINDOWS) + 2 * s.max_pinned <= s.max_agent_series
+    # the window count comes from [[windows]]: eight of them need twice the spend series
+    eight = [WindowSpec(f"w{i}", 60 * (i + 1), 6) for i in range(8)]
+    with pytest.raises(ConfigError, match="metrics.max_agent_series") as err:
+        Metrics(CollectorRegistry(), s, windows=eight)
+    assert err.value.key == "metrics.max_agent_series" and "3920" in err.value.fix
+    Metrics(CollectorRegistry(), MetricsSettings(max_agent_series=3920), windows=eight)
+
+
+def test_rendered_agent_series_stay_within_the_budget_with_every_pin_taken():
+    now = int(time.time() * 1000)
+    shards = build_shards(20_000, 4, now)
+    m = _metrics()
+    keys = [k for s in shards.values() for k in s.agents.keys]
+    for k in keys[-40:]:                                           # quiet agents, outside the top 200
+        m.breaker_state(key_address(k), "open")
+    for k in keys[-80:-40]:
+        m.escalation_waiting(key_address(k), now)
+    m.refresh_agents(shards)
+    text = m.render().decode()
+    assert _count(text, "spendwatch_agent_") <= m.settings.max_agent_series
+    assert m.registry.get_sample_value("spendwatch_agents_capped", {"kind": "escalation"}) == 40
 
 
 def test_render_at_scale_is_bounded_and_promtool_clean(capsys):

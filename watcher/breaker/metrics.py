@@ -36,11 +36,25 @@ class BreakerMetrics:
         self.transitions.labels(kind).inc()
         if self.fleet is not None:
             self.fleet.breaker_state(breaker.agent, breaker.state)
-            self.fleet.escalation_waiting(breaker.agent, breaker.escalation_ms or None if breaker.escalation
-                                          else None)
+            self.fleet.escalation_waiting(breaker.agent, _waiting_since(breaker))
+
+    def restored(self, breakers) -> None:
+        """The breakers of a partition this process took over, as they are (no change is counted)."""
+        if self.fleet is not None:
+            self.fleet.restore([(b.agent, b.state, _waiting_since(b)) for b in breakers])
+
+    def forgotten(self, agents) -> None:
+        """Agents of a partition this process let go: another process exports their state now."""
+        if self.fleet is not None:
+            self.fleet.forget(agents)
 
     def attempt(self, result: str, seconds: float) -> None:
         """One webhook POST ended: `result` is 2xx, 4xx, 5xx, error or timeout."""
         self.attempts.labels(result).inc()
         if self.fleet is not None:
             self.fleet.webhook_result("ok" if result == "2xx" else result, seconds)
+
+
+def _waiting_since(breaker) -> int | None:
+    """When the breaker's escalation started waiting for a person (ms), or None if none waits."""
+    return (breaker.escalation_ms or None) if breaker.escalation else None

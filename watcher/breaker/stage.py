@@ -8,6 +8,8 @@ committed) and, when the wallet service must hear of it, queued for the webhook 
 State per input partition: the breakers and the undelivered webhooks (the outbox), both in the
 checkpoint; restore merges the checkpoint with the breaker log's fold (see outbox.py), re-queues every
 undelivered webhook and re-aligns the detector (an agent released after the checkpoint is released again).
+The metrics follow ownership: restore hands the restored breakers to `BreakerMetrics.restored` (fleet
+gauges and per-agent series, no transition counted), drop hands the partition's agents to `forgotten`.
 
 People act through `act()` (the admin API calls it): the change is applied, published and awaited
 before the answer, so a crash right after an acknowledged hold cannot lose it.
@@ -123,6 +125,10 @@ class BreakerStage:
             self.where[agent] = partition
         for agent in touched:
             self.where[agent] = partition
+        previous = self.parts.get(partition)
+        if previous is not None:  # restored again while owned: agents no longer in it go from the metrics
+            self.metrics.forgotten([a for a in previous.by_agent if a not in br.by_agent])
+        self.metrics.restored(br.by_agent.values())
         self.parts[partition] = br
         self.outbox[partition] = box
         self.reconcile[partition] = touched | {a for a, b in br.by_agent.items() if b.state == HALF_OPEN}
@@ -131,7 +137,9 @@ class BreakerStage:
         self._submit_all(partition)
 
     def drop(self, partition: int) -> None:
-        self.parts.pop(partition, None)
+        br = self.parts.pop(partition, None)
+        if br is not None:  # the new owner exports them from its restore
+            self.metrics.forgotten(list(br.by_agent))
         self.outbox.pop(partition, None)
         self.reconcile.pop(partition, None)
         self.where = {a: p for a, p in self.where.items() if p != partition}

@@ -9,11 +9,20 @@ the batch and passed through a small per-agent state machine:
               escalations for `escalation.approval_ttl_seconds`; `tick(now)` freezes unanswered ones
   cooldown    the same warning (agent, rule, merchant) is repeated at most once per `warn_cooldown_seconds`
 Decision ids hash (agent, rule, triggering event), so the same events give the same ids.
+
+Model scores leave through an optional `score_sink(model, scores, high)`, called once per model per batch
+with a numpy array (the daemon passes `Metrics.anomaly_scores`; replay, eval and bench pass nothing):
+  fleet.hst     the fleet model's scores (0..1) of the agents it scored; high = those above its quantile
+                (after its own warm-up)
+  agent.rate_z  the spend-rate z-score (floored at 0) of each payment of a warmed-up agent; high = the
+                payments the spend-rate rule flagged (ratio, z and spend floor all crossed)
+  agent.size_z  the payment-size z-score (floored at 0), same payments; high = those the size rule flagged
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import numpy as np
 
@@ -33,12 +42,16 @@ log = logging.getLogger("watcher.detect")
 USDC = "usdc_base_units"
 FAIL_SLOTS = 64
 KNOWN_MERCHANTS_MAX = 200_000
+SCORE_MODELS = ("fleet.hst", "agent.rate_z", "agent.size_z")
+
+ScoreSink = Callable[[str, np.ndarray, int], None]   # (model, scores of one batch, how many flagged)
 
 
 class Detector(Verdicts):
     def __init__(self, policy: Policy | None = None, *, fleet_interval_ms: int = 300_000,
-                 fleet_max_per_batch: int = 64, seed: int = 7) -> None:
+                 fleet_max_per_batch: int = 64, seed: int = 7, score_sink: ScoreSink | None = None) -> None:
         self.policy = policy or Policy.default()
+        self.score_sink = score_sink
         self.ratecard = RateCard(self.policy.rate_card)
         self.index: dict[str, int] = {}
         self.agents: list[str] = []
@@ -251,6 +264,11 @@ class Detector(Verdicts):
         mh = merchant_hash(merchants) if have_m else np.ones(len(ni), np.uint64)
         sc = self.base.observe(r, tt, a, mh, t.params)
         p = t.params
+        sink = self.score_sink
+        if sink is not None and sc.warm.any():
+            # a baseline judges only once warm: a fresh agent's z-scores are noise, not scores
+            sink("agent.rate_z", np.maximum(sc.z_rate[sc.warm], 0.0), int(sc.rate_flag.sum()))
+            sink("agent.size_z", np.maximum(sc.z_size[sc.warm], 0.0), int(sc.size_flag.sum()))
         flagged = np.nonzero(sc.rate_flag | sc.size_flag | (sc.warm & (sc.newm_count >= 2)))[0]
         for j in flagged.tolist():
             i = int(ni[j])
@@ -284,6 +302,8 @@ class Detector(Verdicts):
             return
         feats, z_rate, spent = self.base.features(due, now)
         scores, flags = self.fleet.score(due, feats, now)
+        if sink is not None:
+            sink("fleet.hst", scores, int(flags.sum()))
         if not flags.any():
             return
         last_pos = {int(row): int(ni[j]) for j, row in enumerate(r.tolist())}
@@ -346,8 +366,8 @@ class Detector(Verdicts):
         }
 
     @classmethod
-    def restore(cls, snap: dict, policy: Policy | None = None) -> "Detector":
-        self = cls(policy)
+    def restore(cls, snap: dict, policy: Policy | None = None, *, score_sink: ScoreSink | None = None) -> "Detector":
+        self = cls(policy, score_sink=score_sink)
         agents = list(snap["agents"])
         n = len(agents)
         self._grow(n)
