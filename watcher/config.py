@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from watcher.breaker.config import AdminSettings, BreakerSettings, WebhookSettings
+from watcher.breaker.config import AdminSettings, BreakerSettings, WebhookSettings, breaker_fix, error_key
 from watcher.errors import ConfigError
 from watcher.metrics import MetricsSettings
 from watcher.observe.statements import StatementSettings
@@ -109,16 +109,19 @@ class Settings(BaseSettings):
     findings: FindingSettings = FindingSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
     detect: DetectSettings = DetectSettings()
-    breaker: BreakerSettings = BreakerSettings()
-    webhook: WebhookSettings = WebhookSettings()
-    admin: AdminSettings = AdminSettings()
+    # validated when Settings is, not at import: they read SPENDWATCH_WEBHOOK_SECRET and friends, and a bad
+    # one must become a ConfigError naming the variable (load_settings), not a traceback of the import
+    breaker: BreakerSettings = Field(default_factory=dict, validate_default=True)
+    webhook: WebhookSettings = Field(default_factory=dict, validate_default=True)
+    admin: AdminSettings = Field(default_factory=dict, validate_default=True)
     metrics: MetricsSettings = MetricsSettings()
     statements: StatementSettings = StatementSettings()
     chain: dict[str, Any] = Field(default_factory=dict, description="the chain bridge's table "
                                   "(validated by `spendwatch chain`)")
     categories: dict[str, str] = Field(default_factory=dict,
                                        description="merchant payTo address or resource URL prefix -> category")
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="log verbosity of the commands that read this file; --log-level wins")
 
     @field_validator("windows")
     @classmethod
@@ -143,6 +146,8 @@ class Settings(BaseSettings):
 
 def _fix_for(err: dict[str, Any]) -> str:
     kind = err.get("type", "")
+    if kind not in ("extra_forbidden", "missing") and (fix := breaker_fix(error_key(err))):
+        return fix
     if kind == "extra_forbidden":
         return "remove this key or check its spelling (see README, Configuration)"
     if kind == "missing":
@@ -173,6 +178,8 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
         return Settings(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
+        key = error_key(err)
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"invalid setting{more}", file=source, key=key, fix=_fix_for(err)) from None
+        what = str(err.get("msg", "")).removeprefix("Value error, ") if breaker_fix(key) else ""
+        raise ConfigError(f"invalid setting{more}" + (f": {what}" if what else ""), file=source, key=key,
+                          fix=_fix_for(err)) from None

@@ -49,6 +49,7 @@ class Hit:
     body: bytes
     at: float
     sig_ok: bool | None = None
+    status: int = 200          # what the recorder answered
 
     def json(self):
         return msgspec.json.decode(self.body)
@@ -57,12 +58,14 @@ class Hit:
 @dataclass
 class Recorder:
     """An aiohttp server on 127.0.0.1 recording every request. Webhook requests (path /hook) are verified
-    like a real receiver: a bad or stale signature gets 401. `status` forces an answer (e.g. 503)."""
+    like a real receiver: a bad or stale signature gets 401. `status` forces an answer (e.g. 503);
+    `refuse` holds (wallet, type) pairs whose webhooks get 503 while they are in it."""
 
     port: int = field(default_factory=free_port)
     secrets: list[bytes] = field(default_factory=lambda: [SECRET.encode()])
     hits: list[Hit] = field(default_factory=list)
     status: int | None = None
+    refuse: set[tuple[str, str]] = field(default_factory=set)
     runner: web.AppRunner | None = None
 
     @property
@@ -81,9 +84,13 @@ class Recorder:
                 hit.sig_ok = False
         self.hits.append(hit)
         if self.status is not None:
-            return web.Response(status=self.status)
-        if hit.sig_ok is False:
-            return web.Response(status=401, text="bad signature")
+            hit.status = self.status
+        elif hit.sig_ok is False:
+            hit.status = 401
+        elif request.path == "/hook" and self.refuse and (hit.json()["wallet"], hit.json()["type"]) in self.refuse:
+            hit.status = 503
+        if hit.status != 200:
+            return web.Response(status=hit.status, text="refused")
         return web.json_response({"ok": True})
 
     async def start(self) -> "Recorder":

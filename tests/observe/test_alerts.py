@@ -13,7 +13,7 @@ from watcher.tap.metrics import TapMetrics
 
 ISSUE_ALERTS = {"AgentRunawaySpend", "AgentSpendRateHigh", "BreakerOpened", "EscalationWaiting", "AnomalyScoreHigh",
                 "ShadowSpend", "UnsettledPayments", "ConsumerLagHigh", "DeadLetterRateHigh", "WebhookFailing",
-                "ChainBridgeStalled"}
+                "WebhookDeadLettered", "ChainBridgeStalled"}
 TAP_ALERTS = {"TapBreakerViewStale", "TapRecordsLost", "TapPublishFailing", "TapUpstreamErrors", "TapUpstreamSlow"}
 
 
@@ -59,6 +59,7 @@ def test_alertmanager_config_checks():
 def test_routes_critical_to_pagerduty_and_warning_to_slack():
     amtool = need("amtool")
     for labels, receiver in ((["severity=critical", "alertname=AgentRunawaySpend"], "pagerduty"),
+                             (["severity=critical", "alertname=WebhookDeadLettered", "job=spendwatch"], "pagerduty"),
                              (["severity=warning", "alertname=AgentSpendRateHigh"], "slack"),
                              (["severity=warning", "alertname=TapUpstreamErrors", "instance=tap-a:8402"], "slack")):
         r = _run(amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER}",

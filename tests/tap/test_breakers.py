@@ -7,11 +7,14 @@ import asyncio
 import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
 
 from tests.tap.conftest import PAYER
 from watcher.breaker.outbox import change_record, encode_record, ensure_topic
 from watcher.breaker.state import Breakers
-from watcher.tap.breakers import AdminBreakerView, TopicBreakerView
+from watcher.broker import TansuBroker
+from watcher.tap.breakers import AdminBreakerView, Gate, TopicBreakerView
+from watcher.tap.metrics import TapMetrics
 
 OTHER = "0x36b38A5349EE961C604E029Be36faEc12Ed57f47"
 
@@ -59,6 +62,42 @@ async def test_topic_view_follows_the_breaker_log(kafka_bootstrap, unique):
             assert view.state(PAYER) == "half_open"
     finally:
         await prod.stop()
+
+
+@pytest.mark.integration
+async def test_topic_view_goes_stale_when_the_broker_is_gone(unique):
+    """A fetch from an unreachable broker returns nothing rather than failing: the view must still go stale,
+    the gauge say so, fail-closed refuse, and leaving the view must not raise."""
+    topic = f"brk-{unique}"
+    registry = CollectorRegistry()
+    async with TansuBroker() as broker:        # this test's own broker: it is stopped half-way
+        await ensure_topic(broker.bootstrap, topic, 1)
+        prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        await prod.start()
+        try:
+            (e,) = Breakers().on_decision(_Decision("d1", PAYER))
+            await prod.send_and_wait(topic, encode_record(change_record(0, e, None, e.at_ms)), key=PAYER.encode())
+        finally:
+            await prod.stop()
+        view = TopicBreakerView(broker.bootstrap, topic, stale_after_seconds=3)
+        gate = Gate(view, fail_mode="closed", metrics=TapMetrics(registry))
+
+        def stale_gauge():
+            return registry.get_sample_value("spendwatch_tap_breaker_view_stale")
+
+        async with view:
+            await asyncio.wait_for(view.caught_up.wait(), 30)
+            await _until(view.fresh, 30)
+            assert gate.check(PAYER).state == "open" and gate.check(OTHER) is None and stale_gauge() == 0
+            await asyncio.get_running_loop().run_in_executor(None, broker.stop)
+            await _until(lambda: not view.fresh(), 60)       # generous: a slow, shared machine
+            assert view.probe_failures >= 1 and stale_gauge() == 1
+            assert view.state(PAYER) is None and view.is_blocked(OTHER) is None
+            for payer in (PAYER, OTHER):                     # fail closed: refused as unknown, frozen or not
+                refusal = gate.check(payer)
+                assert refusal is not None and refusal.state == "unknown"
+                assert refusal.reason == "spendwatch_breaker_unavailable"
+        assert view._consumer is None                        # left without raising, the consumer closed
 
 
 async def test_topic_view_is_unknown_until_caught_up():

@@ -3,8 +3,9 @@ spendwatch facilitator tap in front of it, a FastAPI merchant with the SDK middl
 agents paying with the SDK's httpx client, the chain bridge and the watcher daemon (detection + breakers).
 
 One agent runs away: the watcher freezes it (cap_1m), its next request gets HTTP 402 with the tap's
-refusal, the other agents keep paying; settle records and on-chain transfers reconcile with no
-`unsettled` or `shadow_spend` finding for the honest agents.
+refusal, the other agents keep paying; refused calls never reach the upstream facilitator; settle records
+and on-chain transfers reconcile with no `unsettled` or `shadow_spend` finding for the honest agents, while
+a payment the runaway makes around the facilitator (straight on chain) is found as `shadow_spend`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ async def test_runaway_agent_is_frozen_and_refused_by_the_tap(kafka_bootstrap, u
         await loop.wait(lambda: loop.publisher.published >= settled * 2 + 2, 30, "the tap's records")
         assert loop.publisher.dropped == 0
         assert loop.tap.counts["refused"] == 2 and loop.facilitator.calls["settle"] == settled
+        # a refused /verify never reaches upstream, an allowed one does (a freeze landing between a payment's
+        # verify and its settle refuses the settle instead: hence counted, not assumed to be 2)
+        refused_at_verify = sum(loop.metrics.registry.get_sample_value(
+            "spendwatch_tap_refused_total", {"where": "verify", "state": st}) or 0
+            for st in ("open", "held", "unknown"))
+        assert refused_at_verify >= 1
+        assert loop.facilitator.calls["verify"] == loop.tap.counts["verify"] - refused_at_verify >= settled
 
         # the tap's records: well-formed, keyed by the payer, one settle per paid request
         recs = await read_at_least(loop.bootstrap, loop.settings.kafka.payments_topic, settled * 2 + 2)
@@ -69,6 +77,12 @@ async def test_runaway_agent_is_frozen_and_refused_by_the_tap(kafka_bootstrap, u
         assert len(settles) == settled and all(o.status == "settled" and o.source == "spendwatch-tap" for o in settles)
         refusals = [o for o in obs if o.kind == Kind.VERIFY and o.status == "invalid"]
         assert {(o.agent, o.reason) for o in refusals} == {(runaway.address, "spendwatch_agent_frozen")}
+
+        # the positive control for the findings check below: the runaway pays around the facilitator, straight
+        # on chain, so the same join, in the same run, must report it as shadow_spend
+        _, around = await loop.token.pay(runaway, loop.merchant, 10_000)
+        around_tx = around["transactionHash"].lower()
+        assert int(around["status"], 16) == 1
 
         # on-chain transfers confirm; the watcher joins them with the settles, counting each payment once
         await loop.confirm(3)
@@ -85,8 +99,15 @@ async def test_runaway_agent_is_frozen_and_refused_by_the_tap(kafka_bootstrap, u
         confirmed = {DEC.decode(m.value).tx for m in chain if b'"confirmed"' in m.value}
         assert txs <= confirmed
         await asyncio.sleep(loop.findings_after + 2)      # past the unsettled / shadow-spend deadlines
-        findings = [msgspec.json.decode(m.value) for m in
-                    await read_records(loop.bootstrap, loop.settings.kafka.findings_topic)]
+        findings: list[dict] = []
+        for _ in range(60):  # the control's finding first: it proves findings are made and read in this run
+            findings = [msgspec.json.decode(m.value) for m in
+                        await read_records(loop.bootstrap, loop.settings.kafka.findings_topic)]
+            if any(f.get("kind") == "shadow_spend" and str(f.get("tx")).lower() == around_tx for f in findings):
+                break
+            await asyncio.sleep(0.5)
+        control = [f for f in findings if str(f.get("tx")).lower() == around_tx]
+        assert [(f.get("kind"), f.get("agent")) for f in control] == [("shadow_spend", runaway.address)], findings
         honest_addrs = {a.address for a in honest}
         bad = [f for f in findings if f.get("kind") in ("unsettled", "shadow_spend") and f.get("agent") in honest_addrs]
         assert bad == []
@@ -94,7 +115,10 @@ async def test_runaway_agent_is_frozen_and_refused_by_the_tap(kafka_bootstrap, u
         for _ in range(60):  # the first publish to a new topic may still be in its retry back-off
             decisions = [msgspec.json.decode(m.value) for m in
                          await read_records(loop.bootstrap, loop.settings.kafka.decisions_topic)]
-            if any(d.get("kind") == "freeze" and d.get("agent") == runaway.address for d in decisions):
+            if any(d.get("kind") == "freeze" and d.get("agent") == runaway.address and d.get("rule") == "cap_1m"
+                   for d in decisions):
                 break
             await asyncio.sleep(0.5)
-        assert any(d.get("kind") == "freeze" and d.get("agent") == runaway.address for d in decisions), decisions
+        # the cap froze it (the control's shadow_spend may freeze it again, as a finding)
+        assert any(d.get("kind") == "freeze" and d.get("agent") == runaway.address and d.get("rule") == "cap_1m"
+                   for d in decisions), decisions

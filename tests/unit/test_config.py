@@ -89,3 +89,59 @@ def test_check_config_checks_what_the_commands_would_read(tmp_path, text, says):
     cfg.write_text('[detect]\npolicy_file = "{tmp}/bad-policy.toml"\n'.format(tmp=tmp_path))
     r = subprocess.run([sys.executable, "-m", "watcher", "check-config", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0 and "policy" in r.stdout
+
+
+def test_log_level_of_the_file_applies_unless_the_flag_is_given(tmp_path):
+    import argparse
+    import logging
+
+    from watcher.cli.common import settings_from
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('log_level = "WARNING"\n')
+    root = logging.getLogger()
+    before = root.level
+    try:
+        root.setLevel(logging.INFO)
+        settings_from(argparse.Namespace(config=str(cfg), log_level=None))
+        assert root.level == logging.WARNING
+        root.setLevel(logging.DEBUG)
+        settings_from(argparse.Namespace(config=str(cfg), log_level="DEBUG"))
+        assert root.level == logging.DEBUG
+    finally:
+        root.setLevel(before)
+    cfg.write_text('log_level = "LOUD"\n')
+    with pytest.raises(ConfigError, match="log_level"):
+        load_settings(cfg)
+
+
+def _settings_keys(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        t = field.annotation
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            yield from _settings_keys(t, f"{prefix}{name}.")
+        else:
+            yield prefix + name
+
+
+def test_readme_configuration_table_names_every_key():
+    """Each key of the daemon's settings has a row (or a `/`-joined part of one) in README's table."""
+    import re
+    from pathlib import Path
+
+    from watcher.config import Settings
+
+    text = Path("README.md").read_text()
+    table = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set()
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        names = re.findall(r"`([^`]+)`", line.split("|")[1])
+        section = names[0].rsplit(".", 1)[0] + "." if "." in names[0] else ""
+        documented.add(names[0].strip("[]"))
+        documented.update(section + n for n in names[1:])
+    missing = [k for k in _settings_keys(Settings) if k not in documented]
+    assert not missing, f"README configuration table lacks {missing}"

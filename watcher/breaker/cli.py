@@ -7,8 +7,10 @@ import getpass
 import json
 import os
 
+from pydantic import ValidationError
+
 from watcher.breaker.client import AdminClient
-from watcher.breaker.config import load_breaker_config
+from watcher.breaker.config import BreakerConfig, config_error, load_breaker_config
 from watcher.errors import ConfigError
 from watcher.money import fmt_usdc, usdc
 
@@ -135,18 +137,20 @@ def add_webhook_options(p: argparse.ArgumentParser) -> None:
 def breaker_config_from(args: argparse.Namespace, settings=None):
     """The BreakerConfig of a command: Settings' tables when it embeds them, else the --config file's,
     with --webhook-url / --admin-port applied and everything validated again."""
-    from watcher.breaker.config import BreakerConfig
     if settings is not None and hasattr(settings, "webhook"):
         data = BreakerConfig.from_settings(settings).model_dump()
     else:
         data = load_breaker_config(getattr(args, "config", None)).model_dump()
+    given = []
     if getattr(args, "webhook_url", None):
         data["webhook"]["url"] = args.webhook_url
+        given.append("--webhook-url")
     if getattr(args, "admin_port", None) is not None:
         data["admin"]["port"] = args.admin_port
+        given.append("--admin-port")
     data["webhook"]["secrets"] = [s.get_secret_value() for s in data["webhook"]["secrets"]]
     try:
         return BreakerConfig(**data)
-    except Exception as exc:
-        raise ConfigError(f"invalid breaker setting: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}",
-                          key="webhook", fix="set SPENDWATCH_WEBHOOK_SECRET when --webhook-url is given") from None
+    except ValidationError as exc:
+        raise config_error(exc, getattr(args, "config", None),
+                           origin=f"with {' and '.join(given)}" if given else "") from None

@@ -7,23 +7,58 @@ Three TOML tables, embedded in the daemon's Settings as `breaker`, `webhook` and
     [admin]    host, port, token
 
 Secrets also come from the environment, which wins over the file: SPENDWATCH_WEBHOOK_SECRET (one secret,
-or several separated by commas during a rotation: the first signs, all are sent), SPENDWATCH_ADMIN_TOKEN,
+or several separated by commas during a rotation: each one signs, so every request carries one `v1=` per
+secret and a receiver that knows any of them accepts it), SPENDWATCH_ADMIN_TOKEN,
 SPENDWATCH_SLACK_WEBHOOK_URL, SPENDWATCH_PAGERDUTY_ROUTING_KEY. The nested form
 SPENDWATCH_WEBHOOK__URL=... works once the tables are fields of Settings.
+
+A bad value becomes a ConfigError naming the key (`webhook.url`, `admin.port`, ...) and a fix for that key
+(`config_error`); a check over two keys names the one to change through the error's context `key`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from watcher.errors import ConfigError
 
+log = logging.getLogger("watcher.breaker.config")
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+WEBHOOK_SECRET_ENV = "SPENDWATCH_WEBHOOK_SECRET"
+ADMIN_TOKEN_ENV = "SPENDWATCH_ADMIN_TOKEN"
+MIN_SECRET_CHARS = 16
+# keys that were settings once and are now ignored, with why (old files keep loading, with a warning)
+_RETIRED = {"signature_tolerance_seconds": "the receiver decides how old a signature it accepts "
+            "(watcher.breaker.signing.verify tolerance_seconds, 300 s in examples/receiver.py); the sender "
+            "signs each attempt afresh"}
+_RANDOM = "a random string of at least 16 characters, e.g. the output of `openssl rand -hex 32`"
+# the fix for a bad value, per key (breaker_fix); other keys get the validation message and the README
+FIXES = {
+    "webhook.url": "give the wallet service's endpoint as an http:// or https:// URL (webhook.url or "
+                   "--webhook-url), or leave it empty to record breaker changes without sending them",
+    "webhook.secrets": f"set {WEBHOOK_SECRET_ENV} (or webhook.secrets) to {_RANDOM}; during a rotation "
+                       "give several, comma-separated, newest first",
+    "webhook.retry_initial_seconds": "make webhook.retry_initial_seconds at most webhook.retry_max_seconds",
+    "admin.port": "give a TCP port from 1 to 65535, or 0 for a free one (admin.port or --admin-port)",
+    "admin.token": f"set {ADMIN_TOKEN_ENV} (or admin.token) to {_RANDOM}",
+}
+
+
+def _setting_error(key: str, message: str) -> PydanticCustomError:
+    """A failed check over several fields, naming the field to change (read by `config_error`)."""
+    return PydanticCustomError("setting", message, {"key": key})
+
+
+def _short_secret_message(env: str, what: str) -> str:
+    src = f" from {env} (the environment wins over the file)" if os.environ.get(env, "").strip() else ""
+    return f"{what}{src} is shorter than {MIN_SECRET_CHARS} characters"
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -37,34 +72,51 @@ class WebhookSettings(BaseModel):
     """The wallet service's freeze/unfreeze/escalate webhook."""
 
     model_config = _FROZEN
-    url: str = Field("", description="POST target; empty: decisions are logged and recorded, not sent")
-    secrets: list[SecretStr] = Field(default_factory=list, description="HMAC-SHA256 secrets; all sign")
+    url: str = Field("", description="POST target; empty: changes are recorded on the breaker topic and kept "
+                     "there undelivered until a start with a url sends them")
+    secrets: list[SecretStr] = Field(default_factory=list, description="HMAC-SHA256 secrets; each signs "
+                                     "(one v1= per secret)")
     connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
     retry_initial_seconds: Annotated[float, Field(gt=0, le=60)] = 0.2
     retry_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0
     retry_budget_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 6 * 3600.0
     max_concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
-    signature_tolerance_seconds: Annotated[int, Field(ge=1, le=3600)] = 300
 
     @model_validator(mode="before")
     @classmethod
     def _env(cls, data: Any) -> Any:
-        env = _env_list("SPENDWATCH_WEBHOOK_SECRET")
+        data = dict(data or {})
+        for key, why in _RETIRED.items():
+            if key in data:
+                data.pop(key)
+                log.warning("webhook.%s is ignored (remove it): %s", key, why)
+        env = _env_list(WEBHOOK_SECRET_ENV)
         if env is not None:
-            data = {**(data or {}), "secrets": env}
+            data["secrets"] = env
         return data
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https:// (got {v[:60]!r})")
+        return v
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: list[SecretStr]) -> list[SecretStr]:
+        if any(len(s.get_secret_value()) < MIN_SECRET_CHARS for s in v):
+            raise ValueError(_short_secret_message(WEBHOOK_SECRET_ENV, "a webhook secret"))
+        return v
 
     @model_validator(mode="after")
     def _check(self):
-        if self.url and not self.url.startswith(("http://", "https://")):
-            raise ValueError("webhook.url must start with http:// or https://")
         if self.url and not self.secrets:
-            raise ValueError("webhook.url is set but no secret: set SPENDWATCH_WEBHOOK_SECRET")
-        if any(len(s.get_secret_value()) < 16 for s in self.secrets):
-            raise ValueError("webhook secrets must be at least 16 characters")
+            raise _setting_error("secrets", f"webhook.url is set but there is no secret to sign with: set "
+                                 f"{WEBHOOK_SECRET_ENV}")
         if self.retry_initial_seconds > self.retry_max_seconds:
-            raise ValueError("retry_initial_seconds must not exceed retry_max_seconds")
+            raise _setting_error("retry_initial_seconds", "retry_initial_seconds must not exceed retry_max_seconds")
         return self
 
     def secret_values(self) -> list[bytes]:
@@ -84,16 +136,17 @@ class AdminSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _env(cls, data: Any) -> Any:
-        tok = os.environ.get("SPENDWATCH_ADMIN_TOKEN")
+        tok = os.environ.get(ADMIN_TOKEN_ENV)
         if tok:
             data = {**(data or {}), "token": tok}
         return data
 
-    @model_validator(mode="after")
-    def _check(self):
-        if self.token is not None and len(self.token.get_secret_value()) < 16:
-            raise ValueError("admin.token must be at least 16 characters")
-        return self
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(_short_secret_message(ADMIN_TOKEN_ENV, "the admin token"))
+        return v
 
     def base_url(self) -> str:
         if self.url:
@@ -164,7 +217,31 @@ def load_breaker_config(path: str | os.PathLike | None = None, **overrides: Any)
     try:
         return BreakerConfig(**data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(x) for x in err["loc"] if x != "__root__")
-        raise ConfigError(f"invalid setting: {err.get('msg')}", file=source, key=key or None,
-                          fix="see README, Configuration (breaker, webhook, admin)") from None
+        raise config_error(exc, source) from None
+
+
+def error_key(err: dict[str, Any]) -> str:
+    """The dotted key of one pydantic error: its location, plus the field a check over several names."""
+    loc = [str(x) for x in err.get("loc", ()) if x != "__root__"]
+    sub = (err.get("ctx") or {}).get("key")
+    if sub:
+        loc.append(str(sub))
+    return ".".join(loc)
+
+
+def breaker_fix(key: str) -> str | None:
+    """The fix for a bad [webhook] / [admin] / [breaker] key, if it has a specific one."""
+    return FIXES.get(key)
+
+
+def config_error(exc: ValidationError, file: str | None = None, *, origin: str = "") -> ConfigError:
+    """A ConfigError for the first error of a breaker configuration: the key it is about and its fix.
+    `origin`: where the values came from when not a file (e.g. "command line")."""
+    err = exc.errors()[0]
+    key = error_key(err)
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    fix = breaker_fix(key) or (f"{msg} (got {str(err.get('input'))[:60]!r}); see README, Configuration "
+                               "(breaker, webhook, admin)")
+    where = f" ({origin})" if origin else ""
+    return ConfigError(f"invalid setting{where}: {msg}{more}", file=file, key=key or None, fix=fix)

@@ -5,15 +5,17 @@ Records (JSON, tagged by "type"):
                hear of it, the webhook body: {"type": "change", "seq", "partition", "id", "agent", "kind",
                "webhook", "previous", "state", "at_ms", "by", "cause", "reason", "breaker", "body"}
     delivered  how a webhook ended: {"type": "delivered", "id", "partition", "agent", "outcome"
-               (delivered | dead | disabled), "attempts", "at_ms", "detail"}
+               (delivered | dead | disabled), "attempts", "at_ms", "detail"}. `delivered` and `dead`
+               end it; `disabled` (no webhook.url at the time, nothing was sent) is only noted: the
+               webhook stays undelivered and the first start with a url sends it
 
 Changes caused by decisions are published through the daemon's batch (so they are on the broker before
 the input offsets that caused them are committed); changes made by a person are published and awaited
 before the admin API answers. `BreakerLog` reads the whole topic when the daemon starts and then follows
 it, folding per input partition the newest breaker of each agent, the applied causes and the webhooks
-with no `delivered` record yet. A partition's restore merges its checkpoint with that fold, so a change
-made after the last checkpoint (a person's hold, a freeze just before a SIGKILL) survives, and every
-undelivered webhook is sent again with its original id and body.
+that no `delivered` record has ended yet. A partition's restore merges its checkpoint with that fold, so
+a change made after the last checkpoint (a person's hold, a freeze just before a SIGKILL) survives, and
+every undelivered webhook is sent again with its original id and body.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class DeliveredRecord(msgspec.Struct, tag_field="type", tag="delivered", frozen=
 
 
 Record = ChangeRecord | DeliveredRecord
+# outcomes that end a webhook; "disabled" does not: it was never sent (webhook.url was empty)
+FINAL_OUTCOMES = frozenset({"delivered", "dead"})
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(Record)
 
@@ -107,7 +111,7 @@ class PartitionFold:
             d = delivery_of(r)
             if d is not None and r.id not in self.done:
                 self.pending[r.id] = d
-        else:
+        elif r.outcome in FINAL_OUTCOMES:
             self.pending.pop(r.id, None)
             self.done[r.id] = None
             if len(self.done) > 4 * APPLIED_MAX:
@@ -142,6 +146,10 @@ class BreakerLog:
         self.task: asyncio.Task | None = None
         self.records = 0
         self.bad = 0
+
+    def undelivered(self) -> int:
+        """Webhooks on the log (all partitions) that no `delivered` or `dead` record has ended."""
+        return sum(len(f.pending) for f in self.folds.values())
 
     def fold(self, partition: int) -> PartitionFold:
         return self.folds.setdefault(partition, PartitionFold())
@@ -179,11 +187,15 @@ class BreakerLog:
             if not behind:
                 break
             if time.monotonic() - t0 > self.catchup_timeout_s:
-                log.error("breaker log: not caught up after %.0f s on %s; continuing (webhooks of those "
-                          "partitions are re-sent once read)", self.catchup_timeout_s, behind)
+                log.error("breaker log: not caught up after %.0f s on %s; continuing without the rest. "
+                          "Breaker changes and undelivered webhooks recorded there are missing from this "
+                          "start's restore: they are re-sent only at the next start (or when a rebalance "
+                          "assigns their partition to this replica again). Raise "
+                          "checkpoint.restore_timeout_seconds if the topic is this slow to read",
+                          self.catchup_timeout_s, behind)
                 break
         log.info("breaker log %s read: %d records, %d undelivered webhooks", self.topic, self.records,
-                 sum(len(f.pending) for f in self.folds.values()))
+                 self.undelivered())
         self.task = asyncio.create_task(self._follow(), name="breaker log")
         return self
 

@@ -63,8 +63,10 @@ class BreakerService:
             await self.stack.aclose()
             raise
         if not self.cfg.webhook.url:
-            log.warning("webhook.url is not set (--webhook-url): breaker changes are recorded on %s but no "
-                        "wallet service hears of them", self.cfg.breaker.topic)
+            log.warning("webhooks DISABLED: webhook.url is not set (--webhook-url), so breaker changes are "
+                        "recorded on %s but no wallet service hears of them. %d undelivered webhooks wait "
+                        "on the topic (these and every new one are kept there); a start with webhook.url "
+                        "sends them", self.cfg.breaker.topic, self.log.undelivered())
         return self
 
     async def _close_sender(self) -> None:

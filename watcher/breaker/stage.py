@@ -27,7 +27,7 @@ from aiokafka.partitioner import murmur2
 
 from watcher.breaker.config import BreakerConfig
 from watcher.breaker.metrics import BreakerMetrics
-from watcher.breaker.outbox import BreakerLog, DeliveredRecord, change_record, encode_record
+from watcher.breaker.outbox import FINAL_OUTCOMES, BreakerLog, DeliveredRecord, change_record, encode_record
 from watcher.breaker.state import CLOSED, FROZEN, HALF_OPEN, Breakers, Effect, Timing
 from watcher.breaker.webhook import Delivery, webhook_body
 from watcher.errors import SpendwatchError
@@ -210,9 +210,10 @@ class BreakerStage:
             self._submit_all(p)
 
     def on_result(self, d: Delivery, outcome: str, attempts: int, detail: str) -> None:
-        """The sender finished a delivery: drop it from the outbox and record how it ended."""
+        """The sender finished a delivery: drop it from the outbox (unless it was never sent: webhooks
+        disabled) and record how it ended."""
         box = self.outbox.get(d.partition)
-        if box is not None:
+        if box is not None and outcome in FINAL_OUTCOMES:
             box.pop(d.id, None)
         if self.producer is not None:
             rec = DeliveredRecord(d.id, d.partition, d.agent, outcome, attempts, int(time.time() * 1000), detail)

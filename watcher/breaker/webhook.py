@@ -72,7 +72,8 @@ class Delivery(msgspec.Struct, frozen=True):
     seq: int = 0
 
 
-Result = Callable[[Delivery, str, int, str], None]   # (delivery, delivered|dead|disabled, attempts, detail)
+# (delivery, outcome, attempts, detail); outcome delivered | dead | disabled (no url: not sent, still owed)
+Result = Callable[[Delivery, str, int, str], None]
 
 
 def backoff(attempt: int, initial: float, cap: float, rand: Callable[[], float] = random.random) -> float:
@@ -176,7 +177,8 @@ class WebhookSender:
 
     async def _deliver(self, d: Delivery) -> tuple[str, int, str]:
         if not self.ws.url:
-            log.info("webhook %s (%s %s) not sent: webhook.url is not configured", d.id, d.type, d.agent)
+            log.info("webhook %s (%s %s) not sent: webhook.url is not configured; it stays undelivered on the "
+                     "breaker topic until a start with a url", d.id, d.type, d.agent)
             return "disabled", 0, "no url"
         attempt, detail = 0, ""
         deadline_ms = d.created_ms + self.ws.retry_budget_seconds * 1000

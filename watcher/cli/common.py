@@ -19,6 +19,11 @@ def add_kafka_options(p: argparse.ArgumentParser, *, embedded: bool = True) -> N
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    import logging
+
     from watcher.config import load_settings  # imported when a command runs: `--help` stays fast
 
-    return load_settings(getattr(args, "config", None))
+    settings = load_settings(getattr(args, "config", None))
+    if getattr(args, "log_level", None) is None:  # --log-level wins over the file's log_level
+        logging.getLogger().setLevel(settings.log_level)
+    return settings

@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watch what autonomous AI agents spend over x402 (USDC on an EVM chain), keep exact "
                     "rolling per-agent budgets from Kafka, and stop runaway agents.",
         epilog="Start with `spendwatch demo --duration 30`. Configuration: README, section Configuration.")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="log verbosity (default INFO)")
+    p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="log verbosity (default: log_level of the configuration file, else INFO)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "INFO")
     try:
         return int(args.func(args) or 0)
     except SpendwatchError as exc:

@@ -7,7 +7,10 @@ Implementations:
     TopicBreakerView   consumes `watcher.breaker` from the beginning (no consumer group) and keeps the
                        latest state per agent: records of type "change" carry "agent" and "state" (the
                        breaker helper's watcher.breaker.outbox.ChangeRecord); other types are skipped.
-                       Records of one agent share a key, so the log's order is their order.
+                       Records of one agent share a key, so the log's order is their order. Current
+                       while a recent probe of the log end (one ListOffsets round-trip about every
+                       second) has been read up to: a fetch from an unreachable broker returns nothing,
+                       not an error, so reads alone cannot tell a quiet topic from a lost broker.
     AdminBreakerView   polls the admin API (GET /v1/agents?state=open|held, bearer token) every
                        `refresh_seconds`; current while the last poll is younger than `stale_after_seconds`.
     StaticBreakerView  a fixed set (tests, or a hand-kept deny list).
@@ -28,6 +31,7 @@ from typing import Literal, Protocol
 import httpx
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from watcher.tap.metrics import TapMetrics
 from watcher.tap.records import _checksum
@@ -35,6 +39,31 @@ from watcher.tap.records import _checksum
 log = logging.getLogger("watcher.tap.breakers")
 FROZEN = frozenset({"open", "held"})
 FailMode = Literal["open", "closed"]
+STOP_TIMEOUT_SECONDS = 5.0
+
+
+async def _stop_consumer(c: AIOKafkaConsumer, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """Stop a consumer within `timeout` each for its fetcher and its connections, also with the broker gone.
+
+    aiokafka 0.14's fetcher cancels its in-flight fetches on close and awaits them; one caught in its retry
+    back-off re-raises that CancelledError out of `stop()`, before the client (metadata task, connections)
+    is closed. That CancelledError is absorbed and the client closed here; a cancellation of the caller
+    itself is not absorbed.
+    """
+    try:
+        await asyncio.wait_for(c.stop(), timeout)
+        return
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("breaker view: the consumer's fetch was cancelled while stopping (broker unreachable)")
+    except Exception as exc:  # TimeoutError included
+        log.warning("breaker view: stopping the Kafka consumer failed (%r); closing its connections", exc)
+    try:
+        await asyncio.wait_for(c._client.close(), timeout)
+    except Exception as exc:
+        log.warning("breaker view: closing the Kafka client failed (%r)", exc)
 
 
 class BreakerView(Protocol):
@@ -119,16 +148,29 @@ _dec = msgspec.json.Decoder(_Change)
 
 
 class TopicBreakerView(_Following):
-    """Follows the `watcher.breaker` topic. Current once caught up, and while reads keep succeeding."""
+    """Follows the `watcher.breaker` topic.
+
+    About once a second (`probe_seconds`) the view asks the partition leaders for the log end (ListOffsets,
+    bounded by `probe_timeout_seconds`). Once the consumer's position reaches that end, the view is known
+    complete as of the moment the probe was sent: `fresh()` is True while that moment is younger than
+    `stale_after_seconds`. One probe is outstanding at a time, so a consumer that lags keeps its age honest.
+    """
 
     def __init__(self, bootstrap: str, topic: str = "watcher.breaker", *, stale_after_seconds: float = 30.0,
                  client_id: str = "spendwatch-tap-breakers") -> None:
         super().__init__()
+        if stale_after_seconds <= 0:
+            raise ValueError("stale_after_seconds must be > 0")
         self.bootstrap, self.topic, self.client_id = bootstrap, topic, client_id
         self.stale_after = stale_after_seconds
+        self.probe_seconds = min(1.0, stale_after_seconds / 3)
+        self.probe_timeout_seconds = min(5.0, stale_after_seconds / 2)
         self.records = self.bad = 0
+        self.probes = self.probe_failures = 0
         self.caught_up = asyncio.Event()
-        self._last_ok = 0.0
+        self._last_ok = 0.0          # monotonic send time of the newest probe the consumer has read up to
+        self._probe: tuple[float, dict[TopicPartition, int]] | None = None   # (sent at, log end) not yet reached
+        self._next_probe, self._probe_ok = 0.0, True
         self._consumer: AIOKafkaConsumer | None = None
 
     def fresh(self) -> bool:
@@ -136,9 +178,9 @@ class TopicBreakerView(_Following):
         return self.current
 
     async def _close(self) -> None:
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                await self._consumer.stop()
+        c, self._consumer = self._consumer, None
+        if c is not None:
+            await _stop_consumer(c)
 
     def apply(self, raw: bytes) -> None:
         try:
@@ -162,12 +204,51 @@ class TopicBreakerView(_Following):
             log.info("breaker topic %s not there yet; the view stays unknown until it is", self.topic)
             await asyncio.sleep(1.0)
 
+    async def _probe_log_end(self, c: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        """Send a probe when due and none is outstanding; a failed or slow one is counted and retried."""
+        now = time.monotonic()
+        if self._probe is not None or now < self._next_probe:
+            return
+        self._next_probe = now + self.probe_seconds
+        try:
+            end = await asyncio.wait_for(c.end_offsets(tps), self.probe_timeout_seconds)
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            self.probe_failures += 1
+            if self._probe_ok:
+                log.warning("breaker view: no answer from the broker for %s (%r); the view goes stale after "
+                            "%.0f s without one", self.topic, exc, self.stale_after)
+            self._probe_ok = False
+            return
+        self.probes += 1
+        if not self._probe_ok:
+            log.info("breaker view: the broker answers again for %s", self.topic)
+        self._probe_ok = True
+        self._probe = (now, end)
+
+    async def _reached(self, c: AIOKafkaConsumer) -> None:
+        """If the consumer has read up to the outstanding probe's log end, the view is current as of it."""
+        if self._probe is None:
+            return
+        sent, end = self._probe
+        for tp, offset in end.items():
+            try:
+                pos = await asyncio.wait_for(c.position(tp), self.probe_timeout_seconds)
+            except asyncio.TimeoutError:
+                return
+            if pos < offset:
+                return
+        self._probe, self._last_ok = None, sent
+        if not self.caught_up.is_set():
+            self.caught_up.set()
+            log.info("breaker view caught up: %d records, %d agents not closed", self.records, len(self.states))
+
     async def _run(self) -> None:
         delay = 0.5
         while True:
             c = self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                                   enable_auto_commit=False, auto_offset_reset="earliest",
                                                   client_id=self.client_id, fetch_max_wait_ms=100)
+            self._probe, self._next_probe, self._probe_ok = None, 0.0, True
             try:
                 await c.start()
                 tps = await self._assign(c)
@@ -177,25 +258,15 @@ class TopicBreakerView(_Following):
                     for msgs in batch.values():
                         for m in msgs:
                             self.apply(m.value)
-                    self._last_ok = time.monotonic()
-                    if not self.caught_up.is_set():
-                        behind = False
-                        for tp in tps:
-                            hw = c.highwater(tp)
-                            if hw is None or await c.position(tp) < hw:
-                                behind = True
-                        if not behind:
-                            self.caught_up.set()
-                            log.info("breaker view caught up: %d records, %d agents not closed", self.records,
-                                     len(self.states))
+                    await self._probe_log_end(c, tps)
+                    await self._reached(c)
                     delay = 0.5
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("breaker view: reading %s failed (%r); retrying in %.1f s", self.topic, exc, delay)
                 self.caught_up.clear()
-                with contextlib.suppress(Exception):
-                    await c.stop()
+                await _stop_consumer(c)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
