@@ -18,7 +18,9 @@ async def _wait_connected(bridge: ChainBridge) -> None:
 @pytest.mark.parametrize("mode", ["ws", "http"])
 async def test_payments_pending_then_confirmed(mode, chain, reader, settings_for, tmp_path, kafka_bootstrap,
                                                kafka_topic):
-    extra = {"ws_url": None, "http_url": chain.node.http_url} if mode == "http" else {}
+    # Over WebSocket the poll interval is only a safety re-sync: at 30 s the waits below (20 s) time out unless
+    # the subscriptions wake the bridge.
+    extra = {"ws_url": None, "http_url": chain.node.http_url} if mode == "http" else {"poll_interval_seconds": 30.0}
     settings = settings_for(chain, tmp_path, kafka_bootstrap, kafka_topic, **extra)
     agent, agent2 = chain.agents[0], chain.agents[1]
     async with KafkaPublisher(kafka_bootstrap, kafka_topic) as pub, ChainBridge(settings, pub) as bridge:
@@ -59,6 +61,9 @@ async def test_payments_pending_then_confirmed(mode, chain, reader, settings_for
         seen_tx = {g.record.txHash for g in got}
         assert r3["transactionHash"] not in seen_tx and r4["transactionHash"] not in seen_tx
         assert bridge.failed is None
+        assert bridge.stats["reconnects"] == 0, dict(bridge.stats)
+        if mode == "ws":
+            assert bridge.stats["notifications"] > 0, dict(bridge.stats)
     assert bridge.stats["reverted"] == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -152,6 +153,31 @@ def test_config_file_errors_name_file_key_and_fix(tmp_path, monkeypatch):
     assert load_settings(cfg).required_confirmations == 4
     with pytest.raises(ConfigError, match="ws_url"):
         settings_from_mapping({"ws_url": "http://x", "watch_all": True})
+
+
+def test_relative_paths_in_the_config_file_are_relative_to_it(tmp_path, monkeypatch):
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "agents.toml").write_text(f'[[agents]]\nwallet = "{AGENT}"\n')
+    cfg = folder / "spendwatch.toml"
+    cfg.write_text('[chain]\nhttp_url = "http://127.0.0.1:8545"\nregistry_file = "agents.toml"\n'
+                   'checkpoint_path = "state/cp.json"\n')
+    monkeypatch.chdir(tmp_path)                       # started from elsewhere: the file's paths still hold
+    s = load_settings(cfg)
+    assert (s.checkpoint_path, s.registry_file) == (folder / "state" / "cp.json", folder / "agents.toml")
+    s = load_settings(Path("etc/spendwatch.toml"))     # a relative config path: its folder, as given
+    assert (s.checkpoint_path, s.registry_file) == (Path("etc/state/cp.json"), Path("etc/agents.toml"))
+    # the environment and the command line (--checkpoint) are relative to the working directory
+    monkeypatch.setenv("SPENDWATCH_CHAIN__CHECKPOINT_PATH", "env/cp.json")
+    assert load_settings(cfg).checkpoint_path == Path("env/cp.json")
+    monkeypatch.delenv("SPENDWATCH_CHAIN__CHECKPOINT_PATH")
+    assert load_settings(cfg, checkpoint_path=Path("cli/cp.json")).checkpoint_path == Path("cli/cp.json")
+    # absolute in the file: as written; not in the file: the default, in the working directory
+    cfg.write_text(f'[chain]\nhttp_url = "http://127.0.0.1:8545"\nwatch_all = true\n'
+                   f'checkpoint_path = "{tmp_path / "abs" / "cp.json"}"\n')
+    assert load_settings(cfg).checkpoint_path == tmp_path / "abs" / "cp.json"
+    cfg.write_text('[chain]\nhttp_url = "http://127.0.0.1:8545"\nwatch_all = true\n')
+    assert load_settings(cfg).checkpoint_path == Path(".spendwatch/chain-checkpoint.json")
 
 
 @pytest.mark.parametrize("extra", [(), ("0x70997970C51812dc3A010C7d01b50e0d17dc79C8",)])

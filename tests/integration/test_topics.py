@@ -52,3 +52,19 @@ async def test_refuses_input_topics_with_different_partition_counts(kafka_bootst
         await admin.close()
     with pytest.raises(BrokerError, match="same number of partitions"):
         await ensure_topics(s.kafka)
+
+
+async def test_breaker_topic_is_kept_forever(kafka_bootstrap, unique):
+    """watcher.breaker is the audit trail and the tap's source of truth: it must not age out."""
+    from watcher.breaker.outbox import ensure_topic
+
+    topic = f"brk-{unique}"
+    await ensure_topic(kafka_bootstrap, topic, 2)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        res = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    entries = {e[0]: e[1] for r in res for e in r.resources[0][4]}
+    assert entries.get("retention.ms") == "-1", entries

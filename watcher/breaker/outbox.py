@@ -124,8 +124,11 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int, replication:
     try:
         if topic not in set(await admin.list_topics()):
             try:
-                await admin.create_topics([NewTopic(topic, partitions, replication)])
-                log.info("created topic %s (%d partitions)", topic, partitions)
+                # the audit trail, and the history the tap's breaker view is rebuilt from: kept, not aged out
+                # after the broker's default 7 days (a week-old hold must still hold)
+                await admin.create_topics([NewTopic(topic, partitions, replication,
+                                                    topic_configs={"retention.ms": "-1"})])
+                log.info("created topic %s (%d partitions, kept forever)", topic, partitions)
             except TopicAlreadyExistsError:
                 pass
     finally:

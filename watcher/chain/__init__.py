@@ -5,6 +5,7 @@
     logs.py        pure join of logs into Transfers (attribution to the authorizer), -> ChainTransfer
     reorg.py       pure ChainTracker: pending -> confirmed after N blocks, reverted on reorg
     checkpoint.py  the durable position (atomic JSON file)
+    ranges.py      pure RangeSizer: blocks per eth_getLogs, halved when the node refuses a range
     node.py        web3.py 8 AsyncWeb3 over WebSocket (subscriptions) or HTTP (polling)
     publisher.py   Kafka producer (acks=all), key = payer wallet
     metrics.py     ChainMetrics (head, lag, records, reorgs, errors) and their /metrics server
@@ -18,8 +19,8 @@ from importlib import import_module
 
 # imported on first use, so `spendwatch --help` does not pay for web3 and aiokafka
 _EXPORTS = {"ChainBridge": "bridge", "ChainSettings": "config", "load_settings": "config", "ChainError": "errors",
-            "NodeError": "errors", "PublishError": "errors", "KafkaPublisher": "publisher",
-            "ChainMetrics": "metrics"}
+            "NodeError": "errors", "RangeRefusedError": "errors", "PublishError": "errors",
+            "KafkaPublisher": "publisher", "ChainMetrics": "metrics"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -4,7 +4,8 @@
 
 A sync pass reads the head, checks that the remembered tip is still canonical (else walks back to the
 common ancestor and publishes `reverted`), reads blocks that are already `confirmations` deep with
-eth_getLogs over bounded block ranges (published `confirmed` at once), then the recent blocks one by
+eth_getLogs over bounded block ranges (published `confirmed` at once; a range the node refuses as too
+large is read again in halves, see `watcher.chain.ranges`), then the recent blocks one by
 one (eth_getLogs by block hash; published `pending`, later `confirmed`). The checkpoint is written after
 Kafka acknowledged the records it covers, so a crash at any point only repeats records (stable ids).
 
@@ -18,6 +19,10 @@ a back-off (reconnect_min_seconds doubling up to reconnect_max_seconds).
     async with ChainBridge(settings, sink) as bridge:   # runs in a task until the block exits
         ...
     ChainBridge(settings, sink, metrics)                # with the ChainMetrics to serve (default: its own)
+    ChainBridge(settings, sink, connect=fn)             # fn(settings, wallets) -> a Node (tests: a stand-in)
+
+With no checkpoint and no `start_block` the bridge starts after the current head and says so in a WARNING:
+earlier transfers are then never read (set start_block to backfill them).
 """
 
 from __future__ import annotations
@@ -26,17 +31,18 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
 from watcher.chain.abi import Header
 from watcher.chain.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from watcher.chain.config import ChainSettings, watched_wallets
-from watcher.chain.errors import ChainError
+from watcher.chain.errors import ChainError, RangeRefusedError
 from watcher.chain.logs import JoinStats, Transfer, join_transfers, to_wire
 from watcher.chain.metrics import ChainMetrics
 from watcher.chain.node import Node
 from watcher.chain.publisher import Sink
+from watcher.chain.ranges import RangeSizer
 from watcher.chain.reorg import ChainTracker, Emission
 from watcher.errors import ClosedError, ConfigError
 from watcher.events.addresses import AddressBook
@@ -45,9 +51,17 @@ from watcher.events.wire import ChainTransfer
 log = logging.getLogger("spendwatch.chain")
 
 
+def connect_node(settings: ChainSettings, wallets: frozenset[str] | None) -> Node:
+    """The node of `settings` (not yet connected: enter it with `async with`)."""
+    return Node(ws_url=settings.ws_url, http_url=settings.http_url, token=settings.token, wallets=wallets,
+                request_timeout_seconds=settings.request_timeout_seconds)
+
+
 class ChainBridge:
-    def __init__(self, settings: ChainSettings, sink: Sink, metrics: ChainMetrics | None = None) -> None:
+    def __init__(self, settings: ChainSettings, sink: Sink, metrics: ChainMetrics | None = None, *,
+                 connect: Callable[[ChainSettings, frozenset[str] | None], Node] = connect_node) -> None:
         self.settings = settings
+        self._connect = connect
         self.sink = sink
         if metrics is None:
             from prometheus_client import CollectorRegistry
@@ -55,6 +69,7 @@ class ChainBridge:
         self.metrics = metrics
         self.watched = None if settings.watch_all else watched_wallets(settings)
         self.tracker = ChainTracker(settings.required_confirmations, settings.max_reorg_depth)
+        self.ranges = RangeSizer(settings.backfill_block_range)   # blocks per eth_getLogs; kept across sessions
         self.stats: Counter[str] = Counter()
         self.skipped = JoinStats()
         self.connected = asyncio.Event()
@@ -98,8 +113,7 @@ class ChainBridge:
         s = self.settings
         while not self._stop.is_set():
             try:
-                async with Node(ws_url=s.ws_url, http_url=s.http_url, token=s.token, wallets=self.watched,
-                                request_timeout_seconds=s.request_timeout_seconds) as node:
+                async with self._connect(s, self.watched) as node:
                     chain_id = await node.chain_id()
                     if chain_id != s.chain_id:
                         raise ConfigError(f"the node at {s.ws_url or s.http_url} is on chain {chain_id}",
@@ -127,7 +141,8 @@ class ChainBridge:
         self._wake.set()
 
     async def _session(self, node: Node) -> None:
-        follow = asyncio.create_task(node.follow(self._on_wake)) if node.live else None
+        # once subscribed, one more pass: a block mined while subscribing sent no message
+        follow = asyncio.create_task(node.follow(self._on_wake, self._wake.set)) if node.live else None
         try:
             while not self._stop.is_set():
                 self._wake.clear()
@@ -207,7 +222,11 @@ class ChainBridge:
             if self._resume_from is None:       # first start, no start_block: begin after the head
                 tracker.jump(head, [])
                 self._commit()
-                log.info("chain bridge starts after the head, block %d", head.number)
+                log.warning("chain bridge: no checkpoint (%s) and no start_block: starting after the head, block "
+                            "%d; transfers in earlier blocks are not backfilled. To read them, stop the bridge, "
+                            "set chain.start_block (SPENDWATCH_CHAIN__START_BLOCK) to the first block to read "
+                            "and delete the checkpoint file, then start it again", self.settings.checkpoint_path,
+                            head.number)
                 return
             start = self._resume_from
         else:
@@ -245,13 +264,25 @@ class ChainBridge:
             self.stats["blocks"] += 1
 
     async def _backfill(self, node: Node, first: int, last: int) -> None:
-        """Blocks first..last are `confirmations` deep: read them by range, publish `confirmed`."""
-        step = self.settings.backfill_block_range
+        """Blocks first..last are `confirmations` deep: read them by range, publish `confirmed`. A range the
+        node refuses as too large is read again in halves (self.ranges); a refused single block ends the
+        session like any node error."""
+        ranges = self.ranges
         a = first
         while a <= last and not self._stop.is_set():
             self.metrics.backfill_remaining.set(last - a + 1)
-            b = min(a + step - 1, last)
-            logs = await node.logs_range(a, b)
+            b = min(a + ranges.size - 1, last)
+            try:
+                logs = await node.logs_range(a, b)
+            except RangeRefusedError as exc:
+                if not ranges.refused(exc.blocks):
+                    raise
+                self.stats["ranges_refused"] += 1
+                self.metrics.range_refused()
+                log.warning("chain bridge: %s; reading %d blocks per eth_getLogs call now", exc, ranges.size)
+                continue
+            if ranges.read(b - a + 1):
+                log.info("chain bridge: reading %d blocks per eth_getLogs call again", ranges.size)
             headers: dict[int, Header] = await node.headers(sorted({x.block_number for x in logs} | {b}))
             if b not in headers or any(headers.get(x.block_number) is None
                                        or headers[x.block_number].hash != x.block_hash for x in logs):

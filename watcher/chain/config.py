@@ -1,6 +1,8 @@
 """Settings of the chain bridge: one frozen pydantic model, read from the [chain] table of a TOML file,
 with environment overrides (prefix SPENDWATCH_CHAIN__, e.g. SPENDWATCH_CHAIN__WS_URL; list values as JSON).
 Precedence: explicit overrides (command-line options) > environment > file > defaults.
+Relative paths (registry_file, checkpoint_path) written in the file are relative to the file's folder;
+from the environment or the command line they are relative to the working directory.
 
 Validated before anything connects; every error names the file, the key and the fix.
 """
@@ -28,6 +30,9 @@ BASE_CHAIN_ID = 8453
 # to the point where PoS reorgs stop being seen). Local dev chains: 2.
 DEFAULT_CONFIRMATIONS: dict[int, int] = {1: 12, 8453: 10, 84532: 5, 10: 10, 42161: 10, 137: 64, 31337: 2}
 FALLBACK_CONFIRMATIONS = 12
+
+# keys whose relative paths in a config file are relative to that file's folder
+FILE_RELATIVE = ("registry_file", "checkpoint_path")
 
 # metrics_port values that serve no /metrics (0 is a port: a free one the OS picks, as for the watcher)
 METRICS_OFF = ("off", "false", "no", "none", "")
@@ -61,7 +66,8 @@ class ChainSettings(BaseSettings):
     backfill_block_range: int = Field(2000, ge=1, le=100_000, description="Blocks per eth_getLogs call when "
                                       "catching up.")
     start_block: int | None = Field(None, ge=0, description="First block to read when there is no "
-                                    "checkpoint; default: the head at first start.")
+                                    "checkpoint; default: the head at first start (earlier transfers are "
+                                    "then not read; a WARNING says so).")
     max_reorg_depth: int = Field(64, ge=1, le=10_000, description="Recent block hashes remembered to find "
                                  "the common ancestor after a reorg.")
     watch_all: bool = Field(False, description="Publish every transfer of the token, not only those from "
@@ -69,9 +75,12 @@ class ChainSettings(BaseSettings):
     watched_wallets: tuple[str, ...] = Field((), description="Payer wallets to watch (added to the "
                                              "registry's).")
     registry_file: Path | None = Field(None, description="TOML agent registry: [[agents]] wallet = '0x..', "
-                                       "name = '..'.")
+                                       "name = '..'. Relative: to the config file's folder (from the "
+                                       "environment: to the working directory).")
     checkpoint_path: Path = Field(Path(".spendwatch/chain-checkpoint.json"), description="JSON file with the "
-                                  "last processed block (written atomically).")
+                                  "last processed block (written atomically). Relative: to the config file's "
+                                  "folder (from the environment, --checkpoint or the default: to the working "
+                                  "directory).")
     kafka_bootstrap: str = Field("127.0.0.1:9092", min_length=3, description="Kafka bootstrap servers, "
                                  "host:port[,host:port].")
     topic: str = Field("x402.chain", min_length=1, max_length=249, description="Kafka topic for "
@@ -216,8 +225,9 @@ def load_settings(path: Path | None, **overrides: Any) -> ChainSettings:
         if not isinstance(table, dict):
             raise ConfigError("`chain` must be a table", file=source, key="chain", fix="write it as [chain]")
         data.update(table)
-        if data.get("registry_file") is not None and not os.path.isabs(str(data["registry_file"])):
-            data["registry_file"] = Path(path).parent / str(data["registry_file"])
+        for key in FILE_RELATIVE:      # a path in the file means the same wherever the bridge is started
+            if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
+                data[key] = Path(path).parent / data[key]
     env_keys = {k.upper() for k in os.environ}
     data = {k: v for k, v in data.items() if f"SPENDWATCH_CHAIN__{k.upper()}" not in env_keys}
     extra = overrides.pop("extra_wallets", None) or []

@@ -23,12 +23,13 @@ from watcher.chain.errors import NodeError, PublishError
 from watcher.errors import ConfigError
 
 STATUSES = ("pending", "confirmed", "reverted")
-ERROR_KINDS = ("node", "kafka", "chain")
+ERROR_KINDS = ("node", "kafka", "chain", "range_refused")
 REORG_DEPTH_BUCKETS = (1, 2, 3, 5, 10, 20, 64)
 
 
 def error_kind(exc: BaseException) -> str:
-    """node (RPC failed or refused), kafka (not acknowledged), chain (blocks changed while read, ...)."""
+    """The kind of an error that ended a session: node (RPC failed or refused), kafka (not acknowledged),
+    chain (blocks changed while read, ...). (range_refused is counted by `ChainMetrics.range_refused`.)"""
     if isinstance(exc, NodeError):
         return "node"
     if isinstance(exc, PublishError):
@@ -67,8 +68,10 @@ class ChainMetrics:
         self.deep_reorgs = Counter("spendwatch_chain_deep_reorgs", "Reorganisations deeper than the remembered "
                                    "blocks: transfers already confirmed there could not be reverted.",
                                    registry=r)
-        self.errors = Counter("spendwatch_chain_errors", "Sessions ended by an error, each followed by a "
-                              "reconnect after a back-off, by kind (node, kafka, chain).", ["kind"], registry=r)
+        self.errors = Counter("spendwatch_chain_errors", "Errors by kind. node, kafka, chain: a session ended, "
+                              "then a reconnect after a back-off. range_refused: the node refused an eth_getLogs "
+                              "block range as too large; read again in smaller ranges, no reconnect.", ["kind"],
+                              registry=r)
         for status in STATUSES:          # every series exists from the start
             self.published.labels(status)
         for kind in ERROR_KINDS:
@@ -107,6 +110,10 @@ class ChainMetrics:
     def error(self, exc: BaseException) -> None:
         self.errors.labels(error_kind(exc)).inc()
         self.set_connected(False)
+
+    def range_refused(self) -> None:
+        """The node refused an eth_getLogs range as too large (the session goes on with smaller ranges)."""
+        self.errors.labels("range_refused").inc()
 
     def _set_lag(self) -> None:
         if self._head is not None and self._processed is not None:
@@ -149,5 +156,6 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_chain_reorgs_total", "counter", "", "reorgs seen"),
     ("spendwatch_chain_reorg_depth_blocks", "histogram", "", "blocks dropped per reorg"),
     ("spendwatch_chain_deep_reorgs_total", "counter", "", "reorgs deeper than the remembered blocks"),
-    ("spendwatch_chain_errors_total", "counter", "kind", "sessions ended by an error (then a reconnect)"),
+    ("spendwatch_chain_errors_total", "counter", "kind", "errors: node, kafka, chain end the session (then a "
+     "reconnect); range_refused: an eth_getLogs range refused as too large (read in smaller ranges)"),
 ]

@@ -4,6 +4,10 @@ Calls go through `provider.make_request` and come back as the node's own JSON (0
 once by `watcher.chain.abi`. Subscriptions (logs of the token's Transfer and AuthorizationUsed, and new
 heads) only wake the bridge: records always come from eth_getLogs by block hash, because a stream of
 logs cannot tell when a block's logs are complete, and local nodes never send `removed: true`.
+
+eth_getLogs over a range that the provider finds too large (too many blocks or too many results: the
+wording differs per provider, see `is_range_refusal`) raises `RangeRefusedError`, so the bridge can read
+the same blocks in smaller ranges instead of failing.
 """
 
 from __future__ import annotations
@@ -11,17 +15,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from web3 import AsyncHTTPProvider, AsyncWeb3, WebSocketProvider
 
 from watcher.chain.abi import WATCHED_TOPICS, Header, Log, address_topic, parse_header, parse_log
-from watcher.chain.errors import NodeError
+from watcher.chain.errors import NodeError, RangeRefusedError
 
 log = logging.getLogger("spendwatch.chain.node")
 
 MAX_TOPIC_WALLETS = 200   # above this, subscribe to every transfer and filter locally
+
+# How providers say that an eth_getLogs range is too large (none of this is standardised), e.g.
+#   Infura, geth -32005 "query returned more than 10000 results"; Alchemy -32602 "Log response size exceeded";
+#   "block range too large", "exceed maximum block range: 50000", "block range is too wide",
+#   reth "query exceeds max results 20000", "Response is too big", "Query timeout exceeded. Consider reducing
+#   your block range."
+RANGE_REFUSAL_CODES = frozenset({-32005, -32602})   # limit exceeded; invalid params (a range over the limit)
+_RANGE_WORDS = re.compile(
+    r"more than \d+ results|block range|range (is )?too (large|big|wide)|(max|maximum) (block )?range"
+    r"|range limit|too many (logs|results|blocks)|max(imum)? results|response size|response is too (big|large)"
+    r"|response too (big|large)|reduc\w* (the |your )?(block )?range|query timeout|query timed out", re.I)
+_RATE_WORDS = re.compile(r"rate.?limit|rate exceeded|request count|too many requests|quota|credits", re.I)
+
+
+def is_range_refusal(error: object) -> bool:
+    """Whether a JSON-RPC error of eth_getLogs over several blocks says the range is too large (as opposed to
+    rate limiting or a broken node). A wrong yes costs only smaller reads: a 1-block range is never refused
+    as a range."""
+    if not isinstance(error, Mapping):
+        return bool(_RANGE_WORDS.search(str(error)))
+    message = str(error.get("message", ""))
+    if _RATE_WORDS.search(message):
+        return False
+    return error.get("code") in RANGE_REFUSAL_CODES or bool(_RANGE_WORDS.search(message))
 
 
 class Node:
@@ -73,15 +102,20 @@ class Node:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stack.aclose(), 5.0)
 
-    async def call(self, method: str, params: list) -> Any:
+    async def request(self, method: str, params: list) -> Mapping[str, Any]:
+        """The node's JSON-RPC response ({"result": ...} or {"error": {code, message}}); raises NodeError when
+        there is none (connection lost, timeout)."""
         if self._calls is None:
             raise NodeError("node is not connected")
         try:
-            resp = await asyncio.wait_for(self._calls.provider.make_request(method, params), self.timeout)
+            return await asyncio.wait_for(self._calls.provider.make_request(method, params), self.timeout)
         except NodeError:
             raise
         except Exception as exc:
             raise NodeError(f"{method} failed: {exc!r}") from exc
+
+    async def call(self, method: str, params: list) -> Any:
+        resp = await self.request(method, params)
         if "error" in resp:
             raise NodeError(f"{method} refused: {resp['error']}")
         return resp.get("result")
@@ -111,18 +145,35 @@ class Node:
         return [parse_log(x) for x in raw]
 
     async def logs_range(self, first: int, last: int) -> list[Log]:
-        raw = await self.call("eth_getLogs", [{**self._filter(), "fromBlock": hex(first), "toBlock": hex(last)}])
+        """Logs of blocks first..last; RangeRefusedError when the node finds the range too large (only for
+        more than one block: a refused single block is a plain NodeError)."""
+        resp = await self.request("eth_getLogs", [{**self._filter(), "fromBlock": hex(first),
+                                                   "toBlock": hex(last)}])
+        if "error" in resp:
+            error = resp["error"]
+            if last > first and is_range_refusal(error):
+                raise RangeRefusedError(f"eth_getLogs over blocks {first}..{last} ({last - first + 1} blocks) "
+                                        f"refused as too large: {error}", first=first, last=last)
+            raise NodeError(f"eth_getLogs over blocks {first}..{last} refused: {error}")
+        raw = resp.get("result")
+        if not isinstance(raw, list):
+            raise NodeError(f"eth_getLogs over blocks {first}..{last} answered {str(raw)[:200]}, not a list "
+                            "of logs")
         return [parse_log(x) for x in raw]
 
-    async def follow(self, on_wake: Callable[[int], None]) -> None:
-        """Subscribe to new heads and the token's logs; call on_wake(block number) for each message.
-        Returns (or raises) when the connection ends. on_wake must not block or call the node."""
+    async def follow(self, on_wake: Callable[[int], None], on_subscribed: Callable[[], None] | None = None) -> None:
+        """Subscribe to new heads and the token's logs; call on_wake(block number) for each message, and
+        on_subscribed() once both subscriptions exist (a block mined before that sent no message: one more
+        pass finds it). Returns (or raises) when the connection ends. The callbacks must not block or call
+        the node."""
         if self.w3 is None or self.ws_url is None:
             raise NodeError("follow() needs a WebSocket connection")
         w3 = self.w3
         try:
             await w3.eth.subscribe("newHeads")
             await w3.eth.subscribe("logs", self._filter())
+            if on_subscribed is not None:
+                on_subscribed()
             async for msg in w3.socket.process_subscriptions():
                 result = msg.get("result") if isinstance(msg, dict) else None
                 number = None
