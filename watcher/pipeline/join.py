@@ -10,7 +10,10 @@ Findings, each reported once per payment:
   amount_mismatch  a settled amount differs from the confirmed transferred amount
   shadow_spend     a confirmed transfer no facilitator reported within `shadow_grace_ms`
   unsettled        a successful settle with no confirmed transfer within `unsettled_after_ms`
-                   (only for chains whose bridge is running, i.e. that sent any transfer record)
+                   (only for chains whose bridge is running, i.e. that sent any transfer record).
+                   While the bridge has confirmed nothing paid at or after the settle (it may be down or
+                   behind, not the payment), the finding waits, for up to UNSETTLED_HOLD deadlines: a
+                   bridge outage is one ChainBridgeStalled page, not a warning per payment.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from watcher.events.observation import Kind, Observation
 from watcher.pipeline.dedupe import Generations
 
 MISMATCH, SHADOW, UNSETTLED = 1, 2, 4
+UNSETTLED_HOLD = 12      # an unsettled finding waits at most this many unsettled_after_ms for the bridge
 SETTLE = Kind.SETTLE
 _NONE: list = []  # shared empty result (never mutated)
 
@@ -71,6 +75,7 @@ class Join:
         self.unsettled_after_ms = unsettled_after_ms
         self.deadlines: list[tuple[int, str]] = []  # a heap: settles and transfers wait different times
         self.chains_seen: set[int] = set()
+        self.confirmed_upto: dict[int, int] = {}   # chain id -> latest event time of a confirmed transfer
 
     def apply(self, obs: Observation, categorize: Callable[[str, str | None], str | None],
               now_ms: int) -> tuple[Delta | None, list[Finding]]:
@@ -98,6 +103,8 @@ class Join:
                     heapq.heappush(self.deadlines, (now_ms + self.unsettled_after_ms, key))
         else:
             self.chains_seen.add(obs.chain_id)
+            if obs.status == "confirmed" and obs.ts_ms > self.confirmed_upto.get(obs.chain_id, -1):
+                self.confirmed_upto[obs.chain_id] = obs.ts_ms
             li = obs.log_index or 0
             if (not p.transfers and obs.status == "confirmed" and obs.amount == p.settle_amount == p.counted
                     and p.counted_n == 1):
@@ -153,6 +160,11 @@ class Join:
                     continue  # the common case: settled and confirmed
                 if (self._confirmed_amount(p) is None and not p.reported & UNSETTLED
                         and p.chain_id in self.chains_seen):
+                    if (self.confirmed_upto.get(p.chain_id, -1) < p.ts_ms
+                            and now_ms < p.ts_ms + UNSETTLED_HOLD * self.unsettled_after_ms):
+                        # the bridge has confirmed nothing paid since: look again later
+                        heapq.heappush(dl, (now_ms + max(self.unsettled_after_ms // 4, 1000), key))
+                        continue
                     p.reported |= UNSETTLED
                     out.append(self._finding("unsettled", p, now_ms,
                                              f"settled {p.settle_amount} base units but no confirmed transfer "
@@ -181,10 +193,13 @@ class Join:
 
     def snapshot(self) -> dict:
         return {"payments": self.payments.snapshot(), "deadlines": list(self.deadlines),
-                "chains_seen": sorted(self.chains_seen)}
+                "chains_seen": sorted(self.chains_seen), "confirmed_upto": sorted(self.confirmed_upto.items())}
 
     def restore(self, snap: dict) -> None:
         self.payments.restore(snap["payments"], lambda v: msgspec.convert(v, Payment))
         self.deadlines = [(int(a), b) for a, b in snap["deadlines"]]
         heapq.heapify(self.deadlines)
         self.chains_seen = set(snap["chains_seen"])
+        # checkpoints older than this field: take every chain seen as confirming (the previous behaviour)
+        self.confirmed_upto = ({int(c): int(t) for c, t in snap["confirmed_upto"]} if "confirmed_upto" in snap
+                               else {c: 2**62 for c in self.chains_seen})
