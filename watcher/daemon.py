@@ -7,6 +7,12 @@ revoked, and at shutdown; on assignment a partition's shard is restored and its 
 covered offsets (no checkpoint: from the earliest offset), so a restart counts nothing twice or never.
 
 Shutdown (SIGTERM/SIGINT set a flag): stop intake, finish the batch, checkpoint, commit, close.
+
+A partition whose state cannot be restored (a restore timeout, a damaged checkpoint, a checkpoint that no
+longer fits the configured windows) is never run without it: it stays paused, the daemon stops as on
+SIGTERM (checkpointing what it does own) and `run()` then raises a CheckpointError naming the partition,
+the cause and the fix, so `spendwatch run` exits 1. aiokafka only logs what a rebalance listener raises,
+so the listener records the error (`Daemon.fatal`) instead of raising it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from watcher.config import Settings
-from watcher.errors import EventError
+from watcher.errors import CheckpointError, EventError, SpendwatchError
 from watcher.events.decode import Decoder
 from watcher.events.observation import Observation
 from watcher.pipeline.categories import CategoryMap
@@ -88,18 +94,36 @@ class _Rebalance(ConsumerRebalanceListener):
 
     # The callbacks run in aiokafka's coordinator task, concurrently with the daemon's loop whenever that
     # awaits (publishing, checkpointing, committing): the lock makes a rebalance wait for the batch in hand.
+    # aiokafka logs and swallows what a callback raises, so errors are handed to the daemon to stop it.
     async def on_partitions_revoked(self, revoked):
-        async with self.daemon.lock:
-            await self.daemon._release({tp.partition for tp in revoked})
+        partitions = {tp.partition for tp in revoked}
+        try:
+            async with self.daemon.lock:
+                await self.daemon._release(partitions)
+        except Exception as exc:
+            self.daemon._fail(f"partition(s) {sorted(partitions)}: the checkpoint on revocation failed",
+                              CheckpointError(f"checkpointing partition(s) {sorted(partitions)} on revocation "
+                                              f"failed: {exc!r}; their next owner restores the previous "
+                                              "checkpoint and replays the input after it"), exc)
 
     async def on_partitions_assigned(self, assigned):
         consumer = self.daemon.consumer
         consumer.pause(*assigned)  # no records for a partition until its state is restored
+        fresh = {tp.partition for tp in assigned} - set(self.daemon.shards)
         try:
             async with self.daemon.lock:
-                await self.daemon._acquire({tp.partition for tp in assigned})
+                try:
+                    await self.daemon._acquire(fresh)
+                except BaseException:
+                    self.daemon._forget(fresh)  # all or nothing: a half-done restore may not have seeked yet
+                    raise
+        except Exception as exc:
+            self.daemon._fail(f"partition(s) {sorted(fresh)}: the state cannot be restored",
+                              self.daemon.store.unrestorable(fresh, exc), exc)
         finally:
-            consumer.resume(*[tp for tp in assigned if tp in consumer.assignment()])
+            # a partition without its state stays paused (its records would only be fetched and rewound)
+            consumer.resume(*[tp for tp in assigned
+                              if tp in consumer.assignment() and tp.partition in self.daemon.shards])
 
 
 class Daemon:
@@ -136,12 +160,22 @@ class Daemon:
         self._last_commit = time.monotonic()
         self.store: CheckpointStore | None = None
         self.lock = asyncio.Lock()  # one batch, checkpoint or rebalance callback at a time
+        self.fatal: SpendwatchError | None = None  # what stops the daemon; run() raises it after closing
 
     # -- lifecycle -----------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
         if not self.stopping.is_set():
             log.info("stop requested: finishing the current batch, then checkpoint, commit, close")
         self.stopping.set()
+
+    def _fail(self, what: str, error: SpendwatchError, cause: BaseException | None = None) -> None:
+        """Stop the daemon because of `error`: run() raises it once everything is closed (and the command
+        line logs it in full then: here only `what` happened, so the long message is not logged twice)."""
+        error.__cause__ = cause
+        if self.fatal is None:
+            self.fatal = error
+        log.error("%s (%s); stopping, then exiting with the error", what, type(cause or error).__name__)
+        self.request_stop()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -160,6 +194,8 @@ class Daemon:
         finally:
             await self.producer.stop()
             self._log_summary("stopped")
+        if self.fatal is not None:
+            raise self.fatal
 
     async def _consume(self) -> None:
         self.store = CheckpointStore(self.producer, self.k.bootstrap, self.k.checkpoint_topic, self.k.group,
@@ -327,10 +363,15 @@ class Daemon:
         for p in sorted(fresh):
             r = restored.get(p)
             if r is not None:
-                snap = msgspec.msgpack.decode(r.blob)
-                self.shards[p] = Shard.restore(snap["shard"], self.settings.shard_config(), self.categorize)
-                for i, stage in enumerate(self.stages):
-                    stage.restore(p, snap.get("stages", [None] * len(self.stages))[i])
+                try:
+                    snap = msgspec.msgpack.decode(r.blob)
+                    shard = Shard.restore(snap["shard"], self.settings.shard_config(), self.categorize)
+                    for i, stage in enumerate(self.stages):
+                        stage.restore(p, snap.get("stages", [None] * len(self.stages))[i])
+                except Exception as exc:
+                    why = str(exc) if isinstance(exc, SpendwatchError) else repr(exc)
+                    raise CheckpointError(f"partition {p}, checkpoint generation {r.manifest.gen}: {why}") from exc
+                self.shards[p] = shard
                 self.covered[p] = dict(r.manifest.offsets)
                 self.counters.restored_partitions += 1
                 log.info("partition %d: restored checkpoint gen %d (%d agents) covering %s", p, r.manifest.gen,
@@ -353,15 +394,20 @@ class Daemon:
         gone = partitions & set(self.shards)
         if not gone:
             return
-        for p in sorted(gone):
-            await self._checkpoint(p)
-        await self._commit()
-        for p in gone:
+        try:
+            for p in sorted(gone):
+                await self._checkpoint(p)
+            await self._commit()
+        finally:  # never keep (and later checkpoint over the new owner) a partition no longer ours
+            self._forget(gone)
+        log.info("released partitions %s", sorted(gone))
+
+    def _forget(self, partitions: set[int]) -> None:
+        for p in partitions:
             self.shards.pop(p, None)
             self.covered.pop(p, None)
             for stage in self.stages:
                 stage.drop(p)
-        log.info("released partitions %s", sorted(gone))
 
     async def _checkpoint(self, p: int) -> None:
         await self._flush()  # the state to be saved assumes its outputs are on the broker

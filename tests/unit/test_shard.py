@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 
 import msgspec
+import pytest
 
+from watcher.errors import CheckpointError
 from watcher.events import Decoder
 from watcher.pipeline import Shard, ShardConfig
 from watcher.pipeline.windows import WindowSpec
@@ -124,3 +126,37 @@ def test_deltas_carry_merchant_and_resource():
     sh = Shard()
     out = sh.apply([settle(1, resource="https://api.example/v1/q")])
     assert out.deltas[0].merchant == M and out.deltas[0].resource == "https://api.example/v1/q"
+
+
+# -- restoring with other [[windows]] than the checkpoint's ---------------------------------------------------
+def _checkpointed(cfg: ShardConfig) -> dict:
+    sh = Shard(cfg, categorize=lambda merchant, resource: "data")
+    sh.apply([settle(i, amount=i, ts=T - i * 120_000) for i in range(1, 40)])  # 2 minutes apart: 78 min
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(sh.snapshot()))
+
+
+def test_restore_refuses_windows_the_checkpoint_does_not_hold():
+    snap = _checkpointed(ShardConfig())  # 1m, 5m, 1h, 24h
+    new = ShardConfig(windows=(WindowSpec("10m", 600, 10), WindowSpec("24h", 86400, 8)))
+    with pytest.raises(CheckpointError) as err:
+        Shard.restore(snap, new)
+    msg = str(err.value)
+    assert "windows" in msg and "10m (600 s, 10 buckets)" in msg and "24h (86400 s, 8 buckets)" in msg
+    resized = ShardConfig(windows=(WindowSpec("24h", 86400, 24),))  # same name, other buckets: not exact
+    with pytest.raises(CheckpointError, match=r"24h \(86400 s, 24 buckets\)"):
+        Shard.restore(snap, resized)
+
+
+def test_restore_keeps_removed_renamed_and_reordered_windows_exact_under_the_configured_names():
+    old = ShardConfig()
+    whole = Shard.restore(_checkpointed(old), old)
+    new = ShardConfig(windows=(WindowSpec("day", 86400, 8), WindowSpec("1h", 3600, 6)))
+    sh = Shard.restore(_checkpointed(old), new)
+    assert [s.name for s in sh.agents.specs] == [s.name for s in sh.categories.specs] == ["day", "1h"]
+    (s1m, s5m, s1h, s24h), (c1m, c5m, c1h, c24h) = whole.agent_totals(A)
+    assert sh.agent_totals(A) == ([s24h, s1h], [c24h, c1h]) and s24h == sum(range(1, 40)) and s1h < s24h
+    cat = whole.category_totals(A, "data")
+    assert sh.category_totals(A, "data") == ([cat[0][3], cat[0][2]], [cat[1][3], cat[1][2]])
+    # and it goes on counting exactly under the new layout
+    sh.apply([settle(100, amount=1_000, ts=T + 1_000)])
+    assert sh.agent_totals(A)[0] == [s24h + 1_000, s1h + 1_000]

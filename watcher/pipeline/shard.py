@@ -6,6 +6,7 @@ No I/O here: the async shell hands in validated Observations and gets an Outcome
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import msgspec
@@ -20,6 +21,7 @@ from watcher.pipeline.windows import DEFAULT_WINDOWS, Windows, WindowSpec
 Categorize = Callable[[str, "str | None"], "str | None"]
 CATEGORY_SEP = b"|"
 TRANSFER = Kind.TRANSFER
+log = logging.getLogger(__name__)
 
 
 class ShardConfig(msgspec.Struct, frozen=True):
@@ -48,6 +50,10 @@ class Stats(msgspec.Struct):
     uncounted: int = 0
     signals: int = 0
     findings: int = 0
+
+
+def _names(specs) -> str:
+    return ", ".join(f"{s.name} ({s.seconds} s / {s.buckets})" for s in specs)
 
 
 def agent_key(address: str) -> bytes:
@@ -175,7 +181,14 @@ class Shard:
         self.watermark_ms = snap["watermark_ms"]
         self.seen.restore(snap["seen"])
         self.join.restore(snap["join"])
-        self.agents = Windows.restore(snap["agents"])
-        self.categories = Windows.restore(snap["categories"])
+        # the configured windows, never the checkpoint's own: every reader labels the sums by the configuration
+        self.agents = Windows.restore(snap["agents"], config.windows)
+        self.categories = Windows.restore(snap["categories"], config.windows)
+        saved = [WindowSpec(*s) for s in snap["agents"]["specs"]]
+        if tuple(saved) != tuple(config.windows):
+            kept = {(s.seconds, s.buckets) for s in config.windows}
+            log.warning("windows changed since the checkpoint: it had %s; restored exactly as configured: %s; "
+                        "dropped: %s", _names(saved), _names(config.windows),
+                        _names(s for s in saved if (s.seconds, s.buckets) not in kept) or "none")
         self.stats = msgspec.convert(snap["stats"], Stats)
         return self

@@ -9,10 +9,21 @@ added to its own bucket; one older than the whole window is counted in `late_dro
 Storage: one row per key, one column per bucket of every window (a ring per window, shared by all rows,
 with the absolute bucket number each column holds in `epoch`). Moving to a new bucket zeroes one column
 for all rows at once. Memory per key: 12 bytes per bucket (int64 sum + int32 count).
+
+Overflow: a bucket sum or a window total that would leave int64 is held at the int64 limit instead of
+wrapping (a wrapped sum turns negative and slips under every cap; a held one is above every cap), and
+each bucket so held is counted in `saturated` and logged. `_bound`, an upper bound on every bucket's
+magnitude, keeps the ordinary add and total at plain numpy speed; the exact checks run only near the limit.
+
+Restoring with other specs than the checkpoint's: a configured window that the checkpoint holds with the
+same `seconds` and `buckets` is restored exactly (even under another name, or in another order); a
+checkpointed window no longer configured is dropped; a configured window the checkpoint lacks cannot be
+rebuilt exactly, so restoring refuses with a CheckpointError that names `windows` and the fix.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Iterable
 
 import msgspec
@@ -20,7 +31,10 @@ import numpy as np
 
 from watcher.errors import CheckpointError
 
-INT64_MAX = np.iinfo(np.int64).max
+INT64_MAX = int(np.iinfo(np.int64).max)
+INT64_MIN = int(np.iinfo(np.int64).min)
+
+log = logging.getLogger(__name__)
 
 
 class WindowSpec(msgspec.Struct, frozen=True):
@@ -60,6 +74,10 @@ class Windows:
         self.keys: list[bytes] = []
         self.watermark_ms = 0
         self.late_dropped = 0
+        self.saturated = 0  # bucket sums held at the int64 limit instead of overflowing
+        self._bound = 0  # >= |every bucket sum| in its window at the watermark; below _safe_total, no total
+        # at or after the watermark can overflow
+        self._safe_total = INT64_MAX // max([s.buckets for s in self.specs] or [1])
 
     # -- keys ----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -95,6 +113,11 @@ class Windows:
         self.watermark_ms = max(self.watermark_ms, int(ts_ms.max()))
         size = len(self.keys)
         kept_any = np.zeros(len(rows), dtype=bool)
+        # the most any one bucket can change by (Python ints: exact whatever the values)
+        grow = len(amounts) * max(int(amounts.max()), -int(amounts.min()))
+        if grow <= INT64_MAX:
+            grow = int(np.abs(amounts).sum())
+        rolled = False
         for w, spec in enumerate(self.specs):
             off, n, g = int(self.offsets[w]), spec.buckets, spec.granularity_ms
             b = ts_ms // g
@@ -105,6 +128,7 @@ class Windows:
             ep = self.epoch[off: off + n]
             adv = np.nonzero(newest > ep)[0]
             if len(adv):
+                rolled = True
                 cols = off + adv
                 self.sums[:size, cols] = 0
                 self.counts[:size, cols] = 0
@@ -112,12 +136,54 @@ class Windows:
             ok = fresh & (b == self.epoch[off + s])
             kept_any |= ok
             if ok.all():
-                np.add.at(self.sums, (rows, off + s), amounts)
-                np.add.at(self.counts, (rows, off + s), deltas)
+                r, c, a, d = rows, off + s, amounts, deltas
             elif ok.any():
-                np.add.at(self.sums, (rows[ok], off + s[ok]), amounts[ok])
-                np.add.at(self.counts, (rows[ok], off + s[ok]), deltas[ok])
+                r, c, a, d = rows[ok], off + s[ok], amounts[ok], deltas[ok]
+            else:
+                continue
+            if self._bound + grow <= INT64_MAX:
+                np.add.at(self.sums, (r, c), a)
+            else:
+                self._add_near_limit(r, c, a, grow, spec)
+            np.add.at(self.counts, (r, c), d)
+        self._bound = min(self._bound + grow, INT64_MAX)
+        if rolled and self._bound > self._safe_total:  # buckets were emptied: the bound may come down
+            self._bound = self._peak()
         self.late_dropped += int((~kept_any).sum())
+
+    def _add_near_limit(self, rows: np.ndarray, cols: np.ndarray, amounts: np.ndarray, grow: int,
+                        spec: WindowSpec) -> None:
+        """`np.add.at` for buckets that might overflow: exact in Python ints, held at the int64 limits."""
+        cur = self.sums[rows, cols]
+        peak = max(int(cur.max()), -int(cur.min())) + grow
+        if peak <= INT64_MAX:  # these buckets are far enough from the limit, only others are near it
+            np.add.at(self.sums, (rows, cols), amounts)
+            return
+        exact: dict[tuple[int, int], int] = {}
+        for r, c, a in zip(rows.tolist(), cols.tolist(), amounts.tolist()):
+            exact[(r, c)] = exact.get((r, c), int(self.sums[r, c])) + a
+        held: list[tuple[int, int]] = []
+        for (r, c), v in exact.items():
+            if not INT64_MIN <= v <= INT64_MAX:
+                v = INT64_MAX if v > 0 else INT64_MIN
+                held.append((r, v))
+            self.sums[r, c] = v
+        if held:
+            self.saturated += len(held)
+            log.warning("window %s: %d bucket sum(s) would overflow int64 and are held at the limit instead "
+                        "(%s); keys: %s", spec.name, len(held),
+                        ", ".join(sorted({"above every cap" if v > 0 else "negative" for _, v in held})),
+                        ", ".join(sorted({"0x" + self.keys[r].hex() for r, _ in held})[:5]))
+
+    def _peak(self) -> int:
+        """The largest |bucket sum| of any key in a bucket still in its window at the watermark (exact).
+
+        Older buckets are never added to again (they are zeroed before reuse) nor read from that time on."""
+        live = np.concatenate([self.epoch[int(self.offsets[w]): int(self.offsets[w]) + s.buckets]
+                               > self.watermark_ms // s.granularity_ms - s.buckets
+                               for w, s in enumerate(self.specs)])
+        block = self.sums[: len(self.keys), live]
+        return max(int(block.max()), -int(block.min())) if block.size else 0
 
     def advance(self, now_ms: int) -> None:
         """Move the clock without an event (so idle windows drain)."""
@@ -143,8 +209,13 @@ class Windows:
         for w, spec in enumerate(self.specs):
             cols = int(self.offsets[w]) + np.nonzero(self._valid(w, now))[0]
             if len(cols):
-                sums[:, w] = all_sums[:, cols].sum(axis=1)
+                block = all_sums[:, cols]
+                sums[:, w] = block.sum(axis=1)
                 counts[:, w] = all_counts[:, cols].sum(axis=1)
+                if self._bound > self._safe_total or now < self.watermark_ms:  # might overflow: exactly
+                    near = np.nonzero(np.abs(block.sum(axis=1, dtype=np.float64)) >= 2.0 ** 62)[0]
+                    for i in near.tolist():
+                        sums[i, w] = min(max(sum(int(x) for x in block[i]), INT64_MIN), INT64_MAX)
         return sums, counts
 
     def total(self, key: bytes, now_ms: int | None = None) -> tuple[list[int], list[int]]:
@@ -186,12 +257,15 @@ class Windows:
             "epoch": self.epoch.tobytes(),
             "watermark_ms": self.watermark_ms,
             "late_dropped": self.late_dropped,
+            "saturated": self.saturated,
         }
 
     @classmethod
-    def restore(cls, snap: dict) -> "Windows":
-        specs = [WindowSpec(*s) for s in snap["specs"]]
-        self = cls(specs, capacity=max(1024, len(snap["keys"])))
+    def restore(cls, snap: dict, specs: Iterable[WindowSpec] | None = None) -> "Windows":
+        """Rebuild from `snapshot()`. With `specs` (the configured windows), keep exactly those: each must be
+        in the checkpoint with the same seconds and buckets (its name may differ); others are dropped."""
+        saved = [WindowSpec(*s) for s in snap["specs"]]
+        self = cls(saved, capacity=max(1024, len(snap["keys"])))
         size = len(snap["keys"])
         try:
             self.sums[:size] = np.frombuffer(snap["sums"], dtype=np.int64).reshape(size, self.n_cols)
@@ -203,4 +277,33 @@ class Windows:
         self.index = {k: i for i, k in enumerate(self.keys)}
         self.watermark_ms = snap["watermark_ms"]
         self.late_dropped = snap["late_dropped"]
+        self.saturated = snap.get("saturated", 0)
+        self._bound = self._peak()
+        if specs is not None and tuple(specs) != self.specs:
+            self = self._select(tuple(specs))
         return self
+
+    def _select(self, specs: tuple[WindowSpec, ...]) -> "Windows":
+        """These windows, taken column for column from this one's (same seconds and buckets)."""
+        at = {(s.seconds, s.buckets): w for w, s in enumerate(self.specs)}
+        missing = [s for s in specs if (s.seconds, s.buckets) not in at]
+        if missing:
+            def show(ss):
+                return ", ".join(f"{s.name} ({s.seconds} s, {s.buckets} buckets)" for s in ss)
+            raise CheckpointError(
+                f"the configured windows ([[windows]]) include {show(missing)}, which the checkpoint does not "
+                f"hold (it has {show(self.specs)}), so their sums cannot be restored exactly; set `windows` "
+                "back to the checkpoint's (a window may be renamed, reordered or removed, not added or "
+                "resized), or start the partition over from its input")
+        out = Windows(specs, capacity=self.sums.shape[0])
+        for w, spec in enumerate(specs):
+            src = int(self.offsets[at[(spec.seconds, spec.buckets)]])
+            dst = int(out.offsets[w])
+            cols, into = slice(src, src + spec.buckets), slice(dst, dst + spec.buckets)
+            out.sums[:, into] = self.sums[:, cols]
+            out.counts[:, into] = self.counts[:, cols]
+            out.epoch[into] = self.epoch[cols]
+        out.keys, out.index = self.keys, self.index
+        out.watermark_ms, out.late_dropped, out.saturated = self.watermark_ms, self.late_dropped, self.saturated
+        out._bound = out._peak()
+        return out

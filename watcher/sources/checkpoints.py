@@ -5,6 +5,11 @@ manifest under `<group>/<p>/manifest` naming g, the chunk count, the byte size, 
 offsets ({topic: next offset to read}). A checkpoint counts only once its manifest is written, so a crash
 in the middle leaves the previous one in force. After a manifest, the previous generation's chunks get
 tombstones, so a compacted topic (cleanup.policy=compact on real Kafka) keeps one checkpoint per shard.
+
+A tombstone (null value) written by hand under `<group>/<p>/manifest` discards partition p's checkpoint:
+the next owner starts p over, reading its input from the earliest offset the input topics still hold.
+It is the way out when a checkpoint cannot be restored (lost chunks) or no longer fits the configuration
+(an added window); the daemon's error names the key and topic.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from watcher.errors import CheckpointError
+from watcher.errors import CheckpointError, SpendwatchError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ class CheckpointStore:
         self._prev_chunks: dict[int, int] = {}
         self._enc = msgspec.msgpack.Encoder()
 
-    def _key(self, partition: int, suffix: str) -> bytes:
+    def _key(self, partition: int | str, suffix: str) -> bytes:
         return f"{self.group}/{partition}/{suffix}".encode()
 
     async def write(self, partition: int, blob: bytes, offsets: dict[str, int]) -> Manifest:
@@ -67,6 +72,17 @@ class CheckpointStore:
         self.generation[partition] = gen
         self._prev_chunks[partition] = len(chunks)
         return m
+
+    def unrestorable(self, partitions: set[int], exc: BaseException) -> CheckpointError:
+        """The error that stops the daemon when `partitions` cannot be restored: what, where, the way out."""
+        why = str(exc) if isinstance(exc, SpendwatchError) else repr(exc)
+        return CheckpointError(
+            f"cannot restore the state of input partition(s) {sorted(partitions)} from checkpoint topic "
+            f"{self.topic} (group {self.group}): {why}. spendwatch stops rather than run a partition without "
+            "its state (its spend would count from zero). To start a partition over instead, replaying its "
+            "input from the earliest offset the input topics still hold (exact only if they keep the longest "
+            "window plus dedupe.horizon_seconds), write a tombstone (null value) with key "
+            f"{self._key('<partition>', 'manifest').decode()} to topic {self.topic}, then start spendwatch again")
 
     async def read_latest(self, partitions: set[int], timeout_s: float = 60.0) -> dict[int, Restored]:
         """Scan the checkpoint topic once; return the newest complete checkpoint of each asked partition."""
@@ -104,7 +120,9 @@ class CheckpointStore:
                             continue
                         p = int(part)
                         if rest == "manifest":
-                            if msg.value is not None:
+                            if msg.value is None:  # discarded by hand: start the partition over
+                                manifests.pop(p, None)
+                            else:
                                 manifests[p] = dec.decode(msg.value)
                         else:
                             g, _, i = rest.partition("/")
@@ -115,14 +133,23 @@ class CheckpointStore:
         finally:
             await consumer.stop()
         out: dict[int, Restored] = {}
-        for p, m in manifests.items():
+        damaged: list[str] = []
+        for p, m in sorted(manifests.items()):
             parts = [chunks.get((p, m.gen, i)) for i in range(m.chunks)]
-            if any(c is None for c in parts):
-                raise CheckpointError(f"checkpoint of partition {p} generation {m.gen} is missing chunks")
+            lost = [i for i, c in enumerate(parts) if c is None]
+            if lost:
+                damaged.append(f"the checkpoint of partition {p} (generation {m.gen}) is missing chunk(s) {lost} "
+                               f"of {m.chunks} (keys {self.group}/{p}/{m.gen}/<i>)")
+                continue
             blob = b"".join(parts)
             if len(blob) != m.size or zlib.crc32(blob) != m.crc:
-                raise CheckpointError(f"checkpoint of partition {p} generation {m.gen} fails its CRC")
+                damaged.append(f"the checkpoint of partition {p} (generation {m.gen}) fails its size or CRC "
+                               f"check ({len(blob)} bytes read, {m.size} written)")
+                continue
             out[p] = Restored(m, blob)
             self.generation[p] = m.gen
             self._prev_chunks[p] = m.chunks
+        if damaged:
+            raise CheckpointError("; ".join(damaged) + f": records of topic {self.topic} were lost or altered "
+                                  "(it must be compacted, cleanup.policy=compact, never trimmed by retention)")
         return out
