@@ -191,10 +191,37 @@ def test_render_at_scale_is_bounded_and_promtool_clean(capsys):
     documented = {n.removesuffix("_total") for n, *_ in FAMILIES}
     daemon_side = {"spendwatch_consumed", "spendwatch_duplicates", "spendwatch_dead_letters",
                    "spendwatch_consumer_lag_records", "spendwatch_partitions_owned", "spendwatch_tracked_agents",
-                   "spendwatch_checkpoints"}
+                   "spendwatch_checkpoints", "spendwatch_late_payments", "spendwatch_window_saturations",
+                   "spendwatch_dedupe_forced_rotations"}
     assert documented - daemon_side <= names
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (apt-get install prometheus): exposition lint skipped")
     r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
+
+
+def test_daemon_collector_exports_late_payments_and_forced_rotations():
+    """Late payments and an early dedupe rotation were counted in the shard but never exported."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tests.unit.test_shard import T, settle
+    from watcher.observe.server import DaemonCollector
+    from watcher.pipeline.shard import Shard, ShardConfig
+
+    sh = Shard(ShardConfig(dedupe_max_entries=3))
+    sh.apply([settle(i, ts=T + i) for i in range(5)])                   # 5 keys > 3: rotated early
+    sh.apply([settle(99, ts=T - 3 * 86_400_000)])                       # older than every window
+    daemon = SimpleNamespace(counters=SimpleNamespace(consumed=6, processed=6, duplicates=0, checkpoints=0,
+                                                      batches=2),
+                             dlq_reasons={}, shards={0: sh}, tracked_agents=lambda: 1, consumer=None, covered={},
+                             k=None)
+    reg = CollectorRegistry()
+    reg.register(DaemonCollector(daemon))
+    fams = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
+    value = {n: fams[n].samples[0].value for n in ("spendwatch_late_payments", "spendwatch_window_saturations",
+                                                   "spendwatch_dedupe_forced_rotations")}
+    assert value["spendwatch_late_payments"] == sh.agents.late_dropped == 1
+    assert value["spendwatch_dedupe_forced_rotations"] >= 1 and value["spendwatch_window_saturations"] == 0

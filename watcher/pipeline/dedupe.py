@@ -7,9 +7,11 @@ shortens the memory and is counted in `forced_rotations` (raise dedupe.max_entri
 
 from __future__ import annotations
 
+import logging
 from typing import Generic, Iterator, TypeVar
 
 V = TypeVar("V")
+log = logging.getLogger(__name__)
 
 
 class Generations(Generic[V]):
@@ -51,6 +53,9 @@ class Generations(Generic[V]):
     def put(self, key: str, value: V) -> None:
         if len(self.current) >= self.max_entries and key not in self.current:
             self.forced_rotations += 1
+            log.warning("dedupe/join memory reached dedupe.max_entries=%d and rotated early (%d times): it "
+                        "now remembers less than dedupe.horizon_seconds; raise dedupe.max_entries",
+                        self.max_entries, self.forced_rotations)
             self._rotate(self.rotated_at_ms or 0)
         self.current[key] = value
 
