@@ -2,6 +2,8 @@
 
 Validated before anything connects: a bad value fails at start with the file, the key and the fix.
 Environment overrides use `__` between section and key, e.g. SPENDWATCH_KAFKA__BOOTSTRAP=host:9092.
+A relative agents.registry_file written in the file is relative to the file's folder (as the chain bridge's
+registry_file); from the environment it is relative to the working directory.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from watcher.breaker.config import AdminSettings, BreakerSettings, WebhookSettings, breaker_fix, error_key
@@ -20,6 +22,7 @@ from watcher.metrics import MetricsSettings
 from watcher.observe.statements import StatementSettings
 from watcher.pipeline.shard import ShardConfig
 from watcher.pipeline.windows import WindowSpec
+from watcher.registry import load_registry
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -96,6 +99,27 @@ class DetectSettings(BaseModel):
     policy_file: str | None = Field(None, description="policy TOML (examples/policy.toml); none = defaults")
 
 
+class AgentSettings(BaseModel):
+    """The agent registry (examples/agents.toml, the chain bridge's format): read and checked when the
+    settings are, so a broken one fails at start, naming the registry file and the entry."""
+
+    model_config = _FROZEN
+    registry_file: Path | None = Field(None, description="TOML agent registry ([[agents]] wallet, name): "
+                                       "names shown in webhooks and the admin API; none = wallets only")
+    _names: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _load(self):
+        if self.registry_file is not None:
+            self._names = load_registry(self.registry_file, key="agents.registry_file")
+        return self
+
+    @property
+    def names(self) -> dict[str, str]:
+        """wallet (checksum) -> agent name, from the registry (empty without one)."""
+        return dict(self._names)
+
+
 class Settings(BaseSettings):
     """The daemon's configuration (see README, "Configuration")."""
 
@@ -109,6 +133,7 @@ class Settings(BaseSettings):
     findings: FindingSettings = FindingSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
     detect: DetectSettings = DetectSettings()
+    agents: AgentSettings = AgentSettings()
     # validated when Settings is, not at import: they read SPENDWATCH_WEBHOOK_SECRET and friends, and a bad
     # one must become a ConfigError naming the variable (load_settings), not a traceback of the import
     breaker: BreakerSettings = Field(default_factory=dict, validate_default=True)
@@ -168,6 +193,10 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
             data = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", file=source, fix="correct the TOML syntax") from None
+        agents = data.get("agents")  # a path in the file means the same wherever the daemon is started
+        if isinstance(agents, dict) and isinstance(agents.get("registry_file"), str) \
+                and not os.path.isabs(agents["registry_file"]):
+            agents["registry_file"] = str(p.parent / agents["registry_file"])
     for key, value in overrides.items():
         section, _, name = key.partition("__")
         if name:

@@ -1,6 +1,6 @@
 """The chain bridge: USDC Transfer + EIP-3009 AuthorizationUsed logs from an EVM node to Kafka x402.chain.
 
-    config.py      ChainSettings (the [chain] table), registry loading
+    config.py      ChainSettings (the [chain] table); the registry file is read by watcher.registry
     abi.py         event topics; node JSON -> Log / Header
     logs.py        pure join of logs into Transfers (attribution to the authorizer), -> ChainTransfer
     reorg.py       pure ChainTracker: pending -> confirmed after N blocks, reverted on reorg

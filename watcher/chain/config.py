@@ -4,7 +4,8 @@ Precedence: explicit overrides (command-line options) > environment > file > def
 Relative paths (registry_file, checkpoint_path) written in the file are relative to the file's folder;
 from the environment or the command line they are relative to the working directory.
 
-Validated before anything connects; every error names the file, the key and the fix.
+Validated before anything connects; every error names the file, the key and the fix. The registry file is
+read by watcher.registry (the daemon reads the same file for agent names).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from eth_utils import is_address, is_checksum_address, to_checksum_address
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from watcher.errors import ConfigError
+from watcher.registry import checksum_address as _address
+from watcher.registry import load_registry
 
 BASE_USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
 BASE_CHAIN_ID = 8453
@@ -36,15 +38,6 @@ FILE_RELATIVE = ("registry_file", "checkpoint_path")
 
 # metrics_port values that serve no /metrics (0 is a port: a free one the OS picks, as for the watcher)
 METRICS_OFF = ("off", "false", "no", "none", "")
-
-
-def _address(value: str, key: str) -> str:
-    if not isinstance(value, str) or not is_address(value):
-        raise ValueError(f"{key}={value!r} is not a 0x-prefixed 20-byte hex address")
-    body = value[2:]
-    if body != body.lower() and body != body.upper() and not is_checksum_address(value):
-        raise ValueError(f"{key}={value!r} has a wrong EIP-55 checksum; write it all lower case or fix it")
-    return to_checksum_address(value)
 
 
 class ChainSettings(BaseSettings):
@@ -152,35 +145,10 @@ class ChainSettings(BaseSettings):
         return DEFAULT_CONFIRMATIONS.get(self.chain_id, FALLBACK_CONFIRMATIONS)
 
 
-def load_registry(path: Path) -> dict[str, str]:
-    """wallet (checksum) -> agent name, from [[agents]] tables."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError("agent registry not found", file=str(path), key="chain.registry_file",
-                          fix="point registry_file at an existing TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"agent registry is not valid TOML ({exc})", file=str(path)) from None
-    agents = data.get("agents", [])
-    if not isinstance(agents, list):
-        raise ConfigError("`agents` must be an array of tables", file=str(path), key="agents",
-                          fix="write each agent as [[agents]] with wallet = '0x...' and name = '...'")
-    out: dict[str, str] = {}
-    for i, agent in enumerate(agents):
-        wallet = agent.get("wallet") if isinstance(agent, dict) else None
-        try:
-            checksum = _address(wallet, "wallet")
-        except ValueError as exc:
-            raise ConfigError(str(exc), file=str(path), key=f"agents[{i}].wallet",
-                              fix="use the agent's 0x payer address") from None
-        out[checksum] = str(agent.get("name", checksum))
-    return out
-
-
 def watched_wallets(settings: ChainSettings) -> frozenset[str]:
     wallets = set(settings.watched_wallets)
     if settings.registry_file is not None:
-        wallets |= set(load_registry(settings.registry_file))
+        wallets |= set(load_registry(settings.registry_file, key="chain.registry_file"))
     return frozenset(wallets)
 
 

@@ -11,9 +11,9 @@ def register(sub) -> None:
     p = sub.add_parser("check-config", help="validate a configuration file and print the result",
                        description="Validate FILE (plus SPENDWATCH_* environment overrides) without "
                                    "connecting to anything, as the commands that read it would: the daemon's "
-                                   "tables, the policy file it names (detect.policy_file) and, when present, "
-                                   "the [chain] table of `spendwatch chain`. Exit 0 if valid, 1 with the file, "
-                                   "key and fix if not.")
+                                   "tables, the policy file and agent registry it names (detect.policy_file, "
+                                   "agents.registry_file) and, when present, the [chain] table of `spendwatch "
+                                   "chain`. Exit 0 if valid, 1 with the file, key and fix if not.")
     p.add_argument("file", help="TOML configuration file")
     p.add_argument("--show", action="store_true", help="print the effective configuration as JSON")
     p.set_defaults(func=cmd_check)
@@ -33,5 +33,9 @@ def cmd_check(args) -> int:
         load_chain_settings(Path(args.file))
     if args.show:
         print(json.dumps(s.model_dump(mode="json"), indent=2))
-    print(f"{args.file}: OK" + (f" (policy {s.detect.policy_file}: OK)" if s.detect.policy_file else ""))
+    checked = [f"policy {s.detect.policy_file}: OK"] if s.detect.policy_file else []
+    if s.agents.registry_file:
+        n = len(s.agents.names)
+        checked.append(f"agent registry {s.agents.registry_file}: {n} agent{'' if n == 1 else 's'}")
+    print(f"{args.file}: OK" + (f" ({'; '.join(checked)})" if checked else ""))
     return 0

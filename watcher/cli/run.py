@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from watcher.breaker.cli import add_webhook_options, breaker_config_from
 from watcher.cli.common import add_kafka_options, settings_from
+
+if TYPE_CHECKING:
+    from watcher.config import Settings
+    from watcher.stages import Assembly
 
 
 def register(sub) -> None:
@@ -19,13 +24,20 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def assemble(settings: Settings, args) -> Assembly:
+    """The daemon's stages and services from the settings and the command line: the breaker's tables with
+    --webhook-url / --admin-port applied, and the names of agents.registry_file (webhook bodies, admin API)."""
+    from watcher.stages import build
+
+    return build(settings, breaker=breaker_config_from(args, settings), names=settings.agents.names)
+
+
 async def run_daemon(args) -> int:
     from watcher.embedded import kafka_settings
-    from watcher.stages import build
 
     settings = settings_from(args)
     async with kafka_settings(settings, args.bootstrap) as s:
-        daemon = build(s, breaker=breaker_config_from(args, s)).daemon()
+        daemon = assemble(s, args).daemon()
         daemon.install_signal_handlers()
         await daemon.run()
     return 0
