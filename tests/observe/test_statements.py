@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 
 from watcher.events.observation import Kind, Observation
 from watcher.observe.cli import format_rows, rows_as_dicts, usdc_text
-from watcher.observe.statements import (DAY_MS, StatementSettings, StatementStage, decode_statement, latest)
+from watcher.observe.statements import (DAY_MS, Statement, StatementSettings, StatementStage, decode_statement,
+                                        latest)
 from watcher.pipeline.join import Delta
 from watcher.pipeline.shard import Outcome
 
@@ -82,6 +85,132 @@ def test_latest_revision_wins_and_output_formats():
     assert parsed[0]["count"] == "2" and parsed[0]["revision"] == "2"
     assert json.loads(format_rows(rows, "json"))[0]["agent"] == A
     assert usdc_text(-1_500_000) == "-1.500000" and usdc_text(7) == "0.000007"
+
+
+def _one(records):
+    (r,) = records
+    return r
+
+
+def _both_orders(a, b):
+    """`latest` of two rows of one id, in both orders of arrival: the same row, or the test fails."""
+    (x,) = latest([a, b]).values()
+    (y,) = latest([b, a]).values()
+    assert x == y
+    return x
+
+
+def _handoff():
+    """The old owner published revision 1 and was checkpointed; the new owner restores that checkpoint."""
+    settings = StatementSettings(publish_interval_seconds=1)
+    old = StatementStage(settings)
+    ctx = _ctx([Delta(A, "data", DAY + 1_000, 100, 1, "e1"), Delta(A, "data", DAY + 3_000, 300, 1, "e3")],
+               [_obs("e1", DAY + 1_000, "0xa1"), _obs("e3", DAY + 3_000, "0xa3")], now_ms=DAY + 10_000)
+    old.on_batch(ctx)
+    first = _one(_records(ctx))
+    new = StatementStage(settings)
+    new.restore(0, old.snapshot(0))
+    return old, new, first
+
+
+def test_after_a_handoff_the_row_with_more_of_the_input_wins_in_either_order():
+    old, new, first = _handoff()
+    pay5 = (Delta(A, "data", DAY + 5_000, 500, 1, "e5"), _obs("e5", DAY + 5_000, "0xa5"))
+    pay6 = (Delta(A, "data", DAY + 6_000, 600, 1, "e6"), _obs("e6", DAY + 6_000, "0xa6"))
+    # the dying owner folded one more payment and published its revision 2 before it went
+    ctx = _ctx([pay5[0]], [pay5[1]], now_ms=DAY + 12_000)
+    old.on_batch(ctx)
+    victim = _one(_records(ctx))
+    # the new owner replays it, and the next one, in one batch: its own revision 2
+    ctx = _ctx([pay5[0], pay6[0]], [pay5[1], pay6[1]], now_ms=DAY + 13_000)
+    new.on_batch(ctx)
+    winner = _one(_records(ctx))
+    assert (victim.revision, winner.revision) == (2, 2) and (victim.count, winner.count) == (3, 4)
+    assert _both_orders(victim, winner) == winner
+    assert _both_orders(first, winner) == winner
+
+
+def test_an_uncount_is_more_activity_though_count_drops_and_last_at_stays():
+    """A tie that `lastAt` and `count` would get wrong: the longer history has the lower count."""
+    old, new, _ = _handoff()
+    pay5 = (Delta(A, "data", DAY + 5_000, 500, 1, "e5"), _obs("e5", DAY + 5_000, "0xa5"))
+    reorg = (Delta(A, "data", DAY + 3_000, -300, -1, "r3"), _obs("r3", DAY + 3_000, "0xa3"))
+    ctx = _ctx([pay5[0]], [pay5[1]], now_ms=DAY + 12_000)
+    old.on_batch(ctx)
+    victim = _one(_records(ctx))
+    ctx = _ctx([pay5[0], reorg[0]], [pay5[1], reorg[1]], now_ms=DAY + 13_000)
+    new.on_batch(ctx)
+    winner = _one(_records(ctx))
+    assert (victim.revision, victim.last_at, victim.count) == (winner.revision, winner.last_at, 3)
+    assert (winner.count, winner.amount, winner.changes, victim.changes) == (2, "600", 4, 3)
+    assert _both_orders(victim, winner) == winner
+
+
+def test_a_higher_revision_of_the_old_owner_loses_to_more_of_the_input():
+    """The dying owner published twice after its checkpoint; the new owner caught up in one batch."""
+    old, new, _ = _handoff()
+    deltas = [Delta(A, "data", DAY + 5_000 + i, 1, 1, f"n{i}") for i in range(3)]
+    obs = [_obs(f"n{i}", DAY + 5_000 + i, f"0xb{i}") for i in range(3)]
+    published = []
+    for i, now in ((0, DAY + 12_000), (1, DAY + 14_000)):
+        ctx = _ctx(deltas[i:i + 1], obs[i:i + 1], now_ms=now)
+        old.on_batch(ctx)
+        published += _records(ctx)
+    victim = published[-1]
+    ctx = _ctx(deltas, obs, now_ms=DAY + 15_000)
+    new.on_batch(ctx)
+    winner = _one(_records(ctx))
+    assert (victim.revision, winner.revision, victim.count, winner.count) == (3, 2, 4, 5)
+    assert _both_orders(victim, winner) == winner
+
+
+def test_equal_history_prefers_final_then_revision_then_later_and_larger():
+    base = Statement(id="d|a|m|c", day="2025-11-23", agent=A, merchant=M, category="c", count=2, amount="10",
+                     first_at="2025-11-23T00:00:01.000Z", last_at="2025-11-23T00:00:05.000Z", first_tx="0x1",
+                     last_tx="0x5", revision=2, final=False, changes=2)
+    r = msgspec.structs.replace
+    assert _both_orders(base, r(base, final=True)).final
+    assert _both_orders(base, r(base, revision=3)).revision == 3
+    assert _both_orders(r(base, final=True), r(base, revision=3)).final      # final before revision
+    later = r(base, last_at="2025-11-23T00:00:06.000Z", last_tx="0x6")
+    assert _both_orders(base, later) == later
+    assert _both_orders(base, r(base, count=3)).count == 3
+    assert _both_orders(r(base, count=3), r(later, changes=3, count=1)).changes == 3   # changes first
+    # rows equal in every ranked field but not in content still give one answer whatever the order
+    odd = [r(base, first_tx="0x0"), r(base, amount="11"), base]
+    assert len({latest(p)["d|a|m|c"] for p in itertools.permutations(odd)}) == 1
+
+
+def test_one_owner_in_any_order_of_arrival_the_last_published_row_wins():
+    st = StatementStage(StatementSettings(publish_interval_seconds=1, close_after_seconds=0))
+    published = []
+    steps = [(Delta(A, "data", DAY + 1_000, 5, 1, "e1"), DAY + 2_000),
+             (Delta(A, "data", DAY + 500, -5, -1, "r1"), DAY + 4_000),     # a reorg: count 0, lastAt stays
+             (None, DAY + DAY_MS + 1),                                       # the day closes
+             (Delta(A, "data", DAY + 2_000, 7, 1, "e2"), DAY + DAY_MS + 2_000)]  # a late correction
+    for d, now in steps:
+        ctx = _ctx([d] if d else [], [_obs(d.event_id, d.ts_ms, "0xaa")] if d else [], now_ms=now)
+        st.on_batch(ctx)
+        published += _records(ctx)
+    assert [(p.revision, p.final, p.count) for p in published] == [(1, False, 1), (2, False, 0), (3, True, 0),
+                                                                   (4, True, 1)]
+    for order in itertools.permutations(published):
+        assert list(latest(order).values()) == [published[-1]]
+
+
+def test_rows_and_checkpoints_from_before_changes_still_read():
+    old = (b'{"type":"statement","id":"x","day":"2025-11-23","agent":"a","merchant":"m","category":"c",'
+           b'"count":1,"amount":"5","firstAt":"t","lastAt":"t","firstTx":null,"lastTx":null,'
+           b'"revision":4,"final":false}')
+    assert decode_statement(old).changes == 0
+    st = StatementStage(StatementSettings(publish_interval_seconds=1))
+    st.restore(0, {"v": 1, "rows": [[20_415, A, M, "data", 1, 5, DAY, DAY, "0xaa", "0xaa", 4, False]],
+                   "closed": [], "last_publish_ms": DAY, "dropped": 0})
+    ctx = _ctx([Delta(A, "data", DAY + 1, 2, 1, "e2")], [_obs("e2", DAY + 1, "0xab")], now_ms=DAY + 5_000)
+    st.on_batch(ctx)
+    r = _one(_records(ctx))
+    assert (r.revision, r.count, r.amount, r.changes) == (5, 2, "7", 1)
+    assert _both_orders(msgspec.structs.replace(decode_statement(old), id=r.id), r) == r
 
 
 def test_statement_help_is_complete(capsys):

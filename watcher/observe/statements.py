@@ -6,13 +6,21 @@ first-seen time, agent, merchant, category) and publishes them to `statements.to
     {"type": "statement", "id": "2026-11-23|0xAgent|0xMerchant|data", "day": "2026-11-23",
      "agent": "0x...", "merchant": "0x...", "category": "data" | "uncategorized", "count": 12,
      "amount": "1234567" (base units, decimal string), "firstAt": "...Z", "lastAt": "...Z",
-     "firstTx": "0x...", "lastTx": "0x...", "revision": 3, "final": false}
+     "firstTx": "0x...", "lastTx": "0x...", "revision": 3, "final": false, "changes": 14}
 
 Changed rows of open days are published every `publish_interval_seconds` (final: false); a day is
 published final once `close_after_seconds` have passed after its end (wall clock), and corrections that
 arrive later (a reorg) are republished final with a higher revision while the day is retained
-(`retain_days`). A reader keeps the highest revision per id (`spendwatch statement`). State is part of
-the partition checkpoint, so a restart neither loses nor doubles a row.
+(`retain_days`). State is part of the partition checkpoint, so a restart neither loses nor doubles a row.
+
+`changes` counts the deltas folded into the row (reorg un-counts included). It, not `revision`, orders the
+rows of one id across owners: after a handoff or crash the new owner restores revision r from an older
+checkpoint and replays the same input in the same order, while the old owner may already have published
+r+1 (or r+2) of its own. Both rows are then the checkpoint plus a prefix of the same sequence of deltas,
+so the one with more `changes` describes more of it; revision numbers of two owners say nothing about
+that, and neither do `count` or `lastAt` (an un-count lowers the count and leaves `lastAt`). A reader
+(`latest`, `spendwatch statement`) keeps per id the row ranked highest by (changes, final, revision,
+lastAt, count), then by its encoded bytes, so the order in which rows arrive never matters.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ class Statement(msgspec.Struct, frozen=True, tag_field="type", tag="statement", 
     last_tx: str | None
     revision: int
     final: bool
+    changes: int = 0   # deltas folded into the row; rows published before this field read as 0
 
 
 _enc = msgspec.json.Encoder()
@@ -74,8 +83,8 @@ def iso(ms: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
 
 
-# a row: [count, amount, first_ms, last_ms, first_tx, last_tx, revision, dirty]
-COUNT, AMOUNT, FIRST, LAST, FIRST_TX, LAST_TX, REV, DIRTY = range(8)
+# a row: [count, amount, first_ms, last_ms, first_tx, last_tx, revision, changes, dirty]
+COUNT, AMOUNT, FIRST, LAST, FIRST_TX, LAST_TX, REV, CHANGES, DIRTY = range(9)
 
 
 class _Partition:
@@ -106,7 +115,7 @@ class StatementStage:
         st = self.parts.get(partition)
         if st is None:
             return None
-        return {"v": 1, "rows": [list(k) + v for k, v in st.rows.items()], "closed": sorted(st.closed),
+        return {"v": 2, "rows": [list(k) + v for k, v in st.rows.items()], "closed": sorted(st.closed),
                 "last_publish_ms": st.last_publish_ms, "dropped": st.dropped}
 
     def restore(self, partition: int, data: object | None) -> None:
@@ -114,7 +123,10 @@ class StatementStage:
         if not data:
             return
         for r in data["rows"]:
-            st.rows[(r[0], r[1], r[2], r[3])] = list(r[4:])
+            row = list(r[4:])
+            if len(row) == DIRTY:   # a v1 checkpoint, before `changes`: count from here
+                row.insert(CHANGES, 0)
+            st.rows[(r[0], r[1], r[2], r[3])] = row
         st.closed = set(data["closed"])
         st.last_publish_ms = data["last_publish_ms"]
         st.dropped = data["dropped"]
@@ -139,8 +151,9 @@ class StatementStage:
                     log.warning("statement row dropped (day %s %s): %s", day_text(day),
                                 "past retention" if day < oldest else "max_rows reached", key)
                     continue
-                row = rows[key] = [0, 0, d.ts_ms, d.ts_ms, None, None, 0, True]
+                row = rows[key] = [0, 0, d.ts_ms, d.ts_ms, None, None, 0, 0, True]
             row[COUNT] += d.count
+            row[CHANGES] += 1
             row[AMOUNT] += d.amount
             if d.count > 0:   # a payment counted: it may be the day's first or last transaction
                 tx = o.tx if o is not None else None
@@ -182,18 +195,30 @@ class StatementStage:
         return Statement(id=f"{day_text(day)}|{agent}|{merchant}|{category}", day=day_text(day), agent=agent,
                          merchant=merchant, category=category, count=row[COUNT], amount=str(row[AMOUNT]),
                          first_at=iso(row[FIRST]), last_at=iso(row[LAST]), first_tx=row[FIRST_TX],
-                         last_tx=row[LAST_TX], revision=row[REV], final=final)
+                         last_tx=row[LAST_TX], revision=row[REV], final=final, changes=row[CHANGES])
 
 
 # -- reading them back -----------------------------------------------------------------------------------
+def rank(s: Statement) -> tuple:
+    """How far along a row of its id is; the reader keeps the highest (see the module docstring).
+
+    One owner publishes rows of an id in increasing rank. Of two owners' rows, more `changes` is more of
+    the same input; equal `changes` is the same content (final beats provisional, then the revision).
+    `lastAt` and `count` only separate rows that replay could not make equal, and the encoded bytes make
+    the order total, so the choice never depends on the order of arrival.
+    """
+    return (s.changes, s.final, s.revision, s.last_at, s.count, _enc.encode(s))
+
+
 def latest(records) -> dict[str, Statement]:
-    """Highest revision per statement id."""
-    out: dict[str, Statement] = {}
+    """The highest-ranked row per statement id, whatever the order of `records`."""
+    best: dict[str, tuple[tuple, Statement]] = {}
     for s in records:
-        cur = out.get(s.id)
-        if cur is None or s.revision > cur.revision or (s.revision == cur.revision and s.final):
-            out[s.id] = s
-    return out
+        r = rank(s)
+        cur = best.get(s.id)
+        if cur is None or r > cur[0]:
+            best[s.id] = (r, s)
+    return {k: s for k, (_, s) in best.items()}
 
 
 async def read_statements(bootstrap: str, topic: str, day: str, *, timeout_s: float = 30.0) -> list[Statement]:
