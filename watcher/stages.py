@@ -174,7 +174,9 @@ class Assembly:
 
         self.categorize = categorize
         self.breaker_config = breaker or BreakerConfig.from_settings(settings)
-        self.breaker = BreakerStage(self.breaker_config, control=self.detect, names=names or {},
+        # agent names of the policy file, then of the registry (agents.registry_file wins)
+        self.breaker = BreakerStage(self.breaker_config, control=self.detect,
+                                    names={**policy.names, **(names or {})},
                                     metrics=BreakerMetrics(self.metrics.registry, fleet=self.metrics),
                                     partitions=settings.kafka.partitions)
         self.stages.append(self.breaker)

@@ -114,3 +114,15 @@ def test_spendwatch_run_puts_registry_names_in_webhook_bodies(config):
     bodies = {b["wallet"]: b for b in (msgspec.json.decode(d.body) for d in stage.outbox[0].values())}
     assert bodies[BOT]["agent"] == "pricing-bot" and bodies[BOT]["type"] == "freeze"
     assert bodies[STRANGER]["agent"] == STRANGER          # not in the registry: the wallet
+
+
+def test_policy_file_names_reach_the_breaker_and_the_registry_wins(config, tmp_path):
+    from watcher.cli.main import build_parser
+    from watcher.cli.run import assemble
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[agents."{STRANGER}"]\nname = "from-policy"\n[agents."{BOT}"]\nname = "policy-bot"\n')
+    config.write_text(config.read_text() + f'[detect]\npolicy_file = "{policy}"\n')
+    args = build_parser().parse_args(["run", "--config", str(config)])
+    names = assemble(load_settings(args.config), args).breaker.names
+    assert names[STRANGER] == "from-policy" and names[BOT] == "pricing-bot"

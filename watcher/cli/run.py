@@ -24,20 +24,21 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def assemble(settings: Settings, args) -> Assembly:
+def assemble(settings: Settings, args, breaker=None) -> Assembly:
     """The daemon's stages and services from the settings and the command line: the breaker's tables with
     --webhook-url / --admin-port applied, and the names of agents.registry_file (webhook bodies, admin API)."""
     from watcher.stages import build
 
-    return build(settings, breaker=breaker_config_from(args, settings), names=settings.agents.names)
+    return build(settings, breaker=breaker or breaker_config_from(args, settings), names=settings.agents.names)
 
 
 async def run_daemon(args) -> int:
     from watcher.embedded import kafka_settings
 
     settings = settings_from(args)
+    breaker = breaker_config_from(args, settings)  # a bad --webhook-url fails before a broker starts
     async with kafka_settings(settings, args.bootstrap) as s:
-        daemon = assemble(s, args).daemon()
+        daemon = assemble(s, args, breaker).daemon()
         daemon.install_signal_handlers()
         await daemon.run()
     return 0
