@@ -1,6 +1,7 @@
 """A real observability stack on loopback for integration tests: Prometheus and Alertmanager (Debian
-binaries, no systemd), an HTTP recorder standing in for Slack and PagerDuty, and a daemon (with the
-metrics stage and /metrics service) fed by the fleet simulator, running in its own thread and loop;
+binaries, no systemd), an HTTP recorder standing in for Slack, PagerDuty and the wallet service's webhook,
+and the daemon `spendwatch run` runs (an Assembly of watcher.stages: detection, breakers, statements,
+metrics and /metrics) fed by fleet simulators through the real broker, in its own thread and loop;
 `serve_registry` serves the registry of another process (chain bridge, facilitator tap) for Prometheus.
 
 The rules and the Alertmanager configuration are test copies generated from the committed files:
@@ -13,12 +14,14 @@ import asyncio
 import contextlib
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
@@ -90,11 +93,19 @@ def alertmanager_copy(dst: Path, recorder_url: str) -> Path:
 
 
 # -- the recorder -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Post:
+    path: str
+    body: dict          # the parsed JSON ({"raw": text} if it was not JSON)
+    raw: bytes
+    headers: dict[str, str]
+
+
 class Recorder:
-    """Records every POST as (path, parsed JSON body). Answers like Slack (200 ok) and PagerDuty (202)."""
+    """Records every POST. Answers like Slack (200 ok), PagerDuty (202) and a wallet service (200)."""
 
     def __init__(self) -> None:
-        self.posts: list[tuple[str, dict]] = []
+        self.posts: list[Post] = []
         self.lock = threading.Lock()
         outer = self
 
@@ -106,7 +117,7 @@ class Recorder:
                 except ValueError:
                     parsed = {"raw": body.decode(errors="replace")}
                 with outer.lock:
-                    outer.posts.append((self.path, parsed))
+                    outer.posts.append(Post(self.path, parsed, body, dict(self.headers.items())))
                 if self.path.startswith("/pagerduty"):
                     self.send_response(202)
                     payload = b'{"status":"success","message":"Event processed"}'
@@ -133,8 +144,11 @@ class Recorder:
         self.server.server_close()
 
     def bodies(self, path: str) -> list[dict]:
+        return [p.body for p in self.at(path)]
+
+    def at(self, path: str) -> list[Post]:
         with self.lock:
-            return [b for p, b in self.posts if p.startswith(path)]
+            return [p for p in self.posts if p.path.startswith(path)]
 
 
 # -- Prometheus and Alertmanager -----------------------------------------------------------------------
@@ -216,15 +230,19 @@ def serve_registry(registry) -> Iterator[str]:
         thread.join(5)
 
 
-# -- a daemon with metrics, fed by the fleet simulator, in its own thread ---------------------------------
+# -- the daemon `spendwatch run` runs, fed by fleet simulators, in its own thread ----------------------------
 class DaemonThread:
-    def __init__(self, settings, metrics, service, stages, fleet, rate_per_s: float = 4.0) -> None:
-        self.settings, self.metrics, self.service, self.stages = settings, metrics, service, stages
-        self.fleet, self.rate_per_s = fleet, rate_per_s
+    """Runs `assembly.daemon()` (an Assembly, as watcher.cli.run.assemble builds it for `spendwatch run`) and
+    a simulator per (fleet, payments/s), publishing to the real broker, in a thread with its own event loop."""
+
+    def __init__(self, assembly, traffic: list[tuple[object, float]]) -> None:
+        self.assembly, self.settings, self.service = assembly, assembly.settings, assembly.metrics_service
+        self.traffic = traffic
         self.loop: asyncio.AbstractEventLoop | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.daemon = None
+        self._sighup = None
 
     def _run(self) -> None:
         try:
@@ -233,27 +251,29 @@ class DaemonThread:
             self.error = exc
 
     async def _main(self) -> None:
-        from watcher.daemon import Daemon
         from watcher.simulate.publish import run_simulator
 
         self.loop = asyncio.get_running_loop()
         self.stop_traffic, self.stop_all = asyncio.Event(), asyncio.Event()
-        self.daemon = Daemon(self.settings, stages=self.stages, services=[self.service])
         task = asyncio.create_task(self.daemon.run())
         started = asyncio.create_task(self.daemon.started.wait())  # topics exist, partitions assigned
         await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             task.result()
-        sim = asyncio.create_task(run_simulator(self.settings.kafka, self.fleet, rate_per_s=self.rate_per_s,
-                                                duration_s=None, stop=self.stop_traffic))
+        sims = [asyncio.create_task(run_simulator(self.settings.kafka, fleet, rate_per_s=rate, duration_s=None,
+                                                  stop=self.stop_traffic)) for fleet, rate in self.traffic]
         stop = asyncio.create_task(self.stop_all.wait())
         done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         self.stop_traffic.set()
-        await sim
+        await asyncio.gather(*sims)
         self.daemon.request_stop()
         await asyncio.wait_for(task, 60)
 
     def start(self) -> "DaemonThread":
+        # Assembly.daemon() installs the policy file's SIGHUP handler, which only the main thread may do;
+        # stop() gives the test process its own handler back
+        self._sighup = signal.getsignal(signal.SIGHUP)
+        self.daemon = self.assembly.daemon()
         self.thread.start()
         wait_until(lambda: self.error or self.service.port, 60, "the daemon's /metrics server")
         if self.error:
@@ -270,5 +290,7 @@ class DaemonThread:
         if self.loop is not None and self.thread.is_alive():
             self.call(self.stop_all.set)
         self.thread.join(90)
+        if self.daemon is not None:
+            signal.signal(signal.SIGHUP, self._sighup if self._sighup is not None else signal.SIG_DFL)
         if self.error:
             raise self.error
