@@ -183,3 +183,17 @@ def test_zero_value_payments_are_scored_not_fatal(harness):
     h.feed([h.settle(T0 + 2000 + i * 1000, 0) for i in range(40)])   # the vector path, many rows at once
     h.feed([h.settle(T0 + 60_000, 1_000)])
     assert np.isfinite(h.detector.base.state[: len(h.detector.index)]).all()
+
+
+def test_zero_value_transfer_from_an_agent_is_not_spend(harness):
+    """Address poisoning: anyone can make USDC emit Transfer(agent -> fresh address, 0) (transferFrom of 0
+    needs no allowance). It moves nothing, so it must not freeze the agent as shadow spend or warn about an
+    unknown payee; a real transfer to the same address still does."""
+    h = harness("[defaults.anomaly]\nenabled = false\n")
+    stranger = "0x" + "77" * 20
+    h.feed([h.settle(T0, 10)])
+    assert h.feed([h.transfer(T0 + 5000, 0, to=stranger)]) == []
+    assert h.feed([h.settle(T0 + 400_000, 10)]) == []                # past the shadow grace: nothing
+    assert h.shard.stats.signals >= 1 and h.shard.agent_totals(AGENT)[1][-1] == 2   # 2 settles, no transfer
+    ds = h.feed([h.transfer(T0 + 401_000, 1 * U, to=stranger)])
+    assert [(d.kind, d.rule) for d in ds] == [("warn", "unknown_payee")]

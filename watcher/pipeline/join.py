@@ -156,8 +156,8 @@ class Join:
             if p is None:
                 continue
             if p.settle_amount is not None:
-                if p.transfers and p.transfers[-1][2] == "confirmed":
-                    continue  # the common case: settled and confirmed
+                if p.transfers and p.transfers[-1][2] == "confirmed" or not p.settle_amount:
+                    continue  # the common case: settled and confirmed (or a 0 settle: nothing to reconcile)
                 if (self._confirmed_amount(p) is None and not p.reported & UNSETTLED
                         and p.chain_id in self.chains_seen):
                     if (self.confirmed_upto.get(p.chain_id, -1) < p.ts_ms

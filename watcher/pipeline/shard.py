@@ -81,6 +81,7 @@ class Shard:
         gens = self.seen.gens
         cur, prev, cap = gens.current, gens.previous, gens.max_entries
         join_apply, categorize = self.join.apply, self.categorize
+        known = self.join.payments.__contains__
         agent_row, cat_row = self.agents.row, self.categories.row
         rows_of: dict[str, int] = {}
         wm = self.watermark_ms
@@ -102,7 +103,10 @@ class Shard:
                 cur, prev = gens.current, gens.previous
             else:
                 cur[key] = 1
-            if obs.tx is not None and (obs.kind == TRANSFER or obs.status == "settled"):
+            # a 0-value transfer of no known payment moves nothing: anyone can emit one from any wallet
+            # (USDC transferFrom of 0 needs no allowance; address poisoning), so it is a signal, not spend
+            if obs.tx is not None and (obs.status == "settled" or (obs.kind == TRANSFER and (
+                    obs.amount or known(obs.tx)))):
                 delta, found = join_apply(obs, categorize, wm)
                 if found:
                     out.findings.extend(found)
