@@ -73,6 +73,18 @@ def agent_series_budget(top_n: int, max_pinned: int, windows: int) -> int:
     return (top_n + max_pinned) * 2 * windows + 2 * max_pinned
 
 
+def check_series_budget(settings: MetricsSettings, windows: int, *, file: str | None = None) -> None:
+    """Refuse settings whose per-agent series could exceed metrics.max_agent_series (metrics enabled only)."""
+    need = agent_series_budget(settings.top_n, settings.max_pinned, windows)
+    if settings.enabled and need > settings.max_agent_series:
+        raise ConfigError(
+            f"per-agent series may reach {need} ((top_n {settings.top_n} + max_pinned {settings.max_pinned})"
+            f" * 2 * {windows} windows + 2 * max_pinned), above metrics.max_agent_series "
+            f"({settings.max_agent_series})", file=file, key="metrics.max_agent_series",
+            fix=f"raise metrics.max_agent_series to {need}, or lower metrics.top_n or metrics.max_pinned, "
+                f"or configure fewer [[windows]]")
+
+
 def usdc(base_units: int) -> float:
     return base_units / USDC
 
@@ -100,14 +112,7 @@ class Metrics:
         disable_created_metrics()  # no `_created` twin of every counter and histogram (process-wide)
         self.registry, self.settings = registry, settings
         self.windows = tuple(windows) or DEFAULT_WINDOWS
-        need = agent_series_budget(settings.top_n, settings.max_pinned, len(self.windows))
-        if need > settings.max_agent_series:
-            raise ConfigError(
-                f"per-agent series may reach {need} ((top_n {settings.top_n} + max_pinned {settings.max_pinned})"
-                f" * 2 * {len(self.windows)} windows + 2 * max_pinned), above metrics.max_agent_series "
-                f"({settings.max_agent_series})", key="metrics.max_agent_series",
-                fix=f"raise metrics.max_agent_series to {need}, or lower metrics.top_n or metrics.max_pinned, "
-                    f"or configure fewer [[windows]]")
+        check_series_budget(settings, len(self.windows))
         r = registry
         # -- fleet spend ---------------------------------------------------------------------------
         self.spend = Counter("spendwatch_spend_usdc", "Spend counted once per payment (USDC), by merchant "
@@ -376,9 +381,9 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_partitions_owned", "gauge", "", "input partitions this process owns"),
     ("spendwatch_tracked_agents", "gauge", "", "agents with rolling windows"),
     ("spendwatch_checkpoints_total", "counter", "", "state checkpoints written"),
-    ("spendwatch_late_payments_total", "counter", "", "payments older than every window (owned partitions)"),
-    ("spendwatch_window_saturations_total", "counter", "", "window sums held at the int64 limit"),
-    ("spendwatch_dedupe_forced_rotations_total", "counter", "", "dedupe memory rotated early (max_entries)"),
+    ("spendwatch_late_payments", "gauge", "", "payments older than every window (owned partitions)"),
+    ("spendwatch_window_saturations", "gauge", "", "window sums held at the int64 limit (owned partitions)"),
+    ("spendwatch_dedupe_forced_rotations", "gauge", "", "dedupe memory rotated early (owned partitions)"),
     ("spendwatch_webhooks_total", "counter", "outcome", "webhook attempts"),
     ("spendwatch_webhook_duration_seconds", "histogram", "", "webhook latency"),
     ("spendwatch_statements_published_total", "counter", "", "daily statement rows published"),

@@ -225,3 +225,21 @@ def test_daemon_collector_exports_late_payments_and_forced_rotations():
                                                    "spendwatch_dedupe_forced_rotations")}
     assert value["spendwatch_late_payments"] == sh.agents.late_dropped == 1
     assert value["spendwatch_dedupe_forced_rotations"] >= 1 and value["spendwatch_window_saturations"] == 0
+
+
+def test_series_budget_is_checked_by_check_config_and_not_when_metrics_are_off(tmp_path):
+    """check-config fails where `spendwatch run` would; a daemon with metrics off is not refused for it."""
+    import sys
+
+    from watcher.pipeline.windows import WindowSpec
+
+    windows = "".join(f'[[windows]]\nname = "w{i}"\nseconds = {60 * (i + 1)}\nbuckets = 6\n' for i in range(5))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(windows)
+    r = subprocess.run([sys.executable, "-m", "watcher", "check-config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 1 and "metrics.max_agent_series" in r.stdout + r.stderr
+    cfg.write_text(windows + "[metrics]\nenabled = false\n")
+    r = subprocess.run([sys.executable, "-m", "watcher", "check-config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    Metrics(CollectorRegistry(), MetricsSettings(enabled=False),
+            windows=[WindowSpec(f"w{i}", 60 * (i + 1), 6) for i in range(8)])   # no ConfigError

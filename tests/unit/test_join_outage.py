@@ -46,4 +46,7 @@ def test_hold_survives_a_checkpoint():
     assert back.advance(T + 10_000 + 3 * AFTER) == []
     old = dict(snap, join={k: v for k, v in snap["join"].items() if k != "confirmed_upto"})
     legacy = Shard.restore(old, ShardConfig(unsettled_after_ms=AFTER))     # a checkpoint from before the hold
-    assert [f.kind for f in legacy.advance(T + 10_000 + AFTER + 1)] == ["unsettled"]
+    assert [f.kind for f in legacy.advance(T + 10_000 + AFTER + 1)] == ["unsettled"]   # known before: as it was
+    legacy.apply([settle(3, ts=T + 20 * AFTER)])                            # a later outage is held again
+    assert legacy.advance(T + 23 * AFTER) == []
+    assert legacy.snapshot()["join"]["confirmed_upto"][0][1] < 2**62

@@ -23,6 +23,9 @@ def cmd_check(args) -> int:
     from watcher.config import load_settings
 
     s = load_settings(args.file)
+    from watcher.metrics import check_series_budget
+
+    check_series_budget(s.metrics, len(s.windows), file=args.file)
     if s.detect.policy_file:
         from watcher.detect.policy import Policy
 

@@ -47,17 +47,19 @@ class DaemonCollector:
         for reason, n in sorted(reasons.items()):
             dl.add_metric([reason], n)
         yield dl
+        # gauges, not counters: kept in each partition's state, they move with the partition on a handoff
         shards = list(d.shards.values())
         for name, doc, value in (
-                ("spendwatch_late_payments", "Payments older than every window, not counted in any (owned "
-                 "partitions; moves with them).", sum(sh.agents.late_dropped for sh in shards)),
+                ("spendwatch_late_payments", "Payments older than every window, not counted in any, in the "
+                 "partitions this process owns.", sum(sh.agents.late_dropped for sh in shards)),
                 ("spendwatch_window_saturations", "Window bucket sums held at the int64 limit instead of "
-                 "overflowing (owned partitions).", sum(sh.agents.saturated + sh.categories.saturated
-                                                        for sh in shards)),
-                ("spendwatch_dedupe_forced_rotations", "Dedupe/join memory rotated early because "
-                 "dedupe.max_entries was reached: shorter than dedupe.horizon_seconds (owned partitions).",
-                 sum(sh.seen.gens.forced_rotations + sh.join.payments.forced_rotations for sh in shards))):
-            yield CounterMetricFamily(name, doc, value=value)
+                 "overflowing, in the partitions this process owns.",
+                 sum(sh.agents.saturated + sh.categories.saturated for sh in shards)),
+                ("spendwatch_dedupe_forced_rotations", "Dedupe/join memory rotations forced by "
+                 "dedupe.max_entries (memory shorter than dedupe.horizon_seconds), in the partitions this "
+                 "process owns.", sum(sh.seen.gens.forced_rotations + sh.join.payments.forced_rotations
+                                      for sh in shards))):
+            yield GaugeMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily("spendwatch_partitions_owned", "Input partitions this process owns.",
                                 value=len(d.shards))
         yield GaugeMetricFamily("spendwatch_tracked_agents", "Agents with rolling windows in this process.",

@@ -168,7 +168,7 @@ class Join:
                     p.reported |= UNSETTLED
                     out.append(self._finding("unsettled", p, now_ms,
                                              f"settled {p.settle_amount} base units but no confirmed transfer "
-                                             f"after {self.unsettled_after_ms // 1000} s"))
+                                             f"after {(now_ms - p.ts_ms) // 1000} s"))
             elif not p.reported & SHADOW:
                 confirmed = self._confirmed_amount(p)
                 if confirmed is not None:
@@ -201,5 +201,8 @@ class Join:
         heapq.heapify(self.deadlines)
         self.chains_seen = set(snap["chains_seen"])
         # checkpoints older than this field: take every chain seen as confirming (the previous behaviour)
-        self.confirmed_upto = ({int(c): int(t) for c, t in snap["confirmed_upto"]} if "confirmed_upto" in snap
-                               else {c: 2**62 for c in self.chains_seen})
+        if "confirmed_upto" in snap:
+            self.confirmed_upto = {int(c): int(t) for c, t in snap["confirmed_upto"]}
+        else:  # a checkpoint from before the hold: take the chain as confirmed up to the newest payment known
+            newest = max((p.ts_ms for p in self.payments.values()), default=0)
+            self.confirmed_upto = {c: newest for c in self.chains_seen}
