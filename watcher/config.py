@@ -2,8 +2,9 @@
 
 Validated before anything connects: a bad value fails at start with the file, the key and the fix.
 Environment overrides use `__` between section and key, e.g. SPENDWATCH_KAFKA__BOOTSTRAP=host:9092.
-A relative agents.registry_file written in the file is relative to the file's folder (as the chain bridge's
-registry_file); from the environment it is relative to the working directory.
+Relative paths written in the file (detect.policy_file, agents.registry_file; the chain bridge's
+registry_file and checkpoint_path too) are relative to the file's folder; from the environment or a
+command-line option, to the working directory.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from watcher.breaker.config import AdminSettings, BreakerSettings, WebhookSettings, breaker_fix, error_key
+from watcher.breaker.config import AdminSettings, BreakerSettings, WebhookSettings, breaker_fix
+from watcher.configfile import error_key, relative_to_file
 from watcher.errors import ConfigError
 from watcher.metrics import MetricsSettings
 from watcher.observe.statements import StatementSettings
@@ -25,6 +27,8 @@ from watcher.pipeline.windows import WindowSpec
 from watcher.registry import load_registry
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+# keys whose relative paths in a config file are relative to that file's folder, per table
+FILE_RELATIVE = {"detect": ("policy_file",), "agents": ("registry_file",)}
 
 
 class KafkaSettings(BaseModel):
@@ -146,7 +150,8 @@ class Settings(BaseSettings):
     categories: dict[str, str] = Field(default_factory=dict,
                                        description="merchant payTo address or resource URL prefix -> category")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="log verbosity of the commands that read this file; --log-level wins")
+        "INFO", description="log verbosity of spendwatch run, demo, simulate and statement (spendwatch chain "
+        "reads only the [chain] table: give it --log-level); --log-level wins")
 
     @field_validator("windows")
     @classmethod
@@ -193,10 +198,8 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
             data = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", file=source, fix="correct the TOML syntax") from None
-        agents = data.get("agents")  # a path in the file means the same wherever the daemon is started
-        if isinstance(agents, dict) and isinstance(agents.get("registry_file"), str) \
-                and not os.path.isabs(agents["registry_file"]):
-            agents["registry_file"] = str(p.parent / agents["registry_file"])
+        for table, keys in FILE_RELATIVE.items():
+            relative_to_file(data.get(table), keys, p)
     for key, value in overrides.items():
         section, _, name = key.partition("__")
         if name:

@@ -9,19 +9,14 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from eth_utils import is_address, is_checksum_address, to_checksum_address
-
 from watcher.errors import ConfigError
+from watcher.events.addresses import checked_address
 
 
 def checksum_address(value: object, key: str) -> str:
-    """`value` in EIP-55 form; a mixed-case input must carry a valid checksum. Raises ValueError naming `key`."""
-    if not isinstance(value, str) or not is_address(value):
-        raise ValueError(f"{key}={value!r} is not a 0x-prefixed 20-byte hex address")
-    body = value[2:]
-    if body != body.lower() and body != body.upper() and not is_checksum_address(value):
-        raise ValueError(f"{key}={value!r} has a wrong EIP-55 checksum; write it all lower case or fix it")
-    return to_checksum_address(value)
+    """`value` in EIP-55 form; a mixed-case input must carry a valid checksum. Raises ValueError naming `key`
+    (settings validators report it; load_registry wraps it in a ConfigError naming the file)."""
+    return checked_address(value, key, checksum_fix="; write it all lower case or fix it")
 
 
 def load_registry(path: Path, *, key: str) -> dict[str, str]:

@@ -4,6 +4,8 @@ those are imported when a command runs. Checked by module, not by timing (the ma
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("river", "numpy", "web3", "aiohttp", "x402", "watcher.stages", "watcher.config", "watcher.daemon")
 
 
@@ -27,3 +29,16 @@ def test_breaker_names_still_resolve():
     from watcher.breaker.stage import BreakerStage as S
 
     assert BreakerStage is S and callable(load_breaker_config) and callable(sign)
+
+
+def test_chain_tap_and_observe_names_still_resolve():
+    import watcher.observe
+    import watcher.tap
+    from watcher.chain import ChainSettings
+    from watcher.chain.config import ChainSettings as C
+    from watcher.observe.statements import StatementSettings
+    from watcher.tap.breakers import Gate
+
+    assert ChainSettings is C and watcher.observe.StatementSettings is StatementSettings and watcher.tap.Gate is Gate
+    with pytest.raises(AttributeError, match="watcher.observe"):
+        watcher.observe.NoSuchName

@@ -52,6 +52,29 @@ def test_environment_overrides_the_file(tmp_path, monkeypatch):
     assert s.kafka.bootstrap == "env:9092" and s.kafka.group == "g"
 
 
+def test_a_relative_policy_file_is_relative_to_the_config_file(tmp_path, monkeypatch):
+    """As agents.registry_file and the chain bridge's paths: the same file wherever the command starts; from
+    the environment, relative to the working directory."""
+    from watcher.detect.policy import Policy
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "policy.toml").write_text('[defaults.caps]\nper_minute_usdc = 7\n')
+    cfg = etc / "spendwatch.toml"
+    cfg.write_text('[detect]\npolicy_file = "policy.toml"\n')
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.delenv("SPENDWATCH_DETECT__POLICY_FILE", raising=False)
+    s = load_settings(cfg)
+    assert s.detect.policy_file == str(etc / "policy.toml")
+    assert Policy.load(s.detect.policy_file).source == str(etc / "policy.toml")
+    monkeypatch.setenv("SPENDWATCH_DETECT__POLICY_FILE", "mine.toml")
+    assert load_settings(cfg).detect.policy_file == "mine.toml"
+    monkeypatch.delenv("SPENDWATCH_DETECT__POLICY_FILE")
+    cfg.write_text('[detect]\npolicy_file = ""\n')          # empty: none, not the config file's folder
+    assert load_settings(cfg).detect.policy_file == ""
+
+
 def test_check_config_command(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('[kafka]\nbootstrap = "k:9092"\n')

@@ -27,6 +27,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from watcher.configfile import error_key
 from watcher.errors import ConfigError
 
 log = logging.getLogger("watcher.breaker.config")
@@ -218,15 +219,6 @@ def load_breaker_config(path: str | os.PathLike | None = None, **overrides: Any)
         return BreakerConfig(**data)
     except ValidationError as exc:
         raise config_error(exc, source) from None
-
-
-def error_key(err: dict[str, Any]) -> str:
-    """The dotted key of one pydantic error: its location, plus the field a check over several names."""
-    loc = [str(x) for x in err.get("loc", ()) if x != "__root__"]
-    sub = (err.get("ctx") or {}).get("key")
-    if sub:
-        loc.append(str(sub))
-    return ".".join(loc)
 
 
 def breaker_fix(key: str) -> str | None:

@@ -14,8 +14,9 @@ class BreakerMetrics:
         self.fleet = fleet
         self.transitions = Counter("spendwatch_breaker_changes_total", "Breaker changes by kind",
                                    ["kind"], registry=r)
-        self.deliveries = Counter("spendwatch_webhook_deliveries_total", "Webhooks finished, by type and outcome "
-                                  "(delivered, dead, disabled)", ["type", "outcome"], registry=r)
+        self.deliveries = Counter("spendwatch_webhook_deliveries_total", "Webhook deliveries by type and outcome: "
+                                  "delivered or dead (finished), disabled (not sent, no webhook.url: it stays in "
+                                  "the outbox until a start with a url)", ["type", "outcome"], registry=r)
         self.attempts = Counter("spendwatch_webhook_attempts_total", "Webhook POST attempts by result "
                                 "(2xx, 4xx, 5xx, error, timeout)", ["result"], registry=r)
         self.dead_letters = Counter("spendwatch_webhook_dead_letters_total", "Webhooks given up after the retry "

@@ -15,16 +15,11 @@
     devnet.py, testtoken.py, solc.py   anvil, the test USDC and the offline compiler (tests, bench)
 """
 
-from importlib import import_module
+from watcher.lazy import lazy_names
 
 # imported on first use, so `spendwatch --help` does not pay for web3 and aiokafka
-_EXPORTS = {"ChainBridge": "bridge", "ChainSettings": "config", "load_settings": "config", "ChainError": "errors",
-            "NodeError": "errors", "RangeRefusedError": "errors", "PublishError": "errors",
-            "KafkaPublisher": "publisher", "ChainMetrics": "metrics"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f"watcher.chain.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'watcher.chain' has no attribute {name!r}")
+_WHERE = {"ChainBridge": "bridge", "ChainSettings": "config", "load_settings": "config", "ChainError": "errors",
+          "NodeError": "errors", "RangeRefusedError": "errors", "PublishError": "errors",
+          "KafkaPublisher": "publisher", "ChainMetrics": "metrics"}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_names(__name__, _WHERE)

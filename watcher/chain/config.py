@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from watcher.configfile import error_key, relative_to_file
 from watcher.errors import ConfigError
 from watcher.registry import checksum_address as _address
 from watcher.registry import load_registry
@@ -152,11 +153,6 @@ def watched_wallets(settings: ChainSettings) -> frozenset[str]:
     return frozenset(wallets)
 
 
-def _error_key(err: dict) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
-    return f"chain.{loc}" if loc else "chain"
-
-
 def settings_from_mapping(data: dict[str, Any], *, source: str = "<settings>") -> ChainSettings:
     try:
         return ChainSettings(**data)
@@ -168,7 +164,7 @@ def settings_from_mapping(data: dict[str, Any], *, source: str = "<settings>") -
     except ValidationError as exc:
         first = exc.errors()[0]
         msg = first["msg"].removeprefix("Value error, ")
-        key = _error_key(first)
+        key = f"chain.{loc}" if (loc := error_key(first)) else "chain"
         if first["type"] == "extra_forbidden":
             fields = ", ".join(sorted(ChainSettings.model_fields))
             raise ConfigError("unknown key", file=source, key=key, fix=f"remove it; known keys: {fields}") from None
@@ -193,9 +189,7 @@ def load_settings(path: Path | None, **overrides: Any) -> ChainSettings:
         if not isinstance(table, dict):
             raise ConfigError("`chain` must be a table", file=source, key="chain", fix="write it as [chain]")
         data.update(table)
-        for key in FILE_RELATIVE:      # a path in the file means the same wherever the bridge is started
-            if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
-                data[key] = Path(path).parent / data[key]
+        relative_to_file(data, FILE_RELATIVE, path)
     env_keys = {k.upper() for k in os.environ}
     data = {k: v for k, v in data.items() if f"SPENDWATCH_CHAIN__{k.upper()}" not in env_keys}
     extra = overrides.pop("extra_wallets", None) or []

@@ -318,7 +318,8 @@ class Detector(Verdicts):
             cands.append(Candidate(i, d.ts_ms, row, "fleet.hst", "model", round(float(scores[k]), 4),
                                    round(thr, 4), "score", "fleet", [d.event_id],
                                    f"fleet model score {scores[k]:.3f} above its {self.fleet.quantile} quantile "
-                                   f"{thr:.3f}, spend-rate z {z_rate[k]:.1f}, {fmt_usdc(int(spent[k]))} USDC in ~30 min",
+                                   f"{thr:.3f}, spend-rate z {z_rate[k]:.1f}, "
+                                   f"{fmt_usdc(int(spent[k]))} USDC in ~30 min",
                                    None, d.category, f"{d.event_id}|fleet"))
 
     def _signals(self, signals: list[Observation], base_pos: int, cands) -> None:

@@ -296,7 +296,8 @@ class Policy:
                 text = f.read()
         except OSError as exc:
             raise ConfigError(f"cannot read the policy file: {exc.strerror}", file=path,
-                              fix="check the path given to --policy / detect.policy_file") from None
+                              fix="check the path given to --policy / detect.policy_file (a relative path in a "
+                              "config file is relative to that file's folder)") from None
         return cls.from_text(text, path)
 
 

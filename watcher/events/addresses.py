@@ -36,6 +36,20 @@ def eip55(text: str) -> str:
     return "0x" + (int.from_bytes(body, "big") - mask).to_bytes(40, "big").decode()
 
 
+def checked_address(text: object, field: str, *, checksum_fix: str = "") -> str:
+    """`text` in EIP-55 form; a mixed-case input must carry a valid checksum. Raises ValueError naming
+    `field` (a wrong checksum's message ends with `checksum_fix`); callers turn it into the error their
+    readers expect (EventError here, ConfigError or a settings error in watcher.registry)."""
+    if not isinstance(text, str) or not _ADDRESS(text):
+        shown = text[:60] if isinstance(text, str) else text
+        raise ValueError(f"{field}={shown!r} is not a 0x-prefixed 20-byte hex address")
+    body = text[2:]
+    out = eip55(text)  # one keccak: also the EIP-55 check of a mixed-case input
+    if out != text and body != body.lower() and body != body.upper():
+        raise ValueError(f"{field}={text!r} has a wrong EIP-55 checksum{checksum_fix}")
+    return out
+
+
 class AddressBook:
     """A bounded cache of validated addresses: input text -> checksum text."""
 
@@ -48,12 +62,10 @@ class AddressBook:
         hit = self._cache.get(text)
         if hit is not None:
             return hit
-        if not _ADDRESS(text):
-            raise EventError("bad_address", f"{field}={text[:60]!r} is not a 0x-prefixed 20-byte hex address")
-        body = text[2:]
-        out = eip55(text)  # one keccak: also the EIP-55 check of a mixed-case input
-        if out != text and body != body.lower() and body != body.upper():
-            raise EventError("bad_address", f"{field}={text!r} has a wrong EIP-55 checksum")
+        try:
+            out = checked_address(text, field)
+        except ValueError as exc:
+            raise EventError("bad_address", str(exc)) from None
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[text] = out

@@ -4,17 +4,9 @@ The metric families themselves live in `watcher.metrics`. Exports are lazy (watc
 helpers of this package, and the stage and server import watcher.metrics).
 """
 
-__all__ = ["MetricsService", "MetricsStage", "serve_metrics", "StatementStage", "StatementSettings"]
+from watcher.lazy import lazy_names
 
-
-def __getattr__(name: str):
-    if name in ("MetricsService", "serve_metrics"):
-        from watcher.observe import server
-        return getattr(server, name)
-    if name == "MetricsStage":
-        from watcher.observe.stage import MetricsStage
-        return MetricsStage
-    if name in ("StatementStage", "StatementSettings"):
-        from watcher.observe import statements
-        return getattr(statements, name)
-    raise AttributeError(name)
+_WHERE = {"MetricsService": "server", "serve_metrics": "server", "MetricsStage": "stage",
+          "StatementStage": "statements", "StatementSettings": "statements"}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_names(__name__, _WHERE)

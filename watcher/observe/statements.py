@@ -222,12 +222,12 @@ def latest(records) -> dict[str, Statement]:
 
 
 async def read_statements(bootstrap: str, topic: str, day: str, *, timeout_s: float = 30.0) -> list[Statement]:
-    """Every statement row of `day` (YYYY-MM-DD) in `topic`, latest revision each, sorted."""
-    from watcher.sources.kafka import read_to_end
-
+    """Every statement row of `day` (YYYY-MM-DD) in `topic`, the highest-ranked row of each id (most
+    `changes`, then final, then revision: see `rank`), sorted."""
     from aiokafka.errors import KafkaConnectionError
 
     from watcher.errors import BrokerError
+    from watcher.sources.kafka import read_to_end
 
     try:
         records, complete = await read_to_end(bootstrap, topic, timeout_s=timeout_s,

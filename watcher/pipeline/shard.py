@@ -16,7 +16,7 @@ from watcher.events.finding import Finding
 from watcher.events.observation import Kind, Observation
 from watcher.pipeline.dedupe import Seen
 from watcher.pipeline.join import Delta, Join
-from watcher.pipeline.windows import DEFAULT_WINDOWS, Windows, WindowSpec
+from watcher.pipeline.windows import DEFAULT_WINDOWS, Windows, WindowSpec, describe
 
 Categorize = Callable[[str, "str | None"], "str | None"]
 CATEGORY_SEP = b"|"
@@ -50,10 +50,6 @@ class Stats(msgspec.Struct):
     uncounted: int = 0
     signals: int = 0
     findings: int = 0
-
-
-def _names(specs) -> str:
-    return ", ".join(f"{s.name} ({s.seconds} s / {s.buckets})" for s in specs)
 
 
 def agent_key(address: str) -> bytes:
@@ -192,7 +188,7 @@ class Shard:
         if tuple(saved) != tuple(config.windows):
             kept = {(s.seconds, s.buckets) for s in config.windows}
             log.warning("windows changed since the checkpoint: it had %s; restored exactly as configured: %s; "
-                        "dropped: %s", _names(saved), _names(config.windows),
-                        _names(s for s in saved if (s.seconds, s.buckets) not in kept) or "none")
+                        "dropped: %s", describe(saved), describe(config.windows),
+                        describe(s for s in saved if (s.seconds, s.buckets) not in kept) or "none")
         self.stats = msgspec.convert(snap["stats"], Stats)
         return self

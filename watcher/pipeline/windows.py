@@ -55,6 +55,11 @@ DEFAULT_WINDOWS = (
 )
 
 
+def describe(specs: Iterable[WindowSpec]) -> str:
+    """Windows as messages name them: "1m (60 s, 6 buckets), 5m (300 s, 5 buckets)"."""
+    return ", ".join(f"{s.name} ({s.seconds} s, {s.buckets} buckets)" for s in specs)
+
+
 class Windows:
     """Rolling sums/counts for many keys (agent wallets, or agent+category pairs)."""
 
@@ -288,11 +293,9 @@ class Windows:
         at = {(s.seconds, s.buckets): w for w, s in enumerate(self.specs)}
         missing = [s for s in specs if (s.seconds, s.buckets) not in at]
         if missing:
-            def show(ss):
-                return ", ".join(f"{s.name} ({s.seconds} s, {s.buckets} buckets)" for s in ss)
             raise CheckpointError(
-                f"the configured windows ([[windows]]) include {show(missing)}, which the checkpoint does not "
-                f"hold (it has {show(self.specs)}), so their sums cannot be restored exactly; set `windows` "
+                f"the configured windows ([[windows]]) include {describe(missing)}, which the checkpoint does "
+                f"not hold (it has {describe(self.specs)}), so their sums cannot be restored exactly; set `windows` "
                 "back to the checkpoint's (a window may be renamed, reordered or removed, not added or "
                 "resized), or start the partition over from its input")
         out = Windows(specs, capacity=self.sums.shape[0])

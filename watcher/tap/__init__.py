@@ -12,16 +12,12 @@
     bench.py      run_tap_bench(quick): proxy overhead p50/p99 against calling the upstream directly
 """
 
-from importlib import import_module
+from watcher.lazy import lazy_names
 
-_EXPORTS = {"TapPublisher": "publisher", "wire_facilitator": "hooks", "FacilitatorTap": "hooks",
-            "TapProxy": "proxy", "Gate": "breakers", "TopicBreakerView": "breakers",
-            "AdminBreakerView": "breakers", "StaticBreakerView": "breakers", "TapMetrics": "metrics",
-            "LocalFacilitator": "local", "run_tap_bench": "bench"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f"watcher.tap.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'watcher.tap' has no attribute {name!r}")
+# imported on first use (PEP 562), so `spendwatch --help` does not load the x402 SDK and aiohttp
+_WHERE = {"TapPublisher": "publisher", "wire_facilitator": "hooks", "FacilitatorTap": "hooks",
+          "TapProxy": "proxy", "Gate": "breakers", "TopicBreakerView": "breakers",
+          "AdminBreakerView": "breakers", "StaticBreakerView": "breakers", "TapMetrics": "metrics",
+          "LocalFacilitator": "local", "run_tap_bench": "bench"}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_names(__name__, _WHERE)
