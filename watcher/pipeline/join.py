@@ -1,8 +1,9 @@
 """Join of facilitator settles and on-chain transfers: one payment, counted once.
 
 A payment is keyed by its transaction hash (EIP-155 makes it unique across chains). Whatever arrives
-first counts; the chain is the authority once it speaks: the counted amount is the sum of the transaction's live transfers (pending or
-confirmed) when any transfer record was seen, else the settled amount. A transfer published `reverted`
+first counts; the chain is the authority once it speaks: the counted amount is the sum of the
+transaction's live transfers (pending or confirmed) when any transfer record was seen, else the settled
+amount. A transfer published `reverted`
 (a reorg dropped its block) un-counts it; a replacement in a new block counts it again. Every change is
 returned as a delta against the payment's first-seen time, so windows stay exact.
 
