@@ -12,9 +12,11 @@ Findings, each reported once per payment:
   shadow_spend     a confirmed transfer no facilitator reported within `shadow_grace_ms`
   unsettled        a successful settle with no confirmed transfer within `unsettled_after_ms`
                    (only for chains whose bridge is running, i.e. that sent any transfer record).
-                   While the bridge has confirmed nothing paid at or after the settle (it may be down or
-                   behind, not the payment), the finding waits, for up to UNSETTLED_HOLD deadlines: a
-                   bridge outage is one ChainBridgeStalled page, not a warning per payment.
+                   While no transfer of this partition's agents paid at or after the settle has been
+                   confirmed (the bridge may be down or behind, not the payment), the finding waits, for up
+                   to UNSETTLED_HOLD deadlines: a bridge outage is one ChainBridgeStalled page, not a
+                   warning per payment. Per partition, so replicas decide alike; on a quiet partition a
+                   real finding can wait up to the whole hold.
 """
 
 from __future__ import annotations
