@@ -3,7 +3,6 @@ PagerDuty; a small detection stage over the real Detector; helpers to publish pa
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from dataclasses import dataclass, field
@@ -166,14 +165,3 @@ def payments(agent: str, n: int, amount: int, tag: str) -> list[tuple[str, bytes
         event_id=f"{tag}-{i}", ts_ms=now + i, payer=agent, pay_to=MERCHANT, amount=amount,
         tx=fake_hash(tag, i)))) for i in range(n)]
 
-
-async def wait_for(pred, timeout_s: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -12,8 +12,9 @@ import sys
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from tests.breaker.conftest import SECRET, TOKEN, U, payments, wait_for, wallet
+from tests.breaker.conftest import SECRET, TOKEN, U, payments, wallet
 from tests.integration.helpers import make_settings
+from tests.polling import wait_for
 from watcher.breaker.outbox import ChangeRecord, decode_record
 from watcher.simulate.publish import publish_records
 
@@ -59,7 +60,7 @@ async def test_sigkill_between_decision_and_delivery(kafka_bootstrap, unique, re
             await publish_records(s.kafka, payments(agent, 8, U, f"k{unique}"))
             # the decision is on the breaker log (durable) while the receiver is still down
             changes = await wait_for(lambda: read_changes(kafka_bootstrap, topic), 60, "the freeze on the log",
-                                     interval=0.2)
+                                     interval_s=0.2)
             if checkpoint_s < 1:
                 await asyncio.sleep(1.5)   # checkpoints now include the decision and its pending webhook
         finally:

@@ -15,10 +15,11 @@ from collections import defaultdict
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer
 
-from tests.breaker.conftest import SECRET, TOKEN, U, DetectStage, Recorder, payments, wait_for, wallet
+from tests.breaker.conftest import SECRET, TOKEN, U, DetectStage, Recorder, payments, wallet
 from tests.integration.helpers import make_settings
+from tests.polling import wait_for
+from tests.topics import read_topic
 from watcher.breaker import BreakerStage, load_breaker_config
 from watcher.breaker.outbox import ChangeRecord, DeliveredRecord, decode_record
 from watcher.breaker.service import BreakerService, breaker_services
@@ -37,13 +38,9 @@ def config(recorder: Recorder, unique: str, **breaker):
 
 
 async def read_records(bootstrap: str, topic: str) -> list:
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
-    await c.start()
-    try:
-        batch = await c.getmany(timeout_ms=1000)
-        return [decode_record(m.value) for msgs in batch.values() for m in msgs]
-    finally:
-        await c.stop()
+    """Every record of the breaker topic now, decoded: the whole topic, not one fetch's worth (a single
+    fetch may miss a partition or come back empty on a slow machine)."""
+    return [decode_record(v) for v in await read_topic(bootstrap, topic)]
 
 
 def by_key(hits):
@@ -185,7 +182,7 @@ async def test_webhooks_recorded_without_a_url_are_sent_by_a_later_start(kafka_b
 
     async def freeze_noted_disabled():
         await publish_records(s.kafka, payments(agent, 8, U, f"d{unique}"))
-        await wait_for(lambda: noted_now("disabled"), 30, "the freeze noted disabled", interval=0.2)
+        await wait_for(lambda: noted_now("disabled"), 30, "the freeze noted disabled", interval_s=0.2)
 
     async def nothing():
         return None
@@ -206,7 +203,7 @@ async def test_webhooks_recorded_without_a_url_are_sent_by_a_later_start(kafka_b
 
     async def delivered():
         await wait_for(lambda: recorder.at("/hook"), 30, "the freeze sent by the start with a url")
-        await wait_for(lambda: noted_now("delivered"), 30, "the delivered record", interval=0.2)
+        await wait_for(lambda: noted_now("delivered"), 30, "the delivered record", interval_s=0.2)
 
     await start(with_url, delivered)
     (hit,) = recorder.at("/hook")

@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 
-from tests.breaker.conftest import SECRET, DetectStage, wait_for
+from tests.breaker.conftest import SECRET, DetectStage
 from tests.integration.helpers import make_settings
+from tests.polling import wait_for
 from watcher.breaker import BreakerStage, load_breaker_config
 from watcher.breaker.service import breaker_services
 from watcher.daemon import Daemon

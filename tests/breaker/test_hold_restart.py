@@ -28,8 +28,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.breaker.conftest import SECRET, TOKEN, U, payments, wait_for, wallet
+from tests.breaker.conftest import SECRET, TOKEN, U, payments, wallet
 from tests.integration.helpers import make_settings
+from tests.polling import wait_for
 from watcher.breaker.client import AdminClient
 from watcher.simulate.publish import publish_records
 from watcher.tap.breakers import Gate, TopicBreakerView
@@ -57,7 +58,7 @@ async def daemon_process(cfg_path: Path, log_path: Path, partitions: int):
                     return False
                 return r.json()["partitions"] == list(range(partitions))
 
-        await wait_for(owned, 60, "the daemon to restore its partitions", interval=0.2)
+        await wait_for(owned, 60, "the daemon to restore its partitions", interval_s=0.2)
         with AdminClient(url, TOKEN, actor="alice") as client:
             client.proc = proc
             yield client
@@ -97,7 +98,7 @@ async def test_a_persons_hold_survives_a_restart(stop, kafka_bootstrap, unique, 
     # start 1: the agent pays twice (under every cap and escalation threshold); a clean stop checkpoints it
     async with daemon_process(cfg_path, tmp_path / "start1.log", partitions) as admin:
         await publish_records(s.kafka, payments(agent, 2, U, f"a{unique}"))
-        seen = await wait_for(lambda: _with_payments(admin, agent, 2), 30, "two payments counted", interval=0.2)
+        seen = await wait_for(lambda: _with_payments(admin, agent, 2), 30, "two payments counted", interval_s=0.2)
         assert seen["breaker"]["state"] == "closed"
 
     # start 2: a person holds the agent
@@ -127,7 +128,7 @@ async def test_a_persons_hold_survives_a_restart(stop, kafka_bootstrap, unique, 
             # breaker held (no new trip, no second freeze webhook); counted once each, none twice
             await publish_records(s.kafka, payments(agent, 8, U, f"b{unique}"))
             after = await wait_for(lambda: _with_payments(admin, agent, 10), 30, "ten payments counted",
-                                   interval=0.2)
+                                   interval_s=0.2)
             assert after["breaker"]["state"] == "held" and after["breaker"]["trips"] == 0, after
             assert {h.key for h in hooks("freeze")} == {freeze_key}
             assert gate.check(agent) is not None

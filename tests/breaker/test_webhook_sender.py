@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from tests.breaker.conftest import SECRET, wait_for, wallet
+from tests.breaker.conftest import SECRET, wallet
+from tests.polling import stays, wait_for
 from watcher.breaker import BreakerStage, load_breaker_config
 from watcher.breaker.config import WebhookSettings
 from watcher.breaker.metrics import BreakerMetrics
@@ -35,14 +36,16 @@ class Req:
 @dataclass
 class Receiver:
     """Answers 200 unless `fail` says otherwise: `fail[(key)] = n` refuses that webhook's first n attempts
-    with 503, `always_fail` refuses everything. While `gate` is clear every request waits for it."""
+    with 503, `always_fail` refuses everything. While `hold` is set every request waits, unanswered, until
+    `release()` lets it go (oldest first)."""
 
     fail: dict[str, int] = field(default_factory=dict)
     always_fail: bool = False
     reqs: list[Req] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
-    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    hold: bool = False
+    held: list[asyncio.Event] = field(default_factory=list)
     runner: web.AppRunner | None = None
     url: str = ""
 
@@ -58,7 +61,10 @@ class Receiver:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await self.gate.wait()
+            if self.hold:
+                go = asyncio.Event()
+                self.held.append(go)
+                await go.wait()
         finally:
             self.in_flight -= 1
         left = self.fail.get(req.key, 0)
@@ -70,7 +76,6 @@ class Receiver:
         return web.Response(status=req.status)
 
     async def start(self) -> "Receiver":
-        self.gate.set()
         app = web.Application()
         app.router.add_post("/hook", self._handle)
         self.runner = web.AppRunner(app, access_log=None)
@@ -80,8 +85,15 @@ class Receiver:
         self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"
         return self
 
+    def release(self, n: int | None = None) -> None:
+        """Let the `n` oldest held requests (all if None) be answered."""
+        for go in self.held[:n]:
+            go.set()
+        del self.held[:n]
+
     async def stop(self) -> None:
-        self.gate.set()
+        self.hold = False
+        self.release()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -133,20 +145,23 @@ async def test_dead_letter_after_the_retry_budget(receiver, caplog):
     that the outbox reader counts as ended."""
     receiver.always_fail = True
     agent = wallet(5)
-    now = int(time.time() * 1000)
-    e = Breakers().hold(agent, now, "admin:test", "cmd-dead", "test")
-    body = webhook_body(e)
-    d = Delivery(e.id, 0, agent, e.webhook, body, now, e.breaker.seq)
+    # a budget many times what one refused POST takes even on a loaded machine, with back-offs of at most
+    # 0.05 s: tens of attempts fit, so a second one is certain, and the test still ends within seconds
     cfg = load_breaker_config(None, webhook={"url": receiver.url, "secrets": [SECRET], "retry_initial_seconds": 0.01,
-                                             "retry_max_seconds": 0.05, "retry_budget_seconds": 0.3})
+                                             "retry_max_seconds": 0.05, "retry_budget_seconds": 2.0})
     metrics = BreakerMetrics(CollectorRegistry())
     stage = BreakerStage(cfg, metrics=metrics)
     stage.producer = FakeProducer()
-    stage.outbox[0] = {d.id: d}
     caplog.set_level(logging.ERROR, logger="watcher.breaker.webhook")
     async with WebhookSender(cfg.webhook, stage.on_result, metrics) as sender:
+        now = int(time.time() * 1000)      # the budget runs from the change: make it now, not before the set-up
+        e = Breakers().hold(agent, now, "admin:test", "cmd-dead", "test")
+        body = webhook_body(e)
+        d = Delivery(e.id, 0, agent, e.webhook, body, now, e.breaker.seq)
+        stage.outbox[0] = {d.id: d}
         assert sender.submit(d)
-        await wait_for(lambda: stage.producer.sent, 30, "the dead record")
+        await wait_for(lambda: stage.producer.sent, 30, "the dead record",
+                       show=lambda: f"{len(receiver.of(d.id))} attempts refused so far")
     (topic, key, value), = stage.producer.sent
     rec = decode_record(value)
     assert topic == cfg.breaker.topic and key == agent.encode()
@@ -165,18 +180,26 @@ async def test_dead_letter_after_the_retry_budget(receiver, caplog):
 
 
 async def test_at_most_max_concurrency_in_flight(receiver):
-    """Ten agents' freezes, a limit of 3: the receiver holds every request; exactly 3 reach it, the rest
-    wait for a slot; once it answers, all ten are delivered."""
-    receiver.gate.clear()
+    """Ten agents' freezes, a limit of 3. The receiver holds every request unanswered: exactly 3 reach it
+    and, while they are held, no 4th follows (a sender past its bound sends all ten at once); each one
+    answered makes room for exactly one more; all ten are delivered, never more than 3 in flight."""
+    receiver.hold = True
     results = Results()
+
+    def seen() -> str:
+        return f"{len(receiver.reqs)} requests received, {receiver.in_flight} in flight, {len(results.got)} done"
+
     async with WebhookSender(settings(receiver.url, max_concurrency=3), results) as sender:
         for i in range(10):
             sender.submit(delivery(f"c-{i}", wallet(100 + i)))
-        await wait_for(lambda: receiver.in_flight >= 3, 30, "three requests in flight")
-        await asyncio.sleep(0.3)  # room for a fourth to arrive if the bound did not hold
-        assert receiver.in_flight == 3 and len(receiver.reqs) == 3
-        receiver.gate.set()
-        await wait_for(lambda: len(results.got) == 10, 30, "all ten delivered")
+        await wait_for(lambda: len(receiver.reqs) >= 3, 30, "three requests held by the receiver", show=seen)
+        await stays(lambda: len(receiver.reqs) == 3, 1.0, "three requests and no more while they are held", show=seen)
+        for n in range(4, 11):
+            receiver.release(1)
+            await wait_for(lambda: len(receiver.reqs) >= n, 30, f"request {n}, once one was answered", show=seen)
+            assert len(receiver.reqs) == n and receiver.in_flight == 3, seen()
+        receiver.release()
+        await wait_for(lambda: len(results.got) == 10, 30, "all ten delivered", show=seen)
     assert receiver.max_in_flight == 3
     assert sorted(g[0] for g in results.got if g[1] == "delivered") == sorted(f"c-{i}" for i in range(10))
 

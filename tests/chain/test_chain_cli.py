@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import pytest
 
+from tests.polling import wait_for
 from watcher.events.wire import chain_transfer_id
 
 pytestmark = pytest.mark.integration
@@ -15,13 +15,6 @@ pytestmark = pytest.mark.integration
 
 def _id(receipt: dict) -> str:
     return chain_transfer_id(8453, receipt["transactionHash"], int(receipt["logs"][-1]["logIndex"], 16))
-
-
-async def _until(pred, timeout_seconds, what):
-    deadline = time.monotonic() + timeout_seconds
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out after {timeout_seconds} s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_cli_runs_stops_on_sigterm_and_resumes(chain, reader, tmp_path, kafka_bootstrap, kafka_topic,
@@ -33,7 +26,7 @@ async def test_cli_runs_stops_on_sigterm_and_resumes(chain, reader, tmp_path, ka
                           metrics_port="off")
     log = tmp_path / "chain.log"
     async with chain_cli(settings, log) as proc:
-        await _until(checkpoint.exists, 30, "the first checkpoint")
+        await wait_for(checkpoint.exists, 30, "the first checkpoint")
         _, r1 = await chain.token.pay(agent, chain.merchant, 10)
         await reader.until(lambda rs: _id(r1) in reader.ids(rs, "pending"), what="the first payment")
         proc.send_signal(signal.SIGTERM)

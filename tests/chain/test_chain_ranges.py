@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.polling import wait_for
 from watcher.chain.abi import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC, address_topic
 from watcher.chain.bridge import ChainBridge
 from watcher.chain.config import ChainSettings
@@ -144,19 +145,28 @@ def _settings(tmp_path, **kw) -> ChainSettings:
     return ChainSettings(**base)
 
 
-async def _run(settings: ChainSettings, policy: Policy, *, until_head: bool = True,
-               seconds: float = 20.0) -> tuple[ChainBridge, ListSink, Calls, ChainMetrics]:
+def _at_head(bridge: ChainBridge, calls: Calls) -> bool:
+    return bridge.head_seen >= HEAD
+
+
+async def _run(settings: ChainSettings, policy: Policy, *, until: Callable[[ChainBridge, Calls], bool] = _at_head,
+               what: str = f"the bridge to reach the head (block {HEAD})", timeout_s: float = 30.0,
+               ) -> tuple[ChainBridge, ListSink, Calls, ChainMetrics]:
+    """Run a bridge over the stand-in until `until(bridge, calls)` holds (failing at once if the bridge
+    fails, and after `timeout_s` naming `what`), then stop it."""
     sink, calls = ListSink(), Calls()
     metrics = ChainMetrics(CollectorRegistry(), 8453, TOKEN)
     bridge = ChainBridge(settings, sink, metrics, connect=lambda s, w: StandInNode(s, w, policy, calls))
+
+    def done() -> bool:
+        assert bridge.failed is None, bridge.failed
+        return until(bridge, calls)
+
+    def state() -> str:
+        return f"head_seen {bridge.head_seen}, stats {bridge.stats}, last ranges {calls.ranges[-5:]}"
+
     async with bridge:
-        if until_head:
-            async with asyncio.timeout(seconds):
-                while bridge.head_seen < HEAD:
-                    assert bridge.failed is None, bridge.failed
-                    await asyncio.sleep(0.01)
-        else:
-            await asyncio.sleep(seconds)
+        await wait_for(done, timeout_s, what, interval_s=0.01, show=state)
     assert bridge.failed is None
     return bridge, sink, calls, metrics
 
@@ -209,9 +219,11 @@ async def test_a_refused_single_block_is_a_node_error_not_skipped(tmp_path):
     def policy(first: int, last: int, n_logs: int) -> dict | None:
         return {"code": -32005, "message": "query returned more than 10000 results"} if first <= 50 <= last else None
 
-    bridge, sink, calls, metrics = await _run(_settings(tmp_path), policy, until_head=False, seconds=0.6)
-    assert (50, 50, True) in calls.ranges
-    assert bridge.stats["reconnects"] >= 1
+    def refused_again_after_a_reconnect(bridge: ChainBridge, calls: Calls) -> bool:
+        return bridge.stats["reconnects"] >= 1 and calls.ranges.count((50, 50, True)) >= 2
+
+    bridge, sink, calls, metrics = await _run(_settings(tmp_path), policy, until=refused_again_after_a_reconnect,
+                                              what="block 50 alone refused, then again after a reconnect")
     assert metrics.registry.get_sample_value("spendwatch_chain_errors_total", {"kind": "node"}) >= 1
     assert max(r.blockNumber for r in sink.records) < 50
     assert 0 < bridge.head_seen < 50
@@ -225,9 +237,9 @@ async def test_first_start_without_checkpoint_or_start_block_warns(tmp_path, cap
     assert f"block {HEAD}" in warning.message and "not backfilled" in warning.message
     assert "start_block" in warning.message and str(tmp_path / "cp.json") in warning.message
     caplog.clear()
-    # from the checkpoint now: no warning (and no block to process, so do not wait for one)
-    await _run(_settings(tmp_path, start_block=None), no_refusal, until_head=False, seconds=0.3)
-    assert "resumes after block" in caplog.text
+    # from the checkpoint now: no warning (and no block to process, so wait for the log line instead)
+    await _run(_settings(tmp_path, start_block=None), no_refusal, until=lambda *_: "resumes after block" in caplog.text,
+               what='the "resumes after block" log line')
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 

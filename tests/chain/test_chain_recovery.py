@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from tests.polling import wait_for
 from watcher.chain.bridge import ChainBridge
 from watcher.chain.publisher import KafkaPublisher
 from watcher.chain.testtoken import FACILITATOR, sign_authorization
@@ -152,21 +153,18 @@ async def test_kafka_outage_loses_nothing(chain, settings_for, tmp_path, unique,
         async with KafkaPublisher(port_broker.bootstrap, topic, request_timeout_ms=2_000) as pub, \
                 ChainBridge(settings, pub) as bridge:
             await asyncio.wait_for(bridge.connected.wait(), 15)
-            await asyncio.wait_for(_until_true(lambda: bridge.head_seen >= 0), 15)
+            await wait_for(lambda: bridge.head_seen >= 0, 30, "the bridge's first pass")
             _, r1 = await chain.token.pay(agent, chain.merchant, 1)
-            await asyncio.wait_for(_until_true(lambda: bridge.stats["pending"] >= 1), 15)
+            await wait_for(lambda: bridge.stats["pending"] >= 1, 30, "the first payment published pending",
+                           show=lambda: bridge.stats)
             port_broker.stop()                                     # Kafka gone (and, being Tansu, empty)
             _, r2 = await chain.token.pay(agent, chain.merchant, 2)
             await chain.mine(1)
-            await asyncio.wait_for(_until_true(lambda: bridge.stats["reconnects"] >= 1), 30)
+            await wait_for(lambda: bridge.stats["reconnects"] >= 1, 30, "a reconnect after Kafka went away",
+                           show=lambda: bridge.stats)
             again = TansuBroker(port=port_broker.port)
             async with again:
                 async with make_reader(again.bootstrap, topic, create=True) as r:
                     await r.until(lambda rs: {_id(r1), _id(r2)} <= r.ids(rs, "confirmed"), timeout_seconds=40,
                                   what="every record after Kafka came back")
             assert bridge.failed is None
-
-
-async def _until_true(pred) -> None:
-    while not pred():
-        await asyncio.sleep(0.02)

@@ -23,6 +23,7 @@ import time
 import pytest
 
 from tests.integration.helpers import agent_sums, make_settings
+from tests.polling import wait_for
 from watcher.chain.bridge import ChainBridge
 from watcher.chain.publisher import KafkaPublisher
 from watcher.daemon import Daemon
@@ -42,17 +43,6 @@ async def running(daemon: Daemon):
         await asyncio.wait_for(task, 60)
 
 
-async def until(pred, what: str, task: asyncio.Task, timeout_s: float = 30.0, show=lambda: None):
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if task.done():
-            task.result()
-            raise AssertionError(f"the daemon stopped while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}: {show()}")
-        await asyncio.sleep(0.05)
-
-
 async def test_reorg_uncounts_then_the_replacement_counts_again(chain, settings_for, tmp_path, kafka_bootstrap,
                                                                 unique):
     s = make_settings(kafka_bootstrap, unique, partitions=3)
@@ -65,16 +55,17 @@ async def test_reorg_uncounts_then_the_replacement_counts_again(chain, settings_
         return {who: got.get(who, (0, 0)) for who in (A, B, C)}
 
     def expect(want: dict[str, tuple[int, int]], what: str, task):
-        return until(lambda: totals() == want, what, task, show=lambda: (totals(), daemon.counters, bridge.stats))
+        return wait_for(lambda: totals() == want, 30, what, task=task,
+                        show=lambda: (totals(), daemon.counters, bridge.stats))
 
     async with running(daemon) as task:
-        await until(lambda: daemon.started.is_set() and len(daemon.shards) == 3, "the daemon to own its partitions",
-                    task)
+        await wait_for(lambda: daemon.started.is_set() and len(daemon.shards) == 3, 30,
+                       "the daemon to own its partitions", task=task)
         chain_settings = settings_for(chain, tmp_path, kafka_bootstrap, s.kafka.chain_topic, confirmations=4)
         async with KafkaPublisher(kafka_bootstrap, s.kafka.chain_topic) as pub, \
                 ChainBridge(chain_settings, pub) as bridge:
             await asyncio.wait_for(bridge.connected.wait(), 15)
-            await until(lambda: bridge.head_seen >= 0, "the bridge's first pass", task)
+            await wait_for(lambda: bridge.head_seen >= 0, 30, "the bridge's first pass", task=task)
 
             _, below = await chain.token.pay(c, chain.merchant, 50)           # block n-1: survives the reorg
             _, paid_a = await chain.token.pay(a, chain.merchant, 111)         # block n
@@ -92,7 +83,8 @@ async def test_reorg_uncounts_then_the_replacement_counts_again(chain, settings_
                 amount=111, tx=paid_a["transactionHash"])))])
             await expect({A: (111, 1), B: (222, 1), C: (50, 1)}, "the three payments counted", task)
             # every record so far processed (3 pending transfers + 1 settle), so the reorg comes after them
-            await until(lambda: daemon.counters.processed >= 4, "the pending transfers processed", task)
+            await wait_for(lambda: daemon.counters.processed >= 4, 30, "the pending transfers processed", task=task,
+                           show=lambda: daemon.counters)
             assert bridge.stats["reverted"] == 0
 
             await chain.rpc.call("anvil_reorg", 3, [])   # blocks n..n+2 replaced by empty ones
@@ -112,10 +104,10 @@ async def test_reorg_uncounts_then_the_replacement_counts_again(chain, settings_
             await expect({A: (111, 1), B: (222, 1), C: (50, 1)}, "the re-mined transfers counted again", task)
 
             await chain.mine(4)
-            await until(lambda: bridge.stats["confirmed"] >= 3, "the replacements confirmed", task,
-                        show=lambda: bridge.stats)
-            await until(lambda: daemon.counters.processed >= 4 + 2 + 2 + 3, "the confirmations processed", task,
-                        show=lambda: daemon.counters)
+            await wait_for(lambda: bridge.stats["confirmed"] >= 3, 30, "the replacements confirmed", task=task,
+                           show=lambda: bridge.stats)
+            await wait_for(lambda: daemon.counters.processed >= 4 + 2 + 2 + 3, 30, "the confirmations processed",
+                           task=task, show=lambda: daemon.counters)
             assert totals() == {A: (111, 1), B: (222, 1), C: (50, 1)}   # confirmed: counted once, not twice
             assert bridge.failed is None
         assert daemon.counters.dead_lettered == 0

@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from tests.integration.helpers import make_settings
+from tests.polling import wait_for
 from watcher.events.addresses import key_address
 from watcher.pipeline.shard import Shard
 from watcher.simulate.fleet import Fleet
@@ -46,15 +47,6 @@ async def committed(s) -> int:
     return await committed_input_offsets(s.kafka)
 
 
-async def wait_for(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await pred():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 def stop(proc: subprocess.Popen, logpath) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -78,7 +70,7 @@ async def test_sigterm_mid_stream_then_restart_is_exact(kafka_bootstrap, unique,
         await publish_records(s.kafka, rounds[0])
         proc = start(cfg, log)
         try:
-            await wait_for(lambda: _gt(committed(s), 0), 60, "the first commit")
+            await wait_for(lambda: _gt(committed(s), 0), 60, "the first commit", interval_s=0.2)
             pub = asyncio.create_task(publish_records(s.kafka, rounds[1]))
             await asyncio.sleep(0.3)
             stop(proc, logpath)  # mid-stream: round 2 is still being published and consumed
@@ -87,7 +79,7 @@ async def test_sigterm_mid_stream_then_restart_is_exact(kafka_bootstrap, unique,
             assert 0 < before < total
             await publish_records(s.kafka, rounds[2])
             proc = start(cfg, log)
-            await wait_for(lambda: _ge(committed(s), total), 120, f"all {total} records committed")
+            await wait_for(lambda: _ge(committed(s), total), 120, f"all {total} records committed", interval_s=0.2)
             stop(proc, logpath)
         finally:
             if proc.poll() is None:

@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import Iterator
 import pytest
 import yaml
 from prometheus_client import start_http_server
+
+from tests.polling import wait_for_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "alerts" / "rules.yml"
@@ -47,17 +48,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(cond, timeout_s: float, what: str, step_s: float = 0.25):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(step_s)
 
 
 def get_json(url: str, data: bytes | None = None) -> dict:
@@ -210,7 +200,7 @@ def _ready(p: Process, url: str, name: str) -> None:
                 return r.status == 200
         except OSError:
             return False
-    wait_until(ok, 30, f"{name} ready")
+    wait_for_sync(ok, 30, f"{name} ready")
 
 
 def query(prom: str, expr: str) -> dict:
@@ -275,7 +265,7 @@ class DaemonThread:
         self._sighup = signal.getsignal(signal.SIGHUP)
         self.daemon = self.assembly.daemon()
         self.thread.start()
-        wait_until(lambda: self.error or self.service.port, 60, "the daemon's /metrics server")
+        wait_for_sync(lambda: self.error or self.service.port, 60, "the daemon's /metrics server")
         if self.error:
             raise self.error
         return self

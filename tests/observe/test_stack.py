@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry
 
 from tests.integration.helpers import make_settings
 from tests.observe.stack import (ROOT, DaemonThread, Recorder, alertmanager_copy, get_json, need, query,
-                                 rules_copy, serve_registry, start_alertmanager, start_prometheus, wait_until)
+                                 rules_copy, serve_registry, start_alertmanager, start_prometheus)
+from tests.polling import wait_for_sync
 from watcher.breaker.signing import SIGNATURE_HEADER, verify
 from watcher.chain.metrics import ChainMetrics
 from watcher.cli.main import build_parser
@@ -141,9 +142,9 @@ def _slack(recorder: Recorder, alertname: str) -> list[dict]:
 
 def test_metrics_reach_prometheus(stack):
     prom, runaway = stack["prom"], stack["runaway"]
-    wait_until(lambda: _series(prom, f'spendwatch_agent_spend_rate_usdc_per_second{{agent="{runaway}",window="1m"}}'),
-               60, "the runaway agent's spend rate in Prometheus")
-    wait_until(lambda: _series(prom, "spendwatch_spend_usdc_total"), 30, "fleet spend in Prometheus")
+    rate = f'spendwatch_agent_spend_rate_usdc_per_second{{agent="{runaway}",window="1m"}}'
+    wait_for_sync(lambda: _series(prom, rate), 60, "the runaway agent's spend rate in Prometheus")
+    wait_for_sync(lambda: _series(prom, "spendwatch_spend_usdc_total"), 30, "fleet spend in Prometheus")
     cats = {s["metric"]["category"] for s in _series(prom, "spendwatch_spend_usdc_total")}
     assert cats <= set(stack["fleet"].categories().values()) | {"uncategorized"} and cats
     # the live exposition (daemon counters and lag included) passes promtool's lint
@@ -185,18 +186,16 @@ def test_dashboard_queries_return_data(stack):
         return out
 
     # the rates need two scrapes of a series, the decisions and scores a few batches: wait for them
-    deadline = time.monotonic() + 60
-    while (left := empty()) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert not left, f"panels whose query returned no data: {left}"
+    wait_for_sync(lambda: not empty(), 60, "data in every panel", interval_s=1,
+                  show=lambda: f"panels whose query returned no data: {empty()}")
     # and the breaker, webhook, decision and score panels show what the stages did, not the exporter's zeros
-    wait_until(lambda: _value(prom, 'sum(spendwatch_breakers{state="open"})') >= 1, 30, "a frozen agent")
+    wait_for_sync(lambda: _value(prom, 'sum(spendwatch_breakers{state="open"})') >= 1, 30, "a frozen agent")
     assert _value(prom, f'max(spendwatch_agent_breaker_state{{agent="{runaway}",state="open"}})') == 1
     assert _value(prom, 'sum(spendwatch_decisions_total{kind="freeze",rule="cap_1m"})') >= 1
-    wait_until(lambda: _value(prom, 'sum(spendwatch_webhooks_total{outcome="ok"})') >= 1, 30,
-               "the freeze webhook answered by the wallet service")
-    wait_until(lambda: {s["metric"]["model"] for s in _series(prom, "spendwatch_anomaly_score_count > 0")}
-               >= set(SCORE_MODELS), 30, "scores of every anomaly model")
+    wait_for_sync(lambda: _value(prom, 'sum(spendwatch_webhooks_total{outcome="ok"})') >= 1, 30,
+                  "the freeze webhook answered by the wallet service")
+    wait_for_sync(lambda: {s["metric"]["model"] for s in _series(prom, "spendwatch_anomaly_score_count > 0")}
+                  >= set(SCORE_MODELS), 30, "scores of every anomaly model")
 
 
 def _spend_alerts_sent(recorder: Recorder, agent: str) -> list[dict]:
@@ -209,19 +208,19 @@ def test_frozen_runaway_pages_once_its_spend_alerts_are_inhibited(stack):
     runaway's spend-rate alerts, firing in Prometheus, are inhibited in Alertmanager (the breaker already
     paged for that agent)."""
     prom, am, recorder, runaway = stack["prom"], stack["am"], stack["recorder"], stack["runaway"]
-    freezes = wait_until(lambda: [p for p in recorder.at("/wallet") if p.body.get("type") == "freeze"
-                                  and p.body.get("wallet") == runaway], 60, "the runaway's freeze webhook")
+    freezes = wait_for_sync(lambda: [p for p in recorder.at("/wallet") if p.body.get("type") == "freeze"
+                                     and p.body.get("wallet") == runaway], 60, "the runaway's freeze webhook")
     assert freezes[0].body["evidence"]["rule"] == "cap_1m"
     verify(freezes[0].raw, freezes[0].headers[SIGNATURE_HEADER], [WEBHOOK_SECRET.encode()])
-    trig = wait_until(lambda: [e for e in _pd_events(recorder, "BreakerOpened")
-                               if e.get("event_action") == "trigger" and runaway in json.dumps(e)], 60,
-                      "the BreakerOpened page")
+    trig = wait_for_sync(lambda: [e for e in _pd_events(recorder, "BreakerOpened")
+                                  if e.get("event_action") == "trigger" and runaway in json.dumps(e)], 60,
+                         "the BreakerOpened page")
     assert trig[0]["routing_key"] == "test-routing-key"
     assert not _slack(recorder, "BreakerOpened")
     for alertname in ("AgentRunawaySpend", "AgentSpendRateHigh"):
-        wait_until(lambda: _firing(prom, alertname, runaway), 60, f"{alertname} firing for the runaway")
+        wait_for_sync(lambda: _firing(prom, alertname, runaway), 60, f"{alertname} firing for the runaway")
     flt = urllib.parse.quote(f'agent="{runaway}"')
-    wait_until(lambda: {a["labels"]["alertname"] for a in get_json(
+    wait_for_sync(lambda: {a["labels"]["alertname"] for a in get_json(
         f"{am}/api/v2/alerts?inhibited=true&active=false&silenced=false&filter={flt}") if a["status"]["inhibitedBy"]}
         >= {"AgentRunawaySpend", "AgentSpendRateHigh"}, 30, "the runaway's spend alerts inhibited")
     assert not _spend_alerts_sent(recorder, runaway)
@@ -233,25 +232,26 @@ def test_uncapped_runaway_pages_and_warns_then_resolves(stack):
     both resolve when the spend stops. The frozen runaway's spend alerts resolve too, never having been sent;
     its breaker stays open (a person or the cool-down undoes a freeze, not a pause in spending)."""
     prom, recorder, runaway, frozen = stack["prom"], stack["recorder"], stack["uncapped"], stack["runaway"]
-    trig = wait_until(lambda: [e for e in _pd_events(recorder, "AgentRunawaySpend")
-                               if e.get("event_action") == "trigger"], 90, "a PagerDuty trigger")
+    trig = wait_for_sync(lambda: [e for e in _pd_events(recorder, "AgentRunawaySpend")
+                                  if e.get("event_action") == "trigger"], 90, "a PagerDuty trigger")
     assert trig[0]["routing_key"] == "test-routing-key"
     assert runaway in json.dumps(trig[0])
-    slack = wait_until(lambda: _slack(recorder, "AgentSpendRateHigh"), 60, "a Slack message")
+    slack = wait_for_sync(lambda: _slack(recorder, "AgentSpendRateHigh"), 60, "a Slack message")
     assert "[FIRING]" in json.dumps(slack[0]) and runaway in json.dumps(slack[0])
     # warnings never page, critical alerts never go to Slack
     assert not _pd_events(recorder, "AgentSpendRateHigh")
     assert not _slack(recorder, "AgentRunawaySpend")
     stack["daemon"].stop_traffic_now()
     dedup = trig[0]["dedup_key"]
-    resolved = wait_until(lambda: [e for e in recorder.bodies("/pagerduty")
-                                   if e.get("event_action") == "resolve" and e.get("dedup_key") == dedup],
-                          120, "the PagerDuty resolve")
+    resolved = wait_for_sync(lambda: [e for e in recorder.bodies("/pagerduty")
+                                      if e.get("event_action") == "resolve" and e.get("dedup_key") == dedup],
+                             120, "the PagerDuty resolve")
     assert resolved
-    wait_until(lambda: [b for b in _slack(recorder, "AgentSpendRateHigh") if "[RESOLVED]" in json.dumps(b)],
-               60, "the Slack resolve")
+    wait_for_sync(lambda: [b for b in _slack(recorder, "AgentSpendRateHigh") if "[RESOLVED]" in json.dumps(b)],
+                  60, "the Slack resolve")
     for alertname in ("AgentRunawaySpend", "AgentSpendRateHigh"):
-        wait_until(lambda: not _firing(prom, alertname, frozen), 60, f"{alertname} resolved for the frozen runaway")
+        wait_for_sync(lambda: not _firing(prom, alertname, frozen), 60,
+                      f"{alertname} resolved for the frozen runaway")
     assert _firing(prom, "BreakerOpened", frozen)
     opened = {e["dedup_key"] for e in _pd_events(recorder, "BreakerOpened") if frozen in json.dumps(e)}
     assert opened and not [e for e in recorder.bodies("/pagerduty")
@@ -270,10 +270,11 @@ def test_open_breaker_inhibits_spend_rate_alert(stack):
               {"labels": {"alertname": "AgentSpendRateHigh", "agent": agent.replace("AA", "BB"),
                           "severity": "warning"}, "annotations": {"summary": "spends"}, "startsAt": now}]
     get_json(f"{am}/api/v2/alerts", json.dumps(alerts).encode())
-    wait_until(lambda: [e for e in _pd_events(recorder, "BreakerOpened") if agent in json.dumps(e)], 30,
-               "the BreakerOpened page")
-    wait_until(lambda: [b for b in _slack(recorder, "AgentSpendRateHigh") if agent.replace("AA", "BB") in json.dumps(b)],
-               30, "the other agent's warning")
+    wait_for_sync(lambda: [e for e in _pd_events(recorder, "BreakerOpened") if agent in json.dumps(e)], 30,
+                  "the BreakerOpened page")
+    other = agent.replace("AA", "BB")
+    wait_for_sync(lambda: [b for b in _slack(recorder, "AgentSpendRateHigh") if other in json.dumps(b)], 30,
+                  "the other agent's warning")
     time.sleep(2)  # several group intervals
     assert not [b for b in _slack(recorder, "AgentSpendRateHigh") if agent in json.dumps(b)]
     got = get_json(f"{am}/api/v2/alerts?inhibited=true&active=false&silenced=false&filter=agent%3D%22{agent}%22")
@@ -283,10 +284,10 @@ def test_open_breaker_inhibits_spend_rate_alert(stack):
 def test_stale_tap_view_pages_then_resolves(stack, tap_target):
     recorder, (_, tap) = stack["recorder"], tap_target
     tap.view_stale.set(1)
-    trig = wait_until(lambda: [e for e in _pd_events(recorder, "TapBreakerViewStale")
-                               if e.get("event_action") == "trigger"], 60, "the TapBreakerViewStale page")
+    trig = wait_for_sync(lambda: [e for e in _pd_events(recorder, "TapBreakerViewStale")
+                                  if e.get("event_action") == "trigger"], 60, "the TapBreakerViewStale page")
     assert tap_target[0] in json.dumps(trig[0]) and not _slack(recorder, "TapBreakerViewStale")
     assert "cannot tell which agents are frozen" in trig[0]["payload"]["summary"]  # each alert's own summary
     tap.view_stale.set(0)
-    wait_until(lambda: [e for e in recorder.bodies("/pagerduty") if e.get("event_action") == "resolve"
-                        and e.get("dedup_key") == trig[0]["dedup_key"]], 60, "the TapBreakerViewStale resolve")
+    wait_for_sync(lambda: [e for e in recorder.bodies("/pagerduty") if e.get("event_action") == "resolve"
+                           and e.get("dedup_key") == trig[0]["dedup_key"]], 60, "the TapBreakerViewStale resolve")

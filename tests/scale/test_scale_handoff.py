@@ -20,7 +20,7 @@ import time
 import pytest
 
 from tests.breaker.conftest import Recorder
-from tests.breaker.conftest import wait_for
+from tests.polling import wait_for
 from tests.scale.harness import Run, hooks_by_key
 from watcher.simulate.fleet import Fleet
 from watcher.simulate.publish import publish_records
@@ -58,7 +58,7 @@ async def until_done(run: Run, total: int, timeout_s: float = 90) -> None:
         return not missing
 
     try:
-        await wait_for(hooks_in, 60, f"{run.name}: every webhook delivered", interval=0.3)
+        await wait_for(hooks_in, 60, f"{run.name}: every webhook delivered", interval_s=0.3)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; undelivered: {[(c.partition, c.seq, c.agent, c.kind, c.id) for c in missing]}"
                              f"\n{run.logs()[-6000:]}") from None

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from tests.polling import wait_for
 from tests.tap.conftest import PAYER
 from watcher.breaker.outbox import change_record, encode_record, ensure_topic
 from watcher.breaker.state import Breakers
@@ -22,14 +23,6 @@ OTHER = "0x36b38A5349EE961C604E029Be36faEc12Ed57f47"
 class _Decision:
     def __init__(self, id, agent, kind="freeze", at_ms=1000, reason="spend cap"):
         self.id, self.agent, self.kind, self.at_ms, self.reason = id, agent, kind, at_ms, reason
-
-
-async def _until(pred, timeout=20.0):
-    for _ in range(int(timeout / 0.05)):
-        if pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met")
 
 
 @pytest.mark.integration
@@ -55,10 +48,12 @@ async def test_topic_view_follows_the_breaker_log(kafka_bootstrap, unique):
             assert view.is_blocked(OTHER) is False and view.bad == 1
             e2 = br.hold(OTHER, 2000, "admin:ops", "cmd-1", "investigating")
             await send(e2)
-            await _until(lambda: view.state(OTHER) == "held")
+            await wait_for(lambda: view.state(OTHER) == "held", 30, "the view to show the hold",
+                           show=lambda: view.states)
             e3 = br.release(PAYER, 3000, "admin:ops", "cmd-2", "ok")   # open -> half_open: may pay again
             await send(e3)
-            await _until(lambda: view.is_blocked(PAYER) is False)
+            await wait_for(lambda: view.is_blocked(PAYER) is False, 30, "the view to show the release",
+                           show=lambda: view.states)
             assert view.state(PAYER) == "half_open"
     finally:
         await prod.stop()
@@ -87,10 +82,10 @@ async def test_topic_view_goes_stale_when_the_broker_is_gone(unique):
 
         async with view:
             await asyncio.wait_for(view.caught_up.wait(), 30)
-            await _until(view.fresh, 30)
+            await wait_for(view.fresh, 30, "the view to be fresh")
             assert gate.check(PAYER).state == "open" and gate.check(OTHER) is None and stale_gauge() == 0
             await asyncio.get_running_loop().run_in_executor(None, broker.stop)
-            await _until(lambda: not view.fresh(), 60)       # generous: a slow, shared machine
+            await wait_for(lambda: not view.fresh(), 60, "the view to go stale")  # generous: a slow machine
             assert view.probe_failures >= 1 and stale_gauge() == 1
             assert view.state(PAYER) is None and view.is_blocked(OTHER) is None
             for payer in (PAYER, OTHER):                     # fail closed: refused as unknown, frozen or not
