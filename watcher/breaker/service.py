@@ -75,7 +75,10 @@ class BreakerService:
             log.info("waiting up to %.1f s for %d queued webhooks", self.drain_seconds, pending)
         await self.sender.close(self.drain_seconds)
         left = self.stage.undelivered()
-        if left:
+        if left and not self.cfg.webhook.url:
+            log.info("%d webhooks kept unsent on %s (webhook.url is not set); a start with webhook.url on "
+                     "the same Kafka sends them", left, self.cfg.breaker.topic)
+        elif left:
             log.warning("%d webhooks still undelivered at exit; the next start re-sends them", left)
 
     async def __aexit__(self, *exc) -> None:
