@@ -18,7 +18,7 @@ def register(sub) -> None:
         "latency, facilitator-tap overhead, chain backfill and live latency. Figures vary with the machine: "
         "compare the ratios."))
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quick", action="store_true", help="smaller sizes for a smoke check (about 1-1.5 min here)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes for a smoke check (about 65-90 s here)")
     p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka to use (default: embedded Tansu)")
     p.add_argument("--parts", default="", metavar="LIST", help="comma-separated parts besides the core figures: "
                    "detect, metrics, breaker, tap, chain, or core for none (default: all)")
