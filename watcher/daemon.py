@@ -141,7 +141,8 @@ class Daemon:
         self.live_clock = live_clock
         self.on_batch = on_batch
         self.decoder = Decoder(max_event_bytes=settings.events.max_event_bytes,
-                               max_future_skew_ms=settings.events.max_future_skew_seconds * 1000 if live_clock else None,
+                               max_future_skew_ms=(settings.events.max_future_skew_seconds * 1000
+                                                   if live_clock else None),
                                extra_chain_ids=frozenset(settings.events.extra_chain_ids))
         self.categorize = categorize or CategoryMap(settings.categories)
         self.shards: dict[int, Shard] = {}

@@ -36,7 +36,8 @@ def test_dashboard_validates_against_grafana_schema(name):
             continue
         plugin = _schema(f"{panel['type']}.jsonschema.json")
         for part, definition in (("options", "Options"), ("custom", "FieldConfig")):
-            value = panel.get("options") if part == "options" else panel.get("fieldConfig", {}).get("defaults", {}).get("custom")
+            custom = panel.get("fieldConfig", {}).get("defaults", {}).get("custom")
+            value = panel.get("options") if part == "options" else custom
             if value is None or definition not in plugin["definitions"]:
                 continue
             schema = {"$ref": f"#/definitions/{definition}", "definitions": plugin["definitions"]}

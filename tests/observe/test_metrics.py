@@ -28,7 +28,8 @@ M1 = "0x" + "22" * 20
 
 def _obs(eid: str, amount: int, ts_ms: int, kind=Kind.SETTLE) -> Observation:
     return Observation(kind=kind, event_id=eid, dedupe_key=eid, ts_ms=ts_ms, agent=A1, merchant=M1, amount=amount,
-                       chain_id=8453, network="eip155:8453", asset="0x" + "33" * 20, status="settled", tx="0x" + "44" * 32)
+                       chain_id=8453, network="eip155:8453", asset="0x" + "33" * 20, status="settled",
+                       tx="0x" + "44" * 32)
 
 
 def _ctx(partition, shard, outcome, obs, now_ms, decisions=()):

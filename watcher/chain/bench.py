@@ -126,7 +126,8 @@ async def run_chain_bench(quick: bool = False, *, bootstrap: str | None = None) 
 
         live_topic = f"x402.chain.live.{uuid.uuid4().hex[:8]}"
         await _create_topic(bootstrap, live_topic)
-        live = ChainSettings(**{**base, "confirmations": 2}, ws_url=node.ws_url, http_url=node.http_url, topic=live_topic,
+        live = ChainSettings(**{**base, "confirmations": 2}, ws_url=node.ws_url, http_url=node.http_url,
+                             topic=live_topic,
                              checkpoint_path=tmp / "live.json")
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                     auto_offset_reset="earliest", fetch_max_wait_ms=5)

@@ -60,8 +60,10 @@ def run(agents: int, partitions: int, repeat: int = 5) -> dict:
         size = len(body)
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
     return {"agents": agents, "partitions": partitions, "build_s": round(build_s, 2),
-            "refresh_ms_best": round(min(refresh) * 1000, 1), "refresh_ms_median": round(sorted(refresh)[len(refresh) // 2] * 1000, 1),
-            "render_ms_best": round(min(render) * 1000, 2), "render_ms_median": round(sorted(render)[len(render) // 2] * 1000, 2),
+            "refresh_ms_best": round(min(refresh) * 1000, 1),
+            "refresh_ms_median": round(sorted(refresh)[len(refresh) // 2] * 1000, 1),
+            "render_ms_best": round(min(render) * 1000, 2),
+            "render_ms_median": round(sorted(render)[len(render) // 2] * 1000, 2),
             "series": series, "agent_rows": len(m.agent_rows()), "bytes": size}
 
 

@@ -34,14 +34,13 @@ def _templates() -> dict[int, tuple[dict, dict]]:
     req2 = PaymentRequirements(scheme="exact", network="eip155:8453", asset=BASE_USDC, amount="0",
                                pay_to=_ZERO, max_timeout_seconds=60,
                                extra={"name": "USD Coin", "version": "2"})
-    pp2 = PaymentPayload(x402_version=2, accepted=req2, resource=ResourceInfo(url="https://x/"),
-                         payload={"signature": "0x" + "11" * 65, "authorization": _auth(_ZERO, _ZERO, 0, "0x" + "0" * 64)})
+    payload = {"signature": "0x" + "11" * 65, "authorization": _auth(_ZERO, _ZERO, 0, "0x" + "0" * 64)}
+    pp2 = PaymentPayload(x402_version=2, accepted=req2, resource=ResourceInfo(url="https://x/"), payload=payload)
     req1 = PaymentRequirementsV1(scheme="exact", network="base", max_amount_required="0", resource="https://x/",
                                  description="", mime_type="application/json", pay_to=_ZERO,
                                  max_timeout_seconds=60, asset=BASE_USDC,
                                  extra={"name": "USD Coin", "version": "2"})
-    pp1 = PaymentPayloadV1(x402_version=1, scheme="exact", network="base",
-                           payload={"signature": "0x" + "11" * 65, "authorization": _auth(_ZERO, _ZERO, 0, "0x" + "0" * 64)})
+    pp1 = PaymentPayloadV1(x402_version=1, scheme="exact", network="base", payload=payload)
     return {2: (_dump(req2), _dump(pp2)), 1: (_dump(req1), _dump(pp1))}
 
 

@@ -84,7 +84,8 @@ async def _bench(quick: bool, bootstrap: str | None) -> dict:
                         await r.read()
             for i, body in enumerate(bodies):
                 for call in ("verify", "settle"):
-                    order = ((upstream, direct), (tap.url, proxied)) if i % 2 else ((tap.url, proxied), (upstream, direct))
+                    pair = ((upstream, direct), (tap.url, proxied))
+                    order = pair if i % 2 else pair[::-1]
                     for base, into in order:
                         t0 = time.perf_counter()
                         async with http.post(f"{base}/{call}", data=body, headers=hdr) as r:
@@ -97,7 +98,8 @@ async def _bench(quick: bool, bootstrap: str | None) -> dict:
                          "records_buffered_or_published": pub.published + pub.buffered}
             for call in ("verify", "settle"):
                 d, p = direct[call], proxied[call]
-                out[call] = {"direct_p50_ms": round(_pct(d, 0.5) * 1e3, 3), "direct_p99_ms": round(_pct(d, 0.99) * 1e3, 3),
+                out[call] = {"direct_p50_ms": round(_pct(d, 0.5) * 1e3, 3),
+                             "direct_p99_ms": round(_pct(d, 0.99) * 1e3, 3),
                              "tap_p50_ms": round(_pct(p, 0.5) * 1e3, 3), "tap_p99_ms": round(_pct(p, 0.99) * 1e3, 3),
                              "overhead_p50_ms": round((_pct(p, 0.5) - _pct(d, 0.5)) * 1e3, 3),
                              "overhead_p99_ms": round((_pct(p, 0.99) - _pct(d, 0.99)) * 1e3, 3),

@@ -284,6 +284,11 @@ def _assemble(b: _Builder, incidents: list[Incident], normal: list[str], carded:
         recs.append((t, seq, fast.verify_bytes(f"vf-{b.seed}-{k}", t, agent, m.address, amt, m.url)))
         seq += 1
     recs.sort(key=lambda r: (r[0], r[1]))
-    cards = "".join(f'\n[[rate_card]]\nmerchant = "{m.address}"\ncategory = "{m.category}"\n'
-                    f'price_usdc = {m.price / 1e6:.6f}\nversion = "2026-11"\ntolerance_pct = 5\n' for m in carded)
-    return World(b.seed, [r[2] for r in recs], incidents, normal, b.hours, BASE_POLICY + cards, payments, carded)
+    return World(b.seed, [r[2] for r in recs], incidents, normal, b.hours, BASE_POLICY + rate_cards(carded),
+                 payments, carded)
+
+
+def rate_cards(merchants: list[Merchant]) -> str:
+    """The world's rate card as policy TOML: each merchant's category and published price, 5% tolerance."""
+    return "".join(f'\n[[rate_card]]\nmerchant = "{m.address}"\ncategory = "{m.category}"\n'
+                   f'price_usdc = {m.price / 1e6:.6f}\nversion = "2026-11"\ntolerance_pct = 5\n' for m in merchants)

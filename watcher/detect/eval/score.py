@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from watcher.detect.decision import Decision
-from watcher.detect.eval.scenarios import CAP_1M_USDC, World, build_world
+from watcher.detect.eval.scenarios import CAP_1M_USDC, World, build_world, rate_cards
 from watcher.detect.policy import Policy
 from watcher.detect.replay import Replay
 
@@ -121,7 +121,7 @@ def run_eval(seed: int = 1, policy_text: str | None = None, **world_kw) -> dict:
     t0 = time.perf_counter()
     world = build_world(seed, **world_kw)
     t1 = time.perf_counter()
-    text = world.policy_text if policy_text is None else policy_text + _cards(world)
+    text = world.policy_text if policy_text is None else policy_text + rate_cards(world.merchants)
     policy = Policy.from_text(text, "<eval>")
     rp = Replay(policy)
     decisions = list(rp.run(world.records, drain_ms=1_800_000))
@@ -150,11 +150,6 @@ def run_evals(seeds: list[int], policy_text: str | None = None, **world_kw) -> d
                                                            for x in rows)}
     return {"seeds": seeds, "runs": runs, "worst": worst, "missed": missed,
             "all_targets_met": not any(missed.values())}
-
-
-def _cards(world: World) -> str:
-    return "".join(f'\n[[rate_card]]\nmerchant = "{m.address}"\ncategory = "{m.category}"\n'
-                   f'price_usdc = {m.price / 1e6:.6f}\nversion = "2026-11"\ntolerance_pct = 5\n' for m in world.merchants)
 
 
 def targets_met(result: dict) -> dict:
