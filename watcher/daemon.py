@@ -23,13 +23,13 @@ import signal
 import time
 from collections import Counter, deque
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from typing import AsyncContextManager, Awaitable, Callable, Protocol
+from typing import AsyncContextManager, Awaitable, Callable
 
 import msgspec
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from watcher.batch import BatchContext, Counters, Stage
 from watcher.config import Settings
 from watcher.errors import CheckpointError, EventError, SpendwatchError
 from watcher.events.decode import Decoder
@@ -42,47 +42,6 @@ from watcher.sources.deadletter import dead_letter_headers, dead_letter_value, m
 
 log = logging.getLogger("watcher.daemon")
 _enc = msgspec.json.Encoder()
-
-
-@dataclass
-class BatchContext:
-    """What one partition's batch produced, handed through the stages in order.
-
-    A stage reads `outcome` (and `observations`), may append to `decisions` for later stages, and appends
-    records to publish as (topic, key, value) to `publish`; the daemon publishes them all and waits for the
-    broker before it commits the batch's offsets. Stages are also called with an empty outcome on every
-    poll, so clock-driven work (timeouts) runs without traffic.
-    """
-
-    partition: int
-    shard: Shard
-    outcome: Outcome
-    observations: list[Observation]
-    now_ms: int
-    decisions: list = field(default_factory=list)
-    publish: list[tuple[str, bytes, bytes]] = field(default_factory=list)
-
-
-class Stage(Protocol):
-    """A stage after the shard (detection, breakers), with state per input partition."""
-
-    def on_batch(self, ctx: BatchContext) -> None: ...
-    def snapshot(self, partition: int) -> object: ...
-    def restore(self, partition: int, data: object | None) -> None: ...
-    def drop(self, partition: int) -> None: ...
-
-
-class Counters(msgspec.Struct):
-    consumed: int = 0
-    processed: int = 0
-    dead_lettered: int = 0
-    duplicates: int = 0
-    findings: int = 0
-    batches: int = 0
-    checkpoints: int = 0
-    restored_partitions: int = 0
-    refetched: int = 0
-    not_owned: int = 0
 
 
 Outgoing = tuple  # (topic, key bytes | None, value bytes, headers | None)

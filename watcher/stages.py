@@ -15,10 +15,11 @@ import logging
 from typing import AsyncIterator, Callable
 
 from watcher.breaker import BreakerConfig, BreakerStage
+from watcher.batch import BatchContext
 from watcher.breaker.metrics import BreakerMetrics
 from watcher.breaker.service import breaker_services
 from watcher.config import Settings
-from watcher.daemon import BatchContext, Daemon
+from watcher.daemon import Daemon
 from watcher.detect.decision import encode_decision
 from watcher.detect.detector import Detector, ScoreSink
 from watcher.detect.policy import Policy, PolicyWatcher

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.detect.conftest import T0, Harness
 from watcher.config import load_settings
-from watcher.daemon import BatchContext
+from watcher.batch import BatchContext
 from watcher.detect.detector import SCORE_MODELS
 from watcher.pipeline.shard import Shard
 from watcher.stages import build

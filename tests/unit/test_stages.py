@@ -16,7 +16,7 @@ POLICY = Policy.from_text('[defaults.caps]\nper_minute_usdc = 10\n')
 
 
 def run(stage: DetectStage, n: int, amount: int) -> list:
-    from watcher.daemon import BatchContext
+    from watcher.batch import BatchContext
 
     shard = Shard(categorize=stage.categorize)
     decisions = []

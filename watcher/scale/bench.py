@@ -141,7 +141,7 @@ async def restore_time(bootstrap: str, agents: int, workdir: Path) -> dict:
     """Build one partition's state for `agents` agents, checkpoint it, time its restore (best of 3)."""
     import gc
 
-    from watcher.daemon import BatchContext
+    from watcher.batch import BatchContext
     from watcher.events.decode import Decoder
     from watcher.pipeline.shard import Shard
     from watcher.simulate.records import encode, fake_hash, settle_record
