@@ -14,8 +14,8 @@ import contextlib
 import logging
 from typing import AsyncIterator, Callable
 
-from watcher.breaker import BreakerConfig, BreakerStage
 from watcher.batch import BatchContext
+from watcher.breaker import BreakerConfig, BreakerStage
 from watcher.breaker.metrics import BreakerMetrics
 from watcher.breaker.service import breaker_services
 from watcher.config import Settings
