@@ -174,10 +174,10 @@ class Settings(BaseSettings):
             unsettled_after_ms=self.findings.unsettled_after_seconds * 1000)
 
 
-def _fix_for(err: dict[str, Any]) -> str:
+def _fix_for(err: dict[str, Any], key_fix: str | None) -> str:
     kind = err.get("type", "")
-    if kind not in ("extra_forbidden", "missing") and (fix := breaker_fix(error_key(err))):
-        return fix
+    if kind not in ("extra_forbidden", "missing") and key_fix:
+        return key_fix
     if kind == "extra_forbidden":
         return "remove this key or check its spelling (see README, Configuration)"
     if kind == "missing":
@@ -212,6 +212,7 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
         err = exc.errors()[0]
         key = error_key(err)
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        what = str(err.get("msg", "")).removeprefix("Value error, ") if breaker_fix(key) else ""
+        key_fix = breaker_fix(key)
+        what = str(err.get("msg", "")).removeprefix("Value error, ") if key_fix else ""
         raise ConfigError(f"invalid setting{more}" + (f": {what}" if what else ""), file=source, key=key,
-                          fix=_fix_for(err)) from None
+                          fix=_fix_for(err, key_fix)) from None

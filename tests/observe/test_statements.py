@@ -92,6 +92,13 @@ def _one(records):
     return r
 
 
+def _fold(stage, pays, now_ms):
+    """Fold (delta, observation) pairs into `stage` as one batch; the one row it publishes."""
+    ctx = _ctx([d for d, _ in pays], [o for _, o in pays], now_ms=now_ms)
+    stage.on_batch(ctx)
+    return _one(_records(ctx))
+
+
 def _both_orders(a, b):
     """`latest` of two rows of one id, in both orders of arrival: the same row, or the test fails."""
     (x,) = latest([a, b]).values()
@@ -104,10 +111,8 @@ def _handoff():
     """The old owner published revision 1 and was checkpointed; the new owner restores that checkpoint."""
     settings = StatementSettings(publish_interval_seconds=1)
     old = StatementStage(settings)
-    ctx = _ctx([Delta(A, "data", DAY + 1_000, 100, 1, "e1"), Delta(A, "data", DAY + 3_000, 300, 1, "e3")],
-               [_obs("e1", DAY + 1_000, "0xa1"), _obs("e3", DAY + 3_000, "0xa3")], now_ms=DAY + 10_000)
-    old.on_batch(ctx)
-    first = _one(_records(ctx))
+    first = _fold(old, [(Delta(A, "data", DAY + 1_000, 100, 1, "e1"), _obs("e1", DAY + 1_000, "0xa1")),
+                        (Delta(A, "data", DAY + 3_000, 300, 1, "e3"), _obs("e3", DAY + 3_000, "0xa3"))], DAY + 10_000)
     new = StatementStage(settings)
     new.restore(0, old.snapshot(0))
     return old, new, first
@@ -118,13 +123,9 @@ def test_after_a_handoff_the_row_with_more_of_the_input_wins_in_either_order():
     pay5 = (Delta(A, "data", DAY + 5_000, 500, 1, "e5"), _obs("e5", DAY + 5_000, "0xa5"))
     pay6 = (Delta(A, "data", DAY + 6_000, 600, 1, "e6"), _obs("e6", DAY + 6_000, "0xa6"))
     # the dying owner folded one more payment and published its revision 2 before it went
-    ctx = _ctx([pay5[0]], [pay5[1]], now_ms=DAY + 12_000)
-    old.on_batch(ctx)
-    victim = _one(_records(ctx))
+    victim = _fold(old, [pay5], DAY + 12_000)
     # the new owner replays it, and the next one, in one batch: its own revision 2
-    ctx = _ctx([pay5[0], pay6[0]], [pay5[1], pay6[1]], now_ms=DAY + 13_000)
-    new.on_batch(ctx)
-    winner = _one(_records(ctx))
+    winner = _fold(new, [pay5, pay6], DAY + 13_000)
     assert (victim.revision, winner.revision) == (2, 2) and (victim.count, winner.count) == (3, 4)
     assert _both_orders(victim, winner) == winner
     assert _both_orders(first, winner) == winner
@@ -135,12 +136,8 @@ def test_an_uncount_is_more_activity_though_count_drops_and_last_at_stays():
     old, new, _ = _handoff()
     pay5 = (Delta(A, "data", DAY + 5_000, 500, 1, "e5"), _obs("e5", DAY + 5_000, "0xa5"))
     reorg = (Delta(A, "data", DAY + 3_000, -300, -1, "r3"), _obs("r3", DAY + 3_000, "0xa3"))
-    ctx = _ctx([pay5[0]], [pay5[1]], now_ms=DAY + 12_000)
-    old.on_batch(ctx)
-    victim = _one(_records(ctx))
-    ctx = _ctx([pay5[0], reorg[0]], [pay5[1], reorg[1]], now_ms=DAY + 13_000)
-    new.on_batch(ctx)
-    winner = _one(_records(ctx))
+    victim = _fold(old, [pay5], DAY + 12_000)
+    winner = _fold(new, [pay5, reorg], DAY + 13_000)
     assert (victim.revision, victim.last_at, victim.count) == (winner.revision, winner.last_at, 3)
     assert (winner.count, winner.amount, winner.changes, victim.changes) == (2, "600", 4, 3)
     assert _both_orders(victim, winner) == winner
@@ -157,9 +154,7 @@ def test_a_higher_revision_of_the_old_owner_loses_to_more_of_the_input():
         old.on_batch(ctx)
         published += _records(ctx)
     victim = published[-1]
-    ctx = _ctx(deltas, obs, now_ms=DAY + 15_000)
-    new.on_batch(ctx)
-    winner = _one(_records(ctx))
+    winner = _fold(new, list(zip(deltas, obs)), DAY + 15_000)
     assert (victim.revision, winner.revision, victim.count, winner.count) == (3, 2, 4, 5)
     assert _both_orders(victim, winner) == winner
 
@@ -206,9 +201,7 @@ def test_rows_and_checkpoints_from_before_changes_still_read():
     st = StatementStage(StatementSettings(publish_interval_seconds=1))
     st.restore(0, {"v": 1, "rows": [[20_415, A, M, "data", 1, 5, DAY, DAY, "0xaa", "0xaa", 4, False]],
                    "closed": [], "last_publish_ms": DAY, "dropped": 0})
-    ctx = _ctx([Delta(A, "data", DAY + 1, 2, 1, "e2")], [_obs("e2", DAY + 1, "0xab")], now_ms=DAY + 5_000)
-    st.on_batch(ctx)
-    r = _one(_records(ctx))
+    r = _fold(st, [(Delta(A, "data", DAY + 1, 2, 1, "e2"), _obs("e2", DAY + 1, "0xab"))], DAY + 5_000)
     assert (r.revision, r.count, r.amount, r.changes) == (5, 2, "7", 1)
     assert _both_orders(msgspec.structs.replace(decode_statement(old), id=r.id), r) == r
 

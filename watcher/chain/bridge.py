@@ -274,9 +274,8 @@ class ChainBridge:
             b = min(a + ranges.size - 1, last)
             try:
                 logs = await node.logs_range(a, b)
-            except RangeRefusedError as exc:
-                if not ranges.refused(exc.blocks):
-                    raise
+            except RangeRefusedError as exc:  # only ranges of 2+ blocks are refused (node.py): one can shrink
+                ranges.refused(exc.blocks)
                 self.stats["ranges_refused"] += 1
                 self.metrics.range_refused()
                 log.warning("chain bridge: %s; reading %d blocks per eth_getLogs call now", exc, ranges.size)

@@ -86,7 +86,7 @@ class Join:
         `categorize(merchant, resource)` is asked only when the payment has no category yet."""
         key = obs.tx  # EIP-155 signatures bind a tx to one chain: its hash alone is unique
         payments = self.payments
-        p = payments.get(key)
+        p = payments.current.get(key) or payments.get(key)
         if p is None:
             category = categorize(obs.merchant, obs.resource)
             p = Payment(obs.agent, obs.merchant, obs.ts_ms, obs.chain_id, key, category)
@@ -203,7 +203,6 @@ class Join:
         self.deadlines = [(int(a), b) for a, b in snap["deadlines"]]
         heapq.heapify(self.deadlines)
         self.chains_seen = set(snap["chains_seen"])
-        # checkpoints older than this field: take every chain seen as confirming (the previous behaviour)
         if "confirmed_upto" in snap:
             self.confirmed_upto = {int(c): int(t) for c, t in snap["confirmed_upto"]}
         else:  # a checkpoint from before the hold: take the chain as confirmed up to the newest payment known

@@ -283,9 +283,9 @@ class Windows:
         self.watermark_ms = snap["watermark_ms"]
         self.late_dropped = snap["late_dropped"]
         self.saturated = snap.get("saturated", 0)
-        self._bound = self._peak()
         if specs is not None and tuple(specs) != self.specs:
             self = self._select(tuple(specs))
+        self._bound = self._peak()
         return self
 
     def _select(self, specs: tuple[WindowSpec, ...]) -> "Windows":
@@ -308,5 +308,4 @@ class Windows:
             out.epoch[into] = self.epoch[cols]
         out.keys, out.index = self.keys, self.index
         out.watermark_ms, out.late_dropped, out.saturated = self.watermark_ms, self.late_dropped, self.saturated
-        out._bound = out._peak()
         return out

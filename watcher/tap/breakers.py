@@ -166,7 +166,7 @@ class TopicBreakerView(_Following):
         self.probe_seconds = min(1.0, stale_after_seconds / 3)
         self.probe_timeout_seconds = min(5.0, stale_after_seconds / 2)
         self.records = self.bad = 0
-        self.probes = self.probe_failures = 0
+        self.probe_failures = 0
         self.caught_up = asyncio.Event()
         self._last_ok = 0.0          # monotonic send time of the newest probe the consumer has read up to
         self._probe: tuple[float, dict[TopicPartition, int]] | None = None   # (sent at, log end) not yet reached
@@ -219,7 +219,6 @@ class TopicBreakerView(_Following):
                             "%.0f s without one", self.topic, exc, self.stale_after)
             self._probe_ok = False
             return
-        self.probes += 1
         if not self._probe_ok:
             log.info("breaker view: the broker answers again for %s", self.topic)
         self._probe_ok = True
