@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from watcher.breaker.config import AdminSettings, BreakerSettings, WebhookSettings, breaker_fix
@@ -22,6 +23,7 @@ from watcher.configfile import error_key, relative_to_file
 from watcher.errors import ConfigError
 from watcher.metrics import MetricsSettings
 from watcher.observe.statements import StatementSettings
+from watcher.pipeline.join import UNSETTLED_HOLD
 from watcher.pipeline.shard import ShardConfig
 from watcher.pipeline.windows import WindowSpec
 from watcher.registry import load_registry
@@ -161,6 +163,19 @@ class Settings(BaseSettings):
             raise ValueError("window names must be unique and at least one window is needed")
         return v
 
+    @model_validator(mode="after")
+    def _memory_outlives_findings(self):
+        # a payment whose finding is still pending must stay in the join's memory (>= the dedupe horizon)
+        need = max(UNSETTLED_HOLD * self.findings.unsettled_after_seconds, self.findings.shadow_grace_seconds)
+        if self.dedupe.horizon_seconds < need:
+            raise PydanticCustomError(
+                "setting", f"dedupe.horizon_seconds={self.dedupe.horizon_seconds} is shorter than the longest a "
+                f"finding can wait ({need} s: {UNSETTLED_HOLD} x findings.unsettled_after_seconds, or "
+                "findings.shadow_grace_seconds), so a pending finding would be forgotten; raise "
+                f"dedupe.horizon_seconds to at least {need} or lower the findings' delays",
+                {"key": "dedupe.horizon_seconds"})
+        return self
+
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
@@ -176,6 +191,8 @@ class Settings(BaseSettings):
 
 def _fix_for(err: dict[str, Any], key_fix: str | None) -> str:
     kind = err.get("type", "")
+    if kind == "setting":  # a check over several keys: its message says what to change
+        return str(err.get("msg"))
     if kind not in ("extra_forbidden", "missing") and key_fix:
         return key_fix
     if kind == "extra_forbidden":

@@ -86,6 +86,19 @@ def test_check_config_command(tmp_path):
     assert no.returncode == 1 and "dedupe.horizon_seconds" in no.stdout + no.stderr
 
 
+def test_dedupe_horizon_must_outlive_a_held_finding(tmp_path):
+    # a payment whose `unsettled` finding is held (up to UNSETTLED_HOLD deadlines) must still be remembered
+    f = tmp_path / "c.toml"
+    f.write_text("[dedupe]\nhorizon_seconds = 3000\n[findings]\nunsettled_after_seconds = 300\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    assert err.value.key == "dedupe.horizon_seconds" and "at least 3600" in str(err.value)
+    f.write_text("[dedupe]\nhorizon_seconds = 3600\n[findings]\nunsettled_after_seconds = 300\n")
+    assert load_settings(f).dedupe.horizon_seconds == 3600
+    with pytest.raises(ConfigError, match="at least 4000"):
+        load_settings(f, findings__shadow_grace_seconds=4000)
+
+
 def test_example_config_is_valid():
     load_settings("examples/spendwatch.toml")
 
