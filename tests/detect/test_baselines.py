@@ -117,3 +117,22 @@ def test_flagged_payment_does_not_train():
     sc = b.observe(np.array([0]), np.array([t + 11 * 60_000]), np.array([10**9]), np.array([1], np.uint64), p)
     assert sc.size_flag[0]
     assert b.state[0][B.SIZE_M] == before[B.SIZE_M] and b.state[0][B.SIZE_V] == before[B.SIZE_V]
+
+
+def test_fleet_model_does_not_learn_what_it_flags():
+    """The fleet half of "anomalous points do not train the models" (the baselines' half is above)."""
+    import pickle
+
+    from watcher.detect.fleet import FleetModel
+
+    rng = np.random.default_rng(1)
+    m = FleetModel(0.95, interval_ms=0)
+    m.grow(1)
+    rows = np.arange(1)
+    for i in range(2000):
+        m.score(rows, np.clip(0.5 + rng.normal(0, 0.02, (1, 5)), 0, 1), i)
+    trees = pickle.dumps(m.filter.anomaly_detector)
+    _, flags = m.score(rows, np.array([[1.0, 0.0, 1.0, 0.0, 1.0]]), 10**6)
+    assert flags[0] and pickle.dumps(m.filter.anomaly_detector) == trees
+    _, flags = m.score(rows, np.full((1, 5), 0.5), 10**6 + 1)
+    assert not flags[0] and pickle.dumps(m.filter.anomaly_detector) != trees     # a normal point does train

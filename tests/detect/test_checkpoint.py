@@ -39,3 +39,15 @@ def test_round_trip_gives_identical_later_decisions():
     assert len(expected) > 20
     assert [d.id for d in got] == [d.id for d in expected]
     assert got == expected
+
+
+def test_fleet_quantile_follows_the_policy_on_reload_and_restore():
+    """The fleet model kept the quantile it was built with: a reloaded policy's, and after a restart the
+    policy's (the checkpoint's won), were silently ignored."""
+    p1 = Policy.from_text("[defaults.anomaly]\nfleet_quantile = 0.995\n")
+    p2 = Policy.from_text("[defaults.anomaly]\nfleet_quantile = 0.95\n")
+    det = Detector(p1)
+    det.set_policy(p2)
+    assert det.fleet.quantile == 0.95 and det.fleet.filter.q == 0.95
+    again = Detector.restore(Detector(p1).snapshot(), p2)
+    assert again.fleet.quantile == 0.95 and again.fleet.filter.q == 0.95

@@ -1,9 +1,9 @@
 import os
 import signal
-import time
 
 import pytest
 
+from tests.polling import wait_for_sync
 from watcher.detect.policy import Policy, PolicyWatcher
 from watcher.errors import ConfigError
 
@@ -96,9 +96,104 @@ def test_reload_on_sighup(tmp_path):
         w._stamp = w._stat()
         # same file, no change on disk: only the signal asks for a reload
         os.kill(os.getpid(), signal.SIGHUP)
-        time.sleep(0.05)
+        wait_for_sync(lambda: w._hup, 10, "the SIGHUP handler")
         r = w.poll()
         assert r.ok and r.changed
         assert w.poll().changed is False
     finally:
         signal.signal(signal.SIGHUP, old)
+
+
+@pytest.mark.parametrize("text,key,fix", [
+    # an infinite or absurd amount passed validation, then every payment of the agent stopped the daemon
+    ("[defaults.caps]\nper_minute_usdc = inf", "defaults.caps.per_minute_usdc", "finite"),
+    ("[defaults.caps]\nper_day_usdc = 1e300", "defaults.caps.per_day_usdc", "<= 1000000000000"),
+    ("[defaults]\ncategory_budgets_usdc = { gpu = inf }", "defaults.category_budgets_usdc.gpu", "finite"),
+    ('[[rate_card]]\nmerchant = "https://a.example/x"\ncategory = "c"\nprice_usdc = 1e40',
+     "rate_card.0.price_usdc", "<= 1000000000000"),
+    # a positive amount below one base unit rounded to 0, which silently turned the cap off
+    ("[defaults.caps]\nper_minute_usdc = 0.0000001", "defaults.caps.per_minute_usdc", "0.000001"),
+    ('[[rate_card]]\nmerchant = "https://a.example/x"\ncategory = "c"\nprice_usdc = 1\ntolerance_pct = inf',
+     "rate_card.0.tolerance_pct", "finite"),
+    ("[defaults.anomaly]\nwarmup_seconds = 99999999999999999", "defaults.anomaly.warmup_seconds", "<= 316224000"),
+    ("[defaults]\nwarn_cooldown_seconds = 99999999999999999", "defaults.warn_cooldown_seconds", "<= 316224000"),
+    # list entries are payTo addresses or resource URLs, like the rate card's
+    ('[defaults.merchants]\nblock = ["0x123"]', "defaults.merchants.block.0", "20-byte"),
+    ('[defaults.merchants]\nallow = ["api.example/*"]', "defaults.merchants.allow.0", "http(s) resource URL"),
+    # one wallet written twice (any letter case): one table silently replaced the other
+    ('[agents."0xab5801a7d398351b8be11c439e05c5b3259aec9b"]\nper_payment_max_usdc = 1\n'
+     '[agents."0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B"]\nname = "x"',
+     "agents.0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B", "merge the two tables"),
+    # fleet-wide settings: one model per detector, so a team or agent value was silently ignored
+    ("[teams.a.anomaly]\nfleet_quantile = 0.99", "teams.a.anomaly.fleet_quantile", "[defaults.anomaly]"),
+    (f'[agents."{A1}".anomaly]\nfleet = false', f"agents.{A1}.anomaly.fleet", "enabled = false"),
+])
+def test_more_errors_name_key_and_fix(text, key, fix):
+    with pytest.raises(ConfigError) as err:
+        Policy.from_text(text, "p.toml")
+    assert err.value.key == key
+    assert fix in err.value.fix
+
+
+def test_list_addresses_are_checksummed():
+    p = Policy.from_text('[defaults.merchants]\nblock = ["0xab5801a7d398351b8be11c439e05c5b3259aec9b"]\n')
+    assert p.defaults.merchants.block == ["0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B"]
+
+
+def test_a_url_entry_is_kept_without_its_query_string():
+    """Payments are matched on the resource URL without its query string, so an entry with one could never
+    match; two rate card entries differing only there are the same merchant listed twice."""
+    p = Policy.from_text('[defaults.merchants]\nallow = ["https://a.example/x?key=1"]\n')
+    assert p.defaults.merchants.allow == ["https://a.example/x"]
+    with pytest.raises(ConfigError, match="listed twice"):
+        Policy.from_text('[[rate_card]]\nmerchant = "https://a.example/x"\ncategory = "c"\n'
+                         '[[rate_card]]\nmerchant = "https://a.example/x?q=1"\ncategory = "d"\n')
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_and_a_bad_reload(tmp_path):
+    """A UnicodeDecodeError escaped: a traceback at start, and on reload it ended the daemon's reload loop
+    (no later reload was ever tried)."""
+    path = tmp_path / "policy.toml"
+    path.write_bytes(b'version = "\xff"\n')
+    with pytest.raises(ConfigError) as err:
+        Policy.load(path)
+    assert "UTF-8" in str(err.value) and str(path) in str(err.value)
+    _write(path, 'version = "v1"\n')
+    w = PolicyWatcher(path)
+    path.write_bytes(b'version = "\xff"\n')
+    w.request_reload()
+    r = w.poll()
+    assert not r.ok and w.policy.version == "v1"
+
+
+def test_a_policy_that_fails_to_apply_is_rolled_back(tmp_path):
+    """An exception out of on_change escaped poll(): the daemon's reload loop ended, with the watcher
+    holding a policy the detectors had only half taken."""
+    path = tmp_path / "policy.toml"
+    _write(path, 'version = "v1"\n')
+    applied = []
+
+    def apply(p):
+        if p.version == "v2":
+            raise RuntimeError("boom")
+        applied.append(p.version)
+
+    w = PolicyWatcher(path, on_change=apply)
+    _write(path, 'version = "v2"\n')
+    r = w.poll()
+    assert not r.ok and "boom" in r.message and w.policy.version == "v1" and applied == ["v1"]
+    _write(path, 'version = "v3"\n')
+    assert w.poll().ok and applied == ["v1", "v3"]
+
+
+@pytest.mark.parametrize("text,key,fix", [
+    ("[defaults.caps]\nper_minute_usdc = true", "defaults.caps.per_minute_usdc", "write a number"),   # was a 1 USDC cap
+    ('[defaults.caps]\nper_hour_usdc = "2"', "defaults.caps.per_hour_usdc", "write a number"),
+    ("[defaults.anomaly]\nenabled = 0", "defaults.anomaly.enabled", "true or false"),
+])
+def test_values_are_taken_as_typed_in_the_file(text, key, fix):
+    """TOML values have types: a boolean or a string where a number belongs is a mistake to report, not a
+    value to coerce (`per_minute_usdc = true` became a 1 USDC cap)."""
+    with pytest.raises(ConfigError) as err:
+        Policy.from_text(text, "p.toml")
+    assert err.value.key == key and fix in err.value.fix

@@ -67,3 +67,13 @@ def test_eval_over_seeds_reports_the_worst_and_the_seeds_that_missed():
     assert multi["all_targets_met"] == all(all(r["targets_met"].values()) for r in singles)
     text = format_seeds(multi)
     assert text.count("\nseed ") + text.startswith("seed ") == 2 and "worst over seeds 4-5" in text
+
+
+def test_a_mistyped_events_path_leaves_the_output_alone(tmp_path, capsys):
+    """The output was opened (emptied) before the events file: a typo in --events erased yesterday's
+    backtest."""
+    out = tmp_path / "decisions.jsonl"
+    out.write_bytes(b'{"kept": true}\n')
+    assert main(["replay", "--events", str(tmp_path / "typo.jsonl"), "--out", str(out)]) == 2
+    assert "typo.jsonl" in capsys.readouterr().err
+    assert out.read_bytes() == b'{"kept": true}\n'

@@ -197,3 +197,72 @@ def test_zero_value_transfer_from_an_agent_is_not_spend(harness):
     assert h.shard.stats.signals >= 1 and h.shard.agent_totals(AGENT)[1][-1] == 2   # 2 settles, no transfer
     ds = h.feed([h.transfer(T0 + 401_000, 1 * U, to=stranger)])
     assert [(d.kind, d.rule) for d in ds] == [("warn", "unknown_payee")]
+
+
+def test_lists_match_any_letter_case_and_ignore_the_query_string(harness):
+    """A block list entry written in lower case, or a URL entry without the query string the agent sends,
+    once let the payment through with no decision at all."""
+    payee = "0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B"
+    h = harness(f'[defaults.merchants]\nblock = ["{payee.lower()}", "https://bad.example/x"]\n')
+    assert [d.rule for d in h.feed([h.settle(T0, 10, merchant=payee)])] == ["blocked_merchant"]
+    h = harness('[defaults.merchants]\nblock = ["https://bad.example/x"]\n')
+    assert [d.rule for d in h.feed([h.settle(T0, 10, resource="https://bad.example/x?q=1")])] == ["blocked_merchant"]
+
+
+def test_escalation_window_of_an_agent_override(harness):
+    """An agent's own escalation window was ignored: the default's (24h) was summed against the agent's
+    threshold, and the evidence named the wrong window."""
+    h = harness("[defaults.anomaly]\nenabled = false\n[defaults.escalation]\nwindow = \"24h\"\n"
+                f"window_above_usdc = 100\n[agents.\"{AGENT}\".escalation]\nwindow = \"1m\"\nwindow_above_usdc = 2\n")
+    assert h.feed([h.settle(T0 + i * 300_000, 1 * U) for i in range(4)]) == []     # 1 USDC per 5 min: never 2 in 1m
+    ds = h.feed([h.settle(T0 + 1_300_000 + i * 1000, 1 * U) for i in range(3)])
+    assert [(d.kind, d.rule, d.window, d.observed, d.event_ids) for d in ds] == \
+        [("escalate", "escalate_window", "1m", 3 * U, ["e7"])]
+
+
+def test_failed_reasons_of_an_agent_override(harness):
+    h = harness("[defaults.findings]\nfailed_verifications = 3\n"
+                f"[agents.\"{AGENT}\".findings]\nfailed_reasons = [\"invalid_signature\"]\n")
+    ds = h.feed([h.failed_verify(T0 + i * 1000, reason="invalid_signature") for i in range(3)])
+    assert [(d.rule, d.observed) for d in ds] == [("failed_verifications", 3)]
+    other = "0x" + "55" * 20
+    assert h.feed([h.failed_verify(T0 + 5000 + i, agent=other, reason="invalid_signature") for i in range(3)]) == []
+
+
+def test_a_rule_whose_window_is_not_configured_does_not_stop_the_batch(caplog):
+    """The configuration's [[windows]] may leave out 24h or 1h: a category budget then raised StopIteration
+    out of the detector (the daemon stopped), and a cap on a missing window was skipped without a word."""
+    from watcher.detect import Policy
+    from watcher.detect.replay import Replay
+    from watcher.pipeline.shard import ShardConfig
+    from watcher.pipeline.windows import WindowSpec
+    from tests.detect.conftest import Harness
+
+    h = Harness()
+    policy = Policy.from_text('[defaults]\ncategory_budgets_usdc = { gpu = 1 }\n[defaults.caps]\nper_day_usdc = 1\n'
+                              'per_minute_usdc = 1\n[[rate_card]]\nmerchant = "https://g.example/*"\n'
+                              'category = "gpu"\n')
+    rp = Replay(policy, shard_config=ShardConfig(windows=(WindowSpec("1m", 60, 6), WindowSpec("1h", 3600, 6))))
+    ds = list(rp.run([h.settle(T0, 2 * U, resource="https://g.example/run")]))
+    assert [(d.rule, d.window) for d in ds] == [("cap_1m", "1m")]
+    text = caplog.text
+    assert "category_budget" in text and "cap_24h" in text and "'24h'" in text and "[[windows]]" in text
+
+
+def test_a_payee_reported_by_a_settle_that_follows_its_transfer_is_learnt(harness):
+    """The bridge may publish a payment's transfer before the facilitator's settle arrives. That settle makes
+    no new spend (the transfer counted it), and its payee was never learnt: every later payment to it, a
+    merchant facilitators report all along, warned `unknown_payee` again (once per cooldown)."""
+    from watcher.simulate.records import encode, fake_hash, settle_record, transfer_record
+
+    h = harness("[defaults.anomaly]\nenabled = false\n")
+    payee = "0x" + "57" * 20
+    rules = []
+    for k in range(3):
+        t, tx = T0 + k * 7_200_000, fake_hash("paired", k)     # 2 h apart: past the warning cooldown
+        ds = h.feed([encode(transfer_record(ts_ms=t, payer=AGENT, to=payee, amount=U, tx=tx, status="confirmed",
+                                            authorizer=AGENT))])
+        ds += h.feed([encode(settle_record(event_id=f"s{k}", ts_ms=t + 1000, payer=AGENT, pay_to=payee, amount=U,
+                                           tx=tx))])
+        rules.append([d.rule for d in ds])
+    assert rules == [["unknown_payee"], [], []]

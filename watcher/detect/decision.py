@@ -2,14 +2,18 @@
 
     {"type": "decision", "id": "d-<24 hex>", "kind": "observe" | "warn" | "escalate" | "freeze",
      "agent": "0x...", "rule": "cap_1m", "source": "policy" | "model" | "finding" | "clock",
-     "observed": 2013000, "threshold": 2000000, "unit": "usdc_base_units" | "count" | "ratio" | "z" | "score",
+     "observed": 2013000, "threshold": 2000000,
+     "unit": "usdc_base_units" | "count" | "ratio" | "z" | "score" | "seconds",
      "window": "1m" | "1h" | "24h" | "payment" | ..., "eventIds": ["..."],
      "occurredAt": "2026-11-23T10:00:00.123Z", "reason": "...", "merchant": "0x..." | null,
      "category": "search" | null, "team": "research" | null, "policyVersion": "..."}
 
 `id` is a hash of (agent, rule, the triggering event id or escalation id), so a re-run over the same
-events yields the same ids and a consumer can drop repeats. Money is integer base units when
-`unit` is usdc_base_units. `occurredAt` is event time (the triggering event's), not wall time.
+events yields the same ids and a consumer can drop repeats. An `escalation_timeout` (source "clock") is
+triggered by no event: its `eventIds` holds the id of the unanswered escalation decision, whose own
+`eventIds` name the payments, and its observed value and threshold are the timeout in seconds. Money is
+integer base units when `unit` is usdc_base_units. `occurredAt` is event time (the triggering event's),
+not wall time.
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ class Detector(Verdicts):
         self.known_merchants: dict[str, None] = {}
         self.now_ms = 0
         self.counts = {k: 0 for k in SEVERITY}
+        self._unwindowed: set[tuple[str, str]] = set()
         self._grow(1024)
 
     # -- rows ---------------------------------------------------------------------------------
@@ -107,6 +108,7 @@ class Detector(Verdicts):
         self.policy = policy
         self.ratecard = RateCard(policy.rate_card)
         self.table.load(policy, self.agents)
+        self.fleet.set_quantile(policy.defaults.anomaly.fleet_quantile)
 
     def categorize(self, merchant: str, resource: str | None) -> str | None:
         """The Shard's categorize hook; follows policy reloads."""
@@ -122,6 +124,8 @@ class Detector(Verdicts):
         n = len(outcome.deltas)
         if n:
             self._payments(outcome.deltas, shard, batch, cands)
+        if batch:
+            self._learn_payees(batch)
         if outcome.signals:
             self._signals(outcome.signals, n, cands)
         if outcome.findings:
@@ -133,6 +137,16 @@ class Detector(Verdicts):
             big = 1 << 40
             cands = [c._replace(pos=order[c.pos] if c.pos < len(order) else big + c.pos) for c in cands]
         return self._decide(cands)
+
+    def _learn_payees(self, batch: list[Observation]) -> None:
+        """Every payee a facilitator settled with, after the batch is judged: a settle that follows its own
+        transfer makes no new spend (so `_new_payments` does not see it), yet it reports the payee."""
+        known, settle = self.known_merchants, Kind.SETTLE
+        for o in batch:
+            if o.kind == settle and o.status == "settled" and o.merchant not in known:
+                if len(known) >= KNOWN_MERCHANTS_MAX:
+                    break
+                known[o.merchant] = None
 
     def _payments(self, deltas, shard, batch, cands: list[Candidate]) -> None:
         n = len(deltas)
@@ -160,11 +174,16 @@ class Detector(Verdicts):
         cols = {s.name: (i, s) for i, s in enumerate(aw.specs)}
         checks = [(rule, wname, self.table.caps[rows, k]) for k, (rule, wname, _) in enumerate(CAP_WINDOWS)]
         esc = self.table.esc_window[rows]
-        if (esc < NO_LIMIT).any():
-            checks.append(("escalate_window", self.policy.defaults.escalation.window, esc))
+        on = esc < NO_LIMIT
+        if on.any():  # each agent's own escalation window (a team or agent may override the default's)
+            wins = np.array([self.table.limits[r].escalation.window for r in u_rows.tolist()])[keys]
+            for w in np.unique(wins[on]).tolist():
+                checks.append(("escalate_window", w, np.where(wins == w, esc, NO_LIMIT)))
         monotone = bool((amt >= 0).all())
         for rule, wname, limits in checks:
             if wname not in cols:
+                if (limits < NO_LIMIT).any():
+                    self._unwindowed_rule(rule, wname)
                 continue
             col, spec = cols[wname]
             if monotone and not (sums[keys, col] > limits).any():
@@ -200,8 +219,12 @@ class Detector(Verdicts):
         local: dict[bytes, int] = {}
         keys = np.fromiter((local.setdefault(k, len(local)) for k in ckeys), np.int64, len(ckeys))
         srows = np.fromiter((cw.index[k] for k in local), np.int64, len(local))
+        found = [(i, s) for i, s in enumerate(cw.specs) if s.name == "24h"]
+        if not found:
+            self._unwindowed_rule("category_budget", "24h")
+            return
+        col, spec = found[0]
         sums, _ = cw.totals(srows)
-        col, spec = next((i, s) for i, s in enumerate(cw.specs) if s.name == "24h")
         sel_a = np.array(sel)
         inw = in_window(ts[sel_a], cw.watermark_ms, spec.granularity_ms, spec.buckets)
         hit, run = first_crossings(keys, amt[sel_a], inw, sums[:, col], np.array(lims, np.int64))
@@ -211,6 +234,13 @@ class Detector(Verdicts):
             cands.append(Candidate(i, d.ts_ms, int(rows[i]), "category_budget", "policy", total, lims[j], USDC,
                                    "24h", [d.event_id], f"spent {fmt_usdc(total)} USDC on {d.category} in 24h, "
                                    f"budget {fmt_usdc(lims[j])}", category=d.category))
+
+    def _unwindowed_rule(self, rule: str, window: str) -> None:
+        if (rule, window) not in self._unwindowed:
+            self._unwindowed.add((rule, window))
+            log.error("%s needs the rolling window %r, which the configuration's [[windows]] lacks: the rule is "
+                      "not applied; add a [[windows]] entry named %r, or turn the limit off in the policy",
+                      rule, window, window)
 
     def _new_payments(self, deltas, ni, rows, ts, amt, batch, cands) -> None:
         have = bool(batch)  # the merchant and resource of each payment are known (the deltas carry them)
@@ -323,11 +353,13 @@ class Detector(Verdicts):
                                    None, d.category, f"{d.event_id}|fleet"))
 
     def _signals(self, signals: list[Observation], base_pos: int, cands) -> None:
-        reasons = self.policy.defaults.findings.failed_reasons
+        limits = self.table.limits
         for k, o in enumerate(signals):
-            if o.reason is None or o.status not in ("invalid", "failed") or o.reason not in reasons:
+            if o.reason is None or o.status not in ("invalid", "failed"):
                 continue
             r = self.row(o.agent)  # recorded even while frozen, so the ring does not depend on batching
+            if o.reason not in limits[r].findings.failed_reasons:
+                continue
             p = int(self.fail_ptr[r])
             self.fail_ring[r, p % FAIL_SLOTS] = o.ts_ms
             self.fail_ptr[r] = p + 1
@@ -377,6 +409,7 @@ class Detector(Verdicts):
         self.table.load(self.policy, agents)
         self.base = Baselines.restore(snap["base"])
         self.fleet = FleetModel.restore(snap["fleet"])
+        self.fleet.set_quantile(self.policy.defaults.anomaly.fleet_quantile)
         cap = max(self.capacity, n)
         self.capacity = 0
         self.frozen = np.zeros(0, bool)

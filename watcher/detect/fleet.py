@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
-from river import anomaly
+from river import anomaly, stats
 
 FEATURES = ("z_rate", "z_gap", "log_ratio", "gap_spread", "novelty")
 MIN_SCORED = 1000
@@ -62,6 +62,13 @@ class FleetModel:
         self.scored += len(rows)
         self.next_due[rows] = now_ms + self.interval_ms
         return scores, flags
+
+    def set_quantile(self, q: float) -> None:
+        """Follow the policy's `fleet_quantile`: a new running quantile, learnt afresh before it flags."""
+        if q != self.quantile:
+            self.quantile = q
+            self.filter.quantile = stats.Quantile(q)
+            self.scored = 0
 
     def threshold(self) -> float:
         return float(self.filter.quantile.get() or 0.0)

@@ -2,8 +2,9 @@
 
 Layers, each a partial copy of `Limits`: `[defaults]` <- `[teams.<name>]` <- `[agents."0x..."]` (an agent
 names its team with `team = "..."`). Tables merge key by key (a team that sets `caps.per_hour_usdc` keeps
-the default `caps.per_minute_usdc`); lists are replaced, not appended. Amounts are USDC in the file
-(`*_usdc`) and integer base units in memory. See examples/policy.toml for every key.
+the default `caps.per_minute_usdc`); lists are replaced, not appended. `anomaly.fleet` and
+`anomaly.fleet_quantile` belong to the one fleet model, so only `[defaults]` may set them. Amounts are USDC
+in the file (`*_usdc`) and integer base units in memory. See examples/policy.toml for every key.
 
 A bad file raises ConfigError naming the file, the key (dotted path) and the fix. `PolicyWatcher` reloads
 on SIGHUP (the handler only sets a flag) and when the file changes; a bad reload keeps the previous
@@ -18,9 +19,9 @@ import os
 import signal
 import tomllib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from watcher.errors import ConfigError, EventError
 from watcher.events.addresses import AddressBook
@@ -49,35 +50,67 @@ DEFAULT_ACTIONS: dict[str, Action] = {
 }
 RULES = tuple(DEFAULT_ACTIONS)
 RuleName = Literal[RULES]  # type: ignore[valid-type]
+#: One fleet model per detector: these `anomaly` keys are read from `[defaults]` only.
+FLEET_WIDE = ("fleet", "fleet_quantile")
+MAX_USDC = 10**12           # far below int64 base units (9.2e12 USDC): window sums and limits stay exact
+MAX_SECONDS = 10 * 366 * 86400      # ten years: as milliseconds, far inside int64
+
+
+def _amount(v: float) -> float:
+    if v > 0 and usdc(v) == 0:
+        raise ValueError("write 0 (for a limit: off) or at least 0.000001 (one base unit): a smaller positive "
+                         "amount rounds to 0")
+    return v
+
+
+#: An amount in USDC as written in the file (finite: no float of the file may be inf or nan), held as
+#: integer base units in memory.
+Usdc = Annotated[float, Field(ge=0, le=MAX_USDC), AfterValidator(_amount)]
+
+
+def _merchant(v: str) -> str:
+    """A payTo address (checksummed here, so it matches the events') or an http(s) resource URL (its query
+    string dropped: payments are matched on the URL without one)."""
+    if v.startswith("0x"):
+        try:
+            return AddressBook().checksum(v, "merchant")
+        except EventError as exc:
+            raise ValueError(exc.detail) from None
+    if not (v.startswith("https://") or v.startswith("http://")):
+        raise ValueError("must be a 0x payTo address or an http(s) resource URL")
+    return v.split("?", 1)[0]
+
+
+Merchant = Annotated[str, AfterValidator(_merchant)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class Caps(_Model):
     """Spend caps per rolling window, in USDC. 0 disables a cap."""
 
-    per_minute_usdc: float = Field(0, ge=0)
-    per_hour_usdc: float = Field(0, ge=0)
-    per_day_usdc: float = Field(0, ge=0)
+    per_minute_usdc: Usdc = 0
+    per_hour_usdc: Usdc = 0
+    per_day_usdc: Usdc = 0
 
 
 class Escalation(_Model):
     """Ask a person above these; no answer within `timeout_seconds` freezes the agent."""
 
-    payment_above_usdc: float = Field(0, ge=0)
+    payment_above_usdc: Usdc = 0
     window: Literal["1m", "5m", "1h", "24h"] = "1h"
-    window_above_usdc: float = Field(0, ge=0)
-    timeout_seconds: int = Field(900, gt=0)
-    approval_ttl_seconds: int = Field(3600, ge=0)
+    window_above_usdc: Usdc = 0
+    timeout_seconds: int = Field(900, gt=0, le=MAX_SECONDS)
+    approval_ttl_seconds: int = Field(3600, ge=0, le=MAX_SECONDS)
 
 
 class Merchants(_Model):
     """Allow/block lists. Entries are payTo addresses or resource URLs (a trailing `*` is a prefix)."""
 
-    allow: list[str] = []
-    block: list[str] = []
+    allow: list[Merchant] = []
+    block: list[Merchant] = []
     allow_categories: list[str] = []
     block_categories: list[str] = []
 
@@ -86,15 +119,15 @@ class Anomaly(_Model):
     """Per-agent baselines and the fleet model. Models warn; they never freeze on their own."""
 
     enabled: bool = True
-    warmup_payments: int = Field(30, ge=1)
-    warmup_seconds: int = Field(7200, ge=0)
+    warmup_payments: int = Field(30, ge=1, le=10**9)
+    warmup_seconds: int = Field(7200, ge=0, le=MAX_SECONDS)
     spend_rate_ratio: float = Field(8.0, gt=1)
     spend_rate_z: float = Field(4.0, gt=0)
-    min_spend_usdc: float = Field(1.0, ge=0)
+    min_spend_usdc: Usdc = 1.0
     payment_size_z: float = Field(6.0, gt=0)
-    min_payment_usdc: float = Field(0.5, ge=0)
+    min_payment_usdc: Usdc = 0.5
     new_merchants: int = Field(6, ge=2, le=16)
-    new_merchants_window_seconds: int = Field(600, gt=0)
+    new_merchants_window_seconds: int = Field(600, gt=0, le=MAX_SECONDS)
     fleet: bool = True
     fleet_quantile: float = Field(0.995, gt=0.5, lt=1)
     fleet_corroborate_z: float = Field(4.5, ge=0)
@@ -102,7 +135,7 @@ class Anomaly(_Model):
 
 class Findings(_Model):
     failed_verifications: int = Field(20, ge=1, le=64)
-    failed_verifications_window_seconds: int = Field(60, gt=0)
+    failed_verifications_window_seconds: int = Field(60, gt=0, le=MAX_SECONDS)
     failed_reasons: list[str] = ["insufficient_funds"]
 
 
@@ -110,22 +143,14 @@ class Limits(_Model):
     """One fully resolved layer (defaults, then a team, then an agent, merged)."""
 
     caps: Caps = Caps()
-    per_payment_max_usdc: float = Field(0, ge=0)
-    category_budgets_usdc: dict[str, float] = {}
+    per_payment_max_usdc: Usdc = 0
+    category_budgets_usdc: dict[str, Usdc] = {}
     escalation: Escalation = Escalation()
     merchants: Merchants = Merchants()
     anomaly: Anomaly = Anomaly()
     findings: Findings = Findings()
     actions: dict[RuleName, Action] = {}
-    warn_cooldown_seconds: int = Field(3600, ge=0)
-
-    @field_validator("category_budgets_usdc")
-    @classmethod
-    def _budgets(cls, v: dict[str, float]) -> dict[str, float]:
-        for k, x in v.items():
-            if x < 0:
-                raise ValueError(f"budget of {k!r} must be >= 0")
-        return v
+    warn_cooldown_seconds: int = Field(3600, ge=0, le=MAX_SECONDS)
 
     def action(self, rule: str) -> Action:
         return self.actions.get(rule) or DEFAULT_ACTIONS[rule]
@@ -134,23 +159,11 @@ class Limits(_Model):
 class Card(_Model):
     """A rate card entry: merchant (payTo address or resource URL, `*` suffix = prefix) -> category, price."""
 
-    merchant: str
+    merchant: Merchant
     category: str
-    price_usdc: float | None = Field(None, ge=0)
+    price_usdc: Usdc | None = None
     version: str = "1"
     tolerance_pct: float = Field(5.0, ge=0)
-
-    @field_validator("merchant")
-    @classmethod
-    def _merchant(cls, v: str) -> str:
-        if v.startswith("0x"):
-            try:
-                return AddressBook().checksum(v, "merchant")
-            except EventError as exc:
-                raise ValueError(exc.detail) from None
-        if not (v.startswith("https://") or v.startswith("http://")):
-            raise ValueError("must be a 0x payTo address or an http(s) resource URL")
-        return v
 
 
 class AgentEntry(_Model):
@@ -201,6 +214,7 @@ _FIXES = {
     "literal_error": "use one of {expected}",
     "float_parsing": "write a number",
     "float_type": "write a number",
+    "finite_number": "write a finite number (inf and nan are not allowed)",
     "int_parsing": "write a whole number",
     "int_type": "write a whole number",
     "bool_type": "write true or false",
@@ -238,6 +252,7 @@ class Policy:
         base = parsed.defaults.model_dump()
         self.teams: dict[str, Limits] = {}
         for name, over in parsed.teams.items():
+            _fleet_wide(over, source, f"teams.{name}")
             try:
                 self.teams[name] = Limits.model_validate(_merge(base, over))
             except ValidationError as exc:
@@ -252,6 +267,11 @@ class Policy:
             except EventError as exc:
                 raise ConfigError(f"invalid policy: {exc.detail}", file=source, key=f"agents.{addr}",
                                   fix="use the agent's 0x payer wallet address as the table name") from None
+            if cs in self.agents:
+                raise ConfigError(f"invalid policy: wallet {cs} has two [agents] tables", file=source,
+                                  key=f"agents.{addr}", fix="merge the two tables into one (a wallet's letter case "
+                                  "does not make it another agent)")
+            _fleet_wide(over, source, f"agents.{addr}")
             over = dict(over)
             team = over.pop("team", None)
             name = over.pop("name", None)
@@ -298,7 +318,19 @@ class Policy:
             raise ConfigError(f"cannot read the policy file: {exc.strerror}", file=path,
                               fix="check the path given to --policy / detect.policy_file (a relative path in a "
                               "config file is relative to that file's folder)") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"the policy file is not UTF-8 text ({exc.reason} at byte {exc.start})", file=path,
+                              fix="save it as UTF-8 (TOML files are UTF-8)") from None
         return cls.from_text(text, path)
+
+
+def _fleet_wide(layer: dict, source: str, where: str) -> None:
+    anomaly = layer.get("anomaly")
+    for key in FLEET_WIDE:
+        if isinstance(anomaly, dict) and key in anomaly:
+            raise ConfigError("invalid policy: the fleet model is one for all agents", file=source,
+                              key=f"{where}.anomaly.{key}", fix="set it in [defaults.anomaly]; to silence the "
+                              "models for one team or agent, set anomaly.enabled = false there")
 
 
 def usdc_units(amount_usdc: float) -> int:
@@ -357,7 +389,13 @@ class PolicyWatcher:
             log.error("policy reload failed, keeping version %s: %s", self.policy.version, exc)
             return ReloadResult(False, False, f"kept policy {self.policy.version}: {exc}")
         old, self.policy, self.last_error = self.policy, new, None
-        log.info("policy reloaded: %s -> %s", old.version, new.version)
         if self.on_change is not None:
-            self.on_change(new)
+            try:
+                self.on_change(new)
+            except Exception as exc:  # a bug must not end the reloads nor leave half a policy applied
+                log.exception("applying policy %s failed, going back to %s", new.version, old.version)
+                self.policy, self.last_error = old, f"applying policy {new.version} failed: {exc!r}"
+                self.on_change(old)
+                return ReloadResult(False, False, f"kept policy {old.version}: {self.last_error}")
+        log.info("policy reloaded: %s -> %s", old.version, new.version)
         return ReloadResult(True, True, f"policy {old.version} -> {new.version}")

@@ -43,7 +43,7 @@ class RateCard:
             elif c.merchant.endswith("*"):
                 self.prefixes.append((c.merchant[:-1], rate))
             else:
-                self.by_url[c.merchant.split("?", 1)[0]] = rate
+                self.by_url[c.merchant] = rate          # the policy dropped its query string
         self.prefixes.sort(key=lambda p: -len(p[0]))
         self._cache: dict[tuple[str, str | None], Rate | None] = {}
 

@@ -126,14 +126,14 @@ def replay_file(events_path: str, out_path: str, policy: Policy | None = None, *
     from watcher.detect.decision import encode_decision
 
     rp = Replay(policy, strict=strict)
-    out = sys.stdout.buffer if out_path == "-" else open(out_path, "wb")
-    try:
-        with open(events_path, "rb") as f:
+    with open(events_path, "rb") as f:  # first: a mistyped events path must not empty the output
+        out = sys.stdout.buffer if out_path == "-" else open(out_path, "wb")
+        try:
             for d in rp.run(f, drain_ms=drain_ms):
                 out.write(encode_decision(d) + b"\n")
-    finally:
-        if out is not sys.stdout.buffer:
-            out.close()
-        else:
-            out.flush()
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
+            else:
+                out.flush()
     return rp.stats

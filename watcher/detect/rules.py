@@ -145,10 +145,13 @@ def _vector(lim: Limits) -> tuple:
 
 
 def _listed(entries: list[str], merchant: str, resource: str | None) -> bool:
+    """Entries are checksummed payTo addresses or resource URLs (`*` suffix: prefix), matched like the rate
+    card: the query string of the payment's resource is ignored."""
+    url = resource.split("?", 1)[0] if resource else None
     for e in entries:
         if e == merchant:
             return True
-        if resource and (e == resource or (e.endswith("*") and resource.startswith(e[:-1]))):
+        if url and (e == url or (e.endswith("*") and url.startswith(e[:-1]))):
             return True
     return False
 
