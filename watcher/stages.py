@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from typing import AsyncIterator, Callable
 
 from watcher.batch import BatchContext
@@ -32,6 +33,11 @@ from watcher.observe.statements import StatementStage, statement_topic_service
 from watcher.pipeline.categories import CategoryMap
 
 log = logging.getLogger("watcher.stages")
+
+
+def _no_policy_to_reload(signum, frame) -> None:
+    log.warning("SIGHUP: there is no policy file to reload (detect.policy_file is not set); the built-in "
+                "defaults stay. Set detect.policy_file and restart to use a policy")
 
 
 class DetectStage:
@@ -194,6 +200,8 @@ class Assembly:
         d = Daemon(self.settings, self.stages, services=self.services, categorize=self.categorize, **kwargs)
         if self.policy_watcher is not None:
             self.policy_watcher.install_sighup()
+        else:  # SIGHUP's default action ends the process: an operator's reload must not stop the watcher
+            signal.signal(signal.SIGHUP, _no_policy_to_reload)
         return d
 
 

@@ -132,6 +132,10 @@ class BreakerStage:
         self.parts[partition] = br
         self.outbox[partition] = box
         self.reconcile[partition] = touched | {a for a, b in br.by_agent.items() if b.state == HALF_OPEN}
+        if self.control is not None:
+            # now, not at the next batch: the detection stage (restored just before this one, in the
+            # Assembly's order) judges that batch, and must judge it with a person's caps and probation
+            self._reconcile(partition)
         if box:
             log.info("partition %d: %d undelivered webhooks re-queued", partition, len(box))
         self._submit_all(partition)
