@@ -14,8 +14,11 @@ from watcher.breaker.config import BreakerConfig, config_error, load_breaker_con
 from watcher.errors import ConfigError
 from watcher.money import fmt_usdc, usdc
 
-EPILOG = ("The daemon must run with an admin token (admin.token or SPENDWATCH_ADMIN_TOKEN); give the same token "
-          "here. Examples:\n  spendwatch breaker list --state open\n"
+EPILOG = ("The daemon must run with an admin token (admin.token or SPENDWATCH_ADMIN_TOKEN); give the same token\n"
+          "here. A replica answers only for the agents of the partitions it owns (HTTP 409 otherwise): with\n"
+          "several replicas, ask each (--url). Exit 0 when the API answered, 1 with the reason if not\n"
+          "(unreachable, token refused, bad wallet or window). `spendwatch breaker ACTION --help` for each.\n\n"
+          "Examples:\n  spendwatch breaker list --state open\n"
           "  spendwatch breaker hold 0xAbC... --reason 'looping on a paid search API'\n"
           "  spendwatch breaker release 0xAbC...\n  spendwatch breaker caps 0xAbC... --cap 1m=2 --cap 24h=50")
 
@@ -37,27 +40,36 @@ def register(sub) -> None:
                                    "reaches the wallet service as a signed webhook.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     bsub = p.add_subparsers(dest="breaker_command", metavar="ACTION", required=True)
-    ls = bsub.add_parser("list", help="agents: open/held/half-open breakers first, then top spenders")
+    ls = bsub.add_parser("list", help="agents: open/held/half-open breakers first, then top spenders",
+                         description="List agents: those whose breaker is not closed first, then the top spenders; "
+                                     "one line each with wallet, name, breaker state, trips and spend per window "
+                                     "(USDC). Example: spendwatch breaker list --state open")
     _common(ls)
     ls.add_argument("--state", choices=["closed", "open", "half_open", "held"], help="only this state")
     ls.add_argument("--limit", type=int, default=50, help="at most this many agents (default 50)")
-    show = bsub.add_parser("show", help="one agent")
+    show = bsub.add_parser("show", help="one agent", description="One agent's breaker state, trips and spend per "
+                           "window; --json prints the whole answer (partition, payments per window, cause, caps, "
+                           "escalation, pending webhooks, times). Example: spendwatch breaker show 0xAbC... --json")
     _common(show)
     show.add_argument("agent", help="wallet address 0x...")
     for action, text in (("hold", "freeze the agent until a person releases it (freeze webhook)"),
                          ("release", "let the agent go: open/held -> half-open probation; half-open -> closed"),
                          ("approve", "approve the agent's pending escalation")):
-        a = bsub.add_parser(action, help=text, description=text)
+        a = bsub.add_parser(action, help=text, description=f"{text[0].upper()}{text[1:]}. Example: spendwatch "
+                            f"breaker {action} 0xAbC... --reason '...'")
         _common(a)
         a.add_argument("agent", help="wallet address 0x...")
         a.add_argument("--reason", default="", help="why (kept in the audit trail and sent in the webhook)")
-    c = bsub.add_parser("caps", help="set or clear an agent's caps (USDC per window)")
+    c = bsub.add_parser("caps", help="set or clear an agent's caps (USDC per window)",
+                        description="Set caps for one agent, in USDC per window (the configured [[windows]] "
+                                    "names), over the policy's; or --clear the caps a person set. Example: "
+                                    "spendwatch breaker caps 0xAbC... --cap 1m=2 --cap 24h=50 --reason 'new budget'")
     _common(c)
     c.add_argument("agent", help="wallet address 0x...")
     c.add_argument("--cap", action="append", default=[], metavar="WINDOW=USDC",
                    help="a cap per window, in USDC (e.g. 1m=2 or 24h=50.5); repeat for several windows")
     c.add_argument("--clear", action="store_true", help="remove caps set by a person")
-    c.add_argument("--reason", default="")
+    c.add_argument("--reason", default="", help="why (kept in the audit trail)")
     p.set_defaults(func=cmd_breaker)
 
 

@@ -15,11 +15,14 @@ def register(sub) -> None:
         "In-process decode->dedupe->windows events/s; the same through the real broker vs plain aiokafka "
         "consumption of the same messages in the same run; bytes per tracked agent at 100,000 and "
         "1,000,000 agents; then the parts: detection cost, /metrics render at 1M agents, payment-to-webhook "
-        "latency, facilitator-tap overhead, chain backfill and live latency. Figures vary with the machine: "
-        "compare the ratios."))
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quick", action="store_true", help="smaller sizes for a smoke check (about 65-90 s here)")
-    p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka to use (default: embedded Tansu)")
+        "latency, facilitator-tap overhead, chain backfill and live latency (the chain part needs Node.js: "
+        "it installs the npm packages of tools/npm on first use). Prints a table, or one JSON object with "
+        "--json (the README's Performance table names its keys). Uses all the CPU it gets for minutes (--quick: about 65-90 s on "
+        "2 cores); figures vary with the machine and its load: compare the ratios. Exit 0 when it ran."),
+        epilog="Examples: spendwatch bench --quick --parts core ; spendwatch bench --json > bench.json")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
+    p.add_argument("--quick", action="store_true", help="smaller sizes for a smoke check (about 65-90 s on 2 cores)")
+    p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka to use (default: the embedded Tansu broker)")
     p.add_argument("--parts", default="", metavar="LIST", help="comma-separated parts besides the core figures: "
                    "detect, metrics, breaker, tap, chain, or core for none (default: all)")
     p.set_defaults(func=cmd_bench)

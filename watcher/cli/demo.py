@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
@@ -15,6 +16,7 @@ from rich.logging import RichHandler
 
 from watcher.breaker.cli import add_webhook_options, breaker_config_from
 from watcher.cli.common import add_kafka_options, settings_from
+from watcher.cli.run import log_start
 from watcher.cli.simulate import add_fleet_options, fleet_from
 
 if TYPE_CHECKING:
@@ -24,23 +26,46 @@ log = logging.getLogger("watcher.demo")
 DEMO_POLICY = Path(__file__).resolve().parents[2] / "examples" / "demo-policy.toml"
 
 
+DESCRIPTION = """\
+Everything on one machine: start the embedded memory-only broker (unless --bootstrap or kafka.bootstrap),
+publish synthetic traffic (as `spendwatch simulate`), run the watcher (as `spendwatch run`, in the group
+<kafka.group>-demo, with examples/demo-policy.toml unless detect.policy_file is set: its cap of 30 USDC
+a minute freezes agent-runaway soon after its retry storm starts) and show a live view: top agents by
+spend per window, latest decisions, events/s, dead letters. Its /metrics and admin API take free ports
+(logged) unless --admin-port, SPENDWATCH_ADMIN__PORT or SPENDWATCH_METRICS__PORT say otherwise. The
+simulated wallets stop paying once frozen, as the facilitator tap would make them.
+
+With --duration the simulator stops after that long, the watcher drains what was published, and a
+summary is printed on stdout (records, dead letters by reason, decisions, frozen agents, top spender);
+exit 0. Without it, Ctrl-C stops it the same way. Exit 1 with a message if something cannot start.
+--real-chain runs the real x402 loop instead (see its option).
+"""
+
+EPILOG = """\
+examples:
+  spendwatch demo --duration 30
+  spendwatch demo --bootstrap localhost:9092 --agents 500 --rate 1000
+  spendwatch demo --real-chain
+"""
+
+
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="run broker, simulator and watcher together with a live view", description=(
-        "Start the embedded broker (unless --bootstrap), publish synthetic traffic, run the watcher and show "
-        "the top agents by spend per window, events/s and dead letters. With --duration it exits by itself "
-        "and prints a summary."))
+    p = sub.add_parser("demo", help="run broker, simulator and watcher together with a live view",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_kafka_options(p)
     add_fleet_options(p)
     add_webhook_options(p)
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                   help="run this long, then print a summary and exit 0 (default: until Ctrl-C)")
-    p.add_argument("--refresh", type=float, default=2.0, help="view refreshes per second (default 2)")
+                   help="publish for this long, let the watcher drain, print a summary and exit 0 "
+                   "(default: until Ctrl-C)")
+    p.add_argument("--refresh", type=float, default=2.0, metavar="PER_S",
+                   help="view refreshes per second (default 2)")
     p.add_argument("--real-chain", action="store_true", help="instead of the simulator, run the real x402 loop "
                    "on loopback: anvil + test USDC, the x402 SDK facilitator behind `spendwatch facilitator`, "
                    "a FastAPI merchant, agents paying with the SDK's httpx client, the chain bridge and the "
                    "watcher (needs node/npm: the npm packages in tools/npm are installed on first use)")
-    p.add_argument("--payments", type=int, default=3, help="with --real-chain: paid requests per honest agent "
-                   "(default 3)")
+    p.add_argument("--payments", type=int, default=3, metavar="N",
+                   help="with --real-chain: paid requests per honest agent (default 3)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -64,6 +89,7 @@ async def _demo(args) -> int:
         if not s.detect.policy_file:
             s = s.model_copy(update={"detect": s.detect.model_copy(update={"policy_file": str(DEMO_POLICY)})})
         assembly = build(s, breaker=breaker_config_from(args, s), names=fleet.names())
+        log_start(s, assembly, "spendwatch demo")
 
         def honour_freezes(d) -> None:  # the simulated wallets stop paying once frozen, as a tap would
             fleet.blocked = {a for _, a, v in assembly.breaker.breakers()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import signal
-
 from typing import TYPE_CHECKING
 
 from watcher.cli.common import add_kafka_options, settings_from
 
 if TYPE_CHECKING:
     from watcher.simulate.fleet import Fleet
+
+log = logging.getLogger("watcher.simulate")
 
 
 def add_fleet_options(p) -> None:
@@ -32,15 +35,44 @@ def fleet_from(args) -> Fleet:
                  runaway_after_s=args.runaway_after, runaway_per_s=args.runaway_rate)
 
 
+DESCRIPTION = """\
+Publish realistic synthetic x402 traffic in real time: settle and verify records (the facilitator's
+x402.settle / x402.verify, v1 and v2) to x402.payments and, for part of the settles, the on-chain
+chain.transfer of the same transaction to x402.chain, keyed by payer wallet. The fleet has daily rhythms
+and bursts, redeliveries, failed verifications, a few malformed records (they end on watcher.deadletter),
+and one agent, agent-runaway, that starts a retry storm after --runaway-after seconds (its wallet is
+logged at start). Creates the topics when missing (kafka.create_topics). The same --seed gives the same
+wallets and merchants.
+
+Point it at the Kafka a `spendwatch run` reads: without --bootstrap (or kafka.bootstrap) the records go to
+an embedded memory-only broker that is gone when simulate exits; to see the watcher at work on its own,
+use `spendwatch demo`. Stops after --duration, or on SIGINT/SIGTERM, and logs how many records it
+published; exit 0, or 1 if Kafka cannot be reached.
+"""
+
+EPILOG = """\
+examples:
+  spendwatch simulate --bootstrap kafka:9092 --duration 600
+  spendwatch simulate --bootstrap kafka:9092 --agents 1000 --rate 2000 --runaway-after 60
+"""
+
+
 def register(sub) -> None:
-    p = sub.add_parser("simulate", help="publish synthetic x402 traffic to Kafka", description=(
-        "Publish realistic synthetic x402 settle/verify records and chain transfers: a fleet with daily "
-        "rhythms and bursts, redeliveries, a few malformed records, and one agent that runs away."))
+    p = sub.add_parser("simulate", help="publish synthetic x402 traffic to Kafka", description=DESCRIPTION,
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_kafka_options(p)
     add_fleet_options(p)
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="stop after this long (default: until SIGINT/SIGTERM)")
     p.set_defaults(func=cmd_simulate)
+
+
+def log_fleet(k, fleet: Fleet, args) -> None:
+    r = fleet.runaway
+    log.info("simulating %d agents and %d merchants, up to %g payments/s, %s, to %s topics %s and %s; "
+             "%s (%s) runs away after %g s at %g payments/s", len(fleet.agents), len(fleet.merchants), args.rate,
+             f"for {args.duration:g} s" if args.duration else "until stopped", k.bootstrap, k.payments_topic,
+             k.chain_topic, r.name, r.wallet, args.runaway_after, args.runaway_rate)
 
 
 async def _simulate(args) -> int:
@@ -55,7 +87,9 @@ async def _simulate(args) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_simulator(s.kafka, fleet_from(args), rate_per_s=args.rate, duration_s=args.duration, stop=stop)
+        fleet = fleet_from(args)
+        log_fleet(s.kafka, fleet, args)
+        await run_simulator(s.kafka, fleet, rate_per_s=args.rate, duration_s=args.duration, stop=stop)
     return 0
 
 

@@ -25,7 +25,10 @@ def register(sub) -> None:
                     "the day is final (closed statements.close_after_seconds after midnight UTC; rows of an "
                     "open day are provisional and republished every statements.publish_interval_seconds). "
                     "Needs a real Kafka: the embedded broker keeps nothing between runs.",
-        epilog="Example: spendwatch statement --bootstrap localhost:9092 --day 2026-11-23 --format csv > day.csv")
+        epilog="Exit 0 when the topic was read to its end (also when the day has no rows: then only the CSV "
+               "header or [] is printed, and a note on stderr); 1 if Kafka cannot be reached or the topic was not "
+               "read to its end within --timeout (nothing is printed then). "
+               "Example: spendwatch statement --bootstrap localhost:9092 --day 2026-11-23 --format csv > day.csv")
     add_kafka_options(p, embedded=False)
     p.add_argument("--day", required=True, metavar="YYYY-MM-DD", help="the UTC day to export")
     p.add_argument("--format", choices=["csv", "json"], default="csv", help="output format (default csv)")
@@ -86,5 +89,7 @@ def cmd_statement(args) -> int:
     else:
         sys.stdout.write(text)
     if not statements:
-        print(f"no statements for {args.day} in {topic}", file=sys.stderr)
+        print(f"no statements for {args.day} in {topic} on {bootstrap}: the daemon (`spendwatch run` with "
+              f"statements.enabled) publishes each day's rows there every statements.publish_interval_seconds; "
+              f"check --bootstrap, --topic and the day (UTC)", file=sys.stderr)
     return 0

@@ -29,7 +29,12 @@ flagged by spendwatch_tap_breaker_view_stale = 1) or refuses them (--fail closed
 
 Kafka being down never slows or fails a payment: records wait in a bounded buffer (--buffer), then are
 dropped and counted (spendwatch_tap_records_total{outcome="dropped"}).
-Also served: GET /healthz (JSON), GET /metrics (Prometheus).
+Also served on the same port: GET /healthz (JSON), GET /metrics (Prometheus; scrape it for the Tap* alerts).
+It reads no configuration file: options and the environment variables named below only.
+
+SIGINT or SIGTERM: stop and log the counts, exit 0. Exit 1 with the reason if --upstream is not an http(s)
+URL, the port is taken, or --admin-url is given without SPENDWATCH_ADMIN_TOKEN. Kafka or the breaker view
+being unreachable does not stop it (see above): it logs a WARNING per retry.
 
 examples:
   spendwatch facilitator --upstream https://x402.org/facilitator --bootstrap kafka:9092
