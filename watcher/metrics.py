@@ -379,6 +379,8 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_dead_letters_total", "counter", "reason", "records dead-lettered"),
     ("spendwatch_consumer_lag_records", "gauge", "topic, partition", "high watermark - next offset to process"),
     ("spendwatch_partitions_owned", "gauge", "", "input partitions this process owns"),
+    ("spendwatch_bridge_confirmed_timestamp_seconds", "gauge", "network", "how far the chain bridge confirmed, "
+     "as the owned partitions know it (oldest of them)"),
     ("spendwatch_tracked_agents", "gauge", "", "agents with rolling windows"),
     ("spendwatch_checkpoints_total", "counter", "", "state checkpoints written"),
     ("spendwatch_late_payments", "gauge", "", "payments older than every window (owned partitions)"),

@@ -24,7 +24,7 @@ from watcher.chain.solc import ToolError, compile_contract, ensure_npm_tools
 from watcher.chain.testtoken import OTHER, SOURCE, Rpc, TestToken, agent_account
 from watcher.events import Decoder
 from watcher.events.observation import Observation
-from watcher.events.wire import ChainTransfer, decode_wire
+from watcher.events.wire import ChainProgress, ChainTransfer, decode_wire
 
 PARTITIONS = 3
 
@@ -141,18 +141,21 @@ def chain_cli():
 @dataclass(frozen=True)
 class Got:
     key: bytes
-    record: ChainTransfer
+    record: ChainTransfer | ChainProgress
     obs: Observation
     partition: int
     received_at: float
+    offset: int = -1
 
 
 class TopicReader:
-    """Reads a topic from the beginning; `until(pred)` waits (bounded) for the records to satisfy pred."""
+    """Reads a topic from the beginning; `until(pred)` waits (bounded) for the records to satisfy pred.
+    `records` holds the chain.transfer records, `progress` the bridge's chain.progress heartbeats."""
 
     def __init__(self, bootstrap: str, topic: str, *, create: bool = False) -> None:
         self.topic, self.bootstrap, self.create = topic, bootstrap, create
         self.records: list[Got] = []
+        self.progress: list[Got] = []
         self.decoder = Decoder()
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                           auto_offset_reset="earliest")
@@ -176,8 +179,9 @@ class TopicReader:
         now = time.monotonic()
         for tp, msgs in batch.items():
             for m in msgs:
-                self.records.append(Got(m.key, decode_wire(m.value), self.decoder.decode(m.value), tp.partition,
-                                        now))
+                rec = decode_wire(m.value)
+                got = Got(m.key, rec, self.decoder.decode(m.value), tp.partition, now, m.offset)
+                (self.progress if isinstance(rec, ChainProgress) else self.records).append(got)
 
     async def until(self, pred, *, timeout_seconds: float = 20.0, what: str = "records") -> list[Got]:
         deadline = time.monotonic() + timeout_seconds

@@ -131,9 +131,13 @@ class StandInNode(Node):
 class ListSink:
     def __init__(self) -> None:
         self.records: list = []
+        self.progress_records: list = []
 
     async def publish(self, records) -> None:
         self.records.extend(records)
+
+    async def progress(self, record) -> None:
+        self.progress_records.append((len(self.records), record))   # with how many transfers came before it
 
 
 def _settings(tmp_path, **kw) -> ChainSettings:
@@ -227,6 +231,21 @@ async def test_a_refused_single_block_is_a_node_error_not_skipped(tmp_path):
     assert metrics.registry.get_sample_value("spendwatch_chain_errors_total", {"kind": "node"}) >= 1
     assert max(r.blockNumber for r in sink.records) < 50
     assert 0 < bridge.head_seen < 50
+    assert all(p.blockNumber < 50 for _, p in sink.progress_records)
+
+
+async def test_progress_while_catching_up_covers_only_what_was_published_confirmed(tmp_path):
+    bridge, sink, _, metrics = await _run(_settings(tmp_path, progress_interval_seconds=0), results_over(40),
+                                          until=lambda b, _: b.progress_sent >= HEAD - 2,
+                                          what=f"progress for block {HEAD - 2}")
+    blocks = [p.blockNumber for _, p in sink.progress_records]
+    assert blocks == sorted(set(blocks)) and len(blocks) > 10 and blocks[-1] == HEAD - 2
+    for before, p in sink.progress_records:
+        assert p.blockHash == _block(p.blockNumber)["hash"] and p.id == f"8453:{p.blockNumber}"
+        published = {r.id for r in sink.records[:before] if r.status == "confirmed"}
+        later = {r.id for r in sink.records[before:] if r.status == "confirmed" and r.blockNumber <= p.blockNumber}
+        assert not later - published, f"progress {p.blockNumber} came before confirmed transfers {later}"
+    assert metrics.registry.get_sample_value("spendwatch_chain_progress_block") == HEAD - 2
 
 
 async def test_first_start_without_checkpoint_or_start_block_warns(tmp_path, caplog):

@@ -193,7 +193,7 @@ def test_render_at_scale_is_bounded_and_promtool_clean(capsys):
     daemon_side = {"spendwatch_consumed", "spendwatch_duplicates", "spendwatch_dead_letters",
                    "spendwatch_consumer_lag_records", "spendwatch_partitions_owned", "spendwatch_tracked_agents",
                    "spendwatch_checkpoints", "spendwatch_late_payments", "spendwatch_window_saturations",
-                   "spendwatch_dedupe_forced_rotations"}
+                   "spendwatch_dedupe_forced_rotations", "spendwatch_bridge_confirmed_timestamp_seconds"}
     assert documented - daemon_side <= names
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -244,3 +244,23 @@ def test_series_budget_is_checked_by_check_config_and_not_when_metrics_are_off(t
     assert r.returncode == 0, r.stdout + r.stderr
     Metrics(CollectorRegistry(), MetricsSettings(enabled=False),
             windows=[WindowSpec(f"w{i}", 60 * (i + 1), 6) for i in range(8)])   # no ConfigError
+
+
+def test_bridge_heartbeats_count_as_chain_events_with_no_spend_and_no_latency():
+    from tests.unit.test_join_progress import progress
+    from watcher.observe.server import bridge_confirmed
+
+    m = _metrics()
+    stage = MetricsStage(m)
+    sh = Shard()
+    obs = [progress(5_000), progress(7_000)]
+    stage.on_batch(_ctx(0, sh, sh.apply(obs), obs, 60_000))
+    g = m.registry.get_sample_value
+    assert g("spendwatch_events_total", {"source": "chain"}) == 2
+    assert g("spendwatch_events_total", {"source": "facilitator"}) == 0
+    assert g("spendwatch_event_latency_seconds_count") is None          # a heartbeat's time is its block's
+    assert g("spendwatch_payments_total", {"category": "uncategorized", "network": "eip155:8453"}) is None
+    behind = Shard()
+    behind.apply([progress(3_000)])
+    fam = bridge_confirmed([sh, behind, Shard()])                       # the oldest of the partitions that know
+    assert [(s.labels, s.value) for s in fam.samples] == [({"network": "eip155:8453"}, 3.0)]

@@ -9,7 +9,8 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from watcher.errors import EventError
 from watcher.events import Decoder, Kind
-from watcher.simulate.records import BASE_USDC, encode, fake_hash, settle_record, transfer_record, verify_record
+from watcher.simulate.records import (BASE_USDC, encode, fake_hash, progress_record, settle_record, transfer_record,
+                                     verify_record)
 
 PAYER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 PAY_TO = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
@@ -137,3 +138,45 @@ def test_verify_record_builder_round_trips():
     assert obs.kind == Kind.VERIFY and obs.status == "valid"
     assert msgspec.json.decode(encode(verify_record(event_id="v", ts_ms=T, payer=PAYER, pay_to=PAY_TO,
                                                     amount=9)))["x402Version"] == 2
+
+
+# -- chain.progress: the chain bridge's heartbeat ---------------------------------------------------------------
+def _progress(**kw) -> dict:
+    base = dict(ts_ms=T, block_number=123)
+    base.update(kw)
+    return progress_record(**base)
+
+
+def test_chain_progress_is_an_observation_of_no_agent_and_no_money():
+    obs = dec().decode(encode(_progress(block_hash="0x" + "AB" * 32)))
+    assert obs.kind == Kind.PROGRESS and obs.status == "progress" and not obs.is_spend
+    assert obs.ts_ms == T and obs.chain_id == 8453 and obs.network == "eip155:8453" and obs.block_number == 123
+    assert obs.agent == "" and obs.merchant == "" and obs.amount == 0 and obs.tx is None
+    assert obs.event_id == "8453:123" and obs.block_hash == "0x" + "ab" * 32
+
+
+@pytest.mark.parametrize("mutate, reason, detail", [
+    (lambda r: r.update(blockHash="0xdead"), "bad_hash", "blockHash"),
+    (lambda r: r.update(blockHash="0x" + "zz" * 32), "bad_hash", "blockHash"),
+    (lambda r: r.update(blockNumber=-1, id="8453:-1"), "bad_schema", "non-negative"),
+    (lambda r: r.update(id="8453:124"), "bad_schema", "<chainId>:<blockNumber>"),   # the id names another block
+    (lambda r: r.update(chainId=999_999, id="999999:123"), "unknown_network", "999999"),
+    (lambda r: r.update(blockTime="2026-09-21T10:00:00"), "bad_time", "blockTime"),
+    (lambda r: r.update(observedAt="2026-09-21T10:00:00"), "bad_time", "observedAt"),
+    (lambda r: r.update(blockTime=None), "bad_schema", "$.blockTime"),     # the time is what the watcher reads
+    (lambda r: r.pop("blockHash"), "bad_schema", "blockHash"),
+    (lambda r: r.update(blockNumber="123"), "bad_schema", "$.blockNumber"),
+])
+def test_bad_progress_records_are_refused_with_a_reason(mutate, reason, detail):
+    rec = _progress()
+    mutate(rec)
+    with pytest.raises(EventError) as err:
+        dec().decode(encode(rec))
+    assert err.value.reason == reason and detail in err.value.detail, err.value
+
+
+def test_progress_from_the_future_is_refused_in_live_mode():
+    d = Decoder(max_future_skew_ms=60_000, clock=lambda: T / 1000)
+    d.decode(encode(_progress(ts_ms=T + 30_000)))
+    with pytest.raises(EventError, match="bad_time"):
+        d.decode(encode(_progress(ts_ms=T + 120_000)))

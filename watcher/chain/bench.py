@@ -39,7 +39,7 @@ from watcher.chain.publisher import KafkaPublisher
 from watcher.chain.solc import CACHE_DIR
 from watcher.chain.testtoken import (FACILITATOR, OTHER, Payment, Rpc, TestToken, agent_account,
                                      sign_authorization)
-from watcher.events.wire import decode_wire
+from watcher.events.wire import ChainTransfer, decode_wire
 
 
 _CALLDATA_PROBE = bytes(4 + 9 * 32)   # transferWithAuthorization calldata: selector + 9 words
@@ -144,7 +144,7 @@ async def run_chain_bench(quick: bool = False, *, bootstrap: str | None = None) 
                 for msgs in batch.values():
                     for m in msgs:
                         rec = decode_wire(m.value)
-                        if rec.status == "pending":
+                        if isinstance(rec, ChainTransfer) and rec.status == "pending":
                             arrived.setdefault(rec.txHash, now)
 
         heads: dict[int, float] = {}

@@ -9,6 +9,14 @@ large is read again in halves, see `watcher.chain.ranges`), then the recent bloc
 one (eth_getLogs by block hash; published `pending`, later `confirmed`). The checkpoint is written after
 Kafka acknowledged the records it covers, so a crash at any point only repeats records (stable ids).
 
+Heartbeats: after a pass (and after each backfilled range), once blocks up to N are `confirmations` deep
+and every transfer up to the tip is acknowledged and checkpointed, the bridge sends a `chain.progress`
+record for block N to every partition of the topic (`Sink.progress`), at most once per
+progress_interval_seconds and only for an N above the last one sent, transfers in those blocks or not. On
+each partition it lands after the transfers it vouches for, so the watcher may take the block's time as
+"confirmed up to here" (`watcher.pipeline.join`). Blocks the bridge skipped at its first start (no
+checkpoint, no start_block) are never vouched for.
+
 Progress (head, lag, records by status, reorgs, errors) goes to `ChainMetrics` (`watcher.chain.metrics`),
 which `spendwatch chain` serves on /metrics.
 
@@ -30,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -38,7 +47,7 @@ from watcher.chain.abi import Header
 from watcher.chain.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from watcher.chain.config import ChainSettings, watched_wallets
 from watcher.chain.errors import ChainError, RangeRefusedError
-from watcher.chain.logs import JoinStats, Transfer, join_transfers, to_wire
+from watcher.chain.logs import JoinStats, Transfer, join_transfers, progress_to_wire, to_wire
 from watcher.chain.metrics import ChainMetrics
 from watcher.chain.node import Node
 from watcher.chain.publisher import Sink
@@ -74,6 +83,8 @@ class ChainBridge:
         self.skipped = JoinStats()
         self.connected = asyncio.Event()
         self.head_seen = -1                 # highest block number processed (for tests and the CLI)
+        self.progress_sent = -1             # highest block of a chain.progress record sent (this run)
+        self._progress_at = float("-inf")   # time.monotonic() of that record
         self._book = AddressBook()
         self._committed: Checkpoint | None = None
         self._resume_from: int | None = None
@@ -147,6 +158,7 @@ class ChainBridge:
             while not self._stop.is_set():
                 self._wake.clear()
                 await self._sync(node)
+                await self._progress(node)
                 self._backoff = self.settings.reconnect_min_seconds
                 waiter = asyncio.create_task(self._wake.wait())
                 waits = {waiter} | ({follow} if follow is not None else set())
@@ -222,6 +234,7 @@ class ChainBridge:
             if self._resume_from is None:       # first start, no start_block: begin after the head
                 tracker.jump(head, [])
                 self._commit()
+                self.progress_sent = max(self.progress_sent, head.number)   # never read: never vouched for
                 log.warning("chain bridge: no checkpoint (%s) and no start_block: starting after the head, block "
                             "%d; transfers in earlier blocks are not backfilled. To read them, stop the bridge, "
                             "set chain.start_block (SPENDWATCH_CHAIN__START_BLOCK) to the first block to read "
@@ -294,6 +307,26 @@ class ChainBridge:
             self.stats["backfill_ranges"] += 1
             self.stats["blocks"] += b - a + 1
             a = b + 1
+            await self._progress(node)
+
+    async def _progress(self, node: Node) -> None:
+        """A chain.progress record for the newest confirmed block (tip - confirmations) to every partition,
+        if it is above the last one sent and that one is progress_interval_seconds old. Called only when
+        every transfer up to the tip was acknowledged (after `_commit`), so the record follows them."""
+        tracker = self.tracker
+        if tracker.tip is None:
+            return
+        number = tracker.tip.number - tracker.confirmations
+        if (number <= self.progress_sent
+                or time.monotonic() - self._progress_at < self.settings.progress_interval_seconds):
+            return
+        header = tracker.headers.get(number) or await node.header(number)   # after a ranged read: asked
+        if header is None:
+            return
+        await self.sink.progress(progress_to_wire(self.settings.chain_id, header, datetime.now(timezone.utc)))
+        self.progress_sent, self._progress_at = number, time.monotonic()
+        self.stats["progress"] += 1
+        self.metrics.progress(number)
 
     async def _reorg(self, node: Node) -> None:
         tracker = self.tracker

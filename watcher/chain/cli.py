@@ -20,6 +20,9 @@ Follow the token contract (USDC on Base by default) on an EVM node and publish e
 watched wallet to Kafka (topic x402.chain, key = payer wallet) as a chain.transfer JSON record:
 `pending` when first seen, `confirmed` after N blocks, `reverted` if a reorg drops its block. EIP-3009
 payments (x402 "exact") are joined with their AuthorizationUsed log and carry the agent and the nonce.
+As blocks get confirmed (at most once per progress_interval_seconds) a chain.progress record goes to every
+partition: every confirmed transfer up to that block is published, so the watcher knows how far the bridge
+has confirmed even on a partition with no traffic.
 
 With ws_url the bridge subscribes to new heads and to the token's Transfer/AuthorizationUsed logs; with
 only http_url it polls. On start it resumes from its checkpoint file (no gap, no harm in overlap: record

@@ -78,7 +78,12 @@ class ChainSettings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:9092", min_length=3, description="Kafka bootstrap servers, "
                                  "host:port[,host:port].")
     topic: str = Field("x402.chain", min_length=1, max_length=249, description="Kafka topic for "
-                       "chain.transfer records.")
+                       "chain.transfer and chain.progress records.")
+    progress_interval_seconds: float = Field(15.0, ge=0, le=3600, description="At most this often, a "
+                                             "chain.progress record (the newest confirmed block) goes to every "
+                                             "partition of the topic, transfers or not: the watcher holds an "
+                                             "`unsettled` finding until the bridge has confirmed past the "
+                                             "settle. 0: after every pass that confirmed a block.")
     reconnect_min_seconds: float = Field(0.2, gt=0, description="First back-off after a dropped connection.")
     reconnect_max_seconds: float = Field(30.0, gt=0, description="Longest back-off between reconnects.")
     request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one RPC call.")

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from watcher.chain.abi import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC, Log, topic_address
+from watcher.chain.abi import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC, Header, Log, topic_address
 from watcher.events.addresses import AddressBook
-from watcher.events.wire import ChainTransfer, chain_transfer_id
+from watcher.events.wire import ChainProgress, ChainTransfer, chain_progress_id, chain_transfer_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +106,12 @@ def to_wire(t: Transfer, status: str, confirmations: int, observed_at: datetime)
                          blockNumber=t.block_number, blockHash=t.block_hash, status=status,
                          blockTime=_utc(t.block_time), authorizer=t.authorizer, nonce=t.nonce,
                          confirmations=confirmations)
+
+
+def progress_to_wire(chain_id: int, header: Header, observed_at: datetime) -> ChainProgress:
+    """The heartbeat for a confirmed block: every watched transfer up to `header` has been published."""
+    return ChainProgress(id=chain_progress_id(chain_id, header.number), observedAt=observed_at, chainId=chain_id,
+                         blockNumber=header.number, blockHash=header.hash, blockTime=_utc(header.timestamp))
 
 
 def from_wire(rec: ChainTransfer) -> Transfer:

@@ -57,6 +57,10 @@ class ChainMetrics:
         self.backfill_remaining = Gauge("spendwatch_chain_backfill_blocks_remaining", "Blocks left to read by "
                                         "range while catching up (0 when following block by block).",
                                         registry=r)
+        self.progress_block = Gauge("spendwatch_chain_progress_block", "The block of the last chain.progress "
+                                    "record every partition acknowledged: every watched transfer up to it is "
+                                    "published confirmed (-1 before the first).", registry=r)
+        self.progress_block.set(-1)
         self.unconfirmed = Gauge("spendwatch_chain_unconfirmed_transfers", "Transfers published pending and "
                                  "not yet confirmed or reverted.", registry=r)
         self.published = Counter("spendwatch_chain_records_published", "chain.transfer records Kafka "
@@ -97,6 +101,10 @@ class ChainMetrics:
         self.processed_block.set(number)
         self.unconfirmed.set(unconfirmed)
         self._set_lag()
+
+    def progress(self, number: int) -> None:
+        """A chain.progress record for block `number` was acknowledged on every partition."""
+        self.progress_block.set(number)
 
     def records(self, status: str, n: int = 1) -> None:
         self.published.labels(status).inc(n)
@@ -152,6 +160,7 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_chain_head_lag_blocks", "gauge", "", "head - highest fully published block"),
     ("spendwatch_chain_backfill_blocks_remaining", "gauge", "", "blocks left to read by range when catching up"),
     ("spendwatch_chain_unconfirmed_transfers", "gauge", "", "published pending, not yet confirmed or reverted"),
+    ("spendwatch_chain_progress_block", "gauge", "", "block of the last chain.progress sent to every partition"),
     ("spendwatch_chain_records_published_total", "counter", "status", "records Kafka acknowledged"),
     ("spendwatch_chain_reorgs_total", "counter", "", "reorgs seen"),
     ("spendwatch_chain_reorg_depth_blocks", "histogram", "", "blocks dropped per reorg"),

@@ -3,6 +3,11 @@
 `KafkaPublisher` is an async context manager over aiokafka's AIOKafkaProducer with acks="all" and no
 idempotence (Tansu refuses it; ordering per key holds because records of one payer go to one partition
 and `publish` awaits every acknowledgement before it returns).
+
+`progress` sends one `chain.progress` record to every partition of the topic (named explicitly; the count
+comes from the producer's metadata, so partitions added later are found at its next refresh) and awaits
+every acknowledgement: called after `publish` returned, it lands after the transfers it vouches for on
+each partition.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from aiokafka import AIOKafkaProducer
 
 from watcher.chain.errors import PublishError
 from watcher.errors import ClosedError
-from watcher.events.wire import ChainTransfer, encode_wire
+from watcher.events.wire import ChainProgress, ChainTransfer, encode_wire
+
+PROGRESS_KEY = b"chain.progress"
 
 
 def payer_key(rec: ChainTransfer) -> bytes:
@@ -24,6 +31,7 @@ def payer_key(rec: ChainTransfer) -> bytes:
 
 class Sink(Protocol):
     async def publish(self, records: Sequence[ChainTransfer]) -> None: ...
+    async def progress(self, record: ChainProgress) -> None: ...
 
 
 class KafkaPublisher:
@@ -66,3 +74,17 @@ class KafkaPublisher:
         except Exception as exc:
             raise PublishError(f"Kafka did not acknowledge {len(records)} records on {self.topic}: {exc!r}") from exc
         self.published += len(records)
+
+    async def progress(self, record: ChainProgress) -> None:
+        """Send `record` to every partition of the topic and wait until Kafka acknowledged each copy."""
+        if self._state != "open":
+            raise ClosedError(f"publisher is {self._state}")
+        try:
+            partitions = sorted(await self._producer.partitions_for(self.topic))
+            value = encode_wire(record)
+            futures = [await self._producer.send(self.topic, value=value, key=PROGRESS_KEY, partition=p)
+                       for p in partitions]
+            await asyncio.gather(*futures)
+        except Exception as exc:
+            raise PublishError(f"Kafka did not acknowledge chain.progress {record.id} on every partition of "
+                               f"{self.topic}: {exc!r}") from exc

@@ -2,8 +2,8 @@
 
 from watcher.events.decode import REASONS, Decoder, parse_amount
 from watcher.events.observation import Kind, Observation
-from watcher.events.wire import (ChainTransfer, SettleRecord, VerifyRecord, chain_transfer_id, decode_wire,
-                                 encode_wire)
+from watcher.events.wire import (ChainProgress, ChainTransfer, SettleRecord, VerifyRecord, chain_progress_id,
+                                 chain_transfer_id, decode_wire, encode_wire)
 
-__all__ = ["REASONS", "ChainTransfer", "Decoder", "Kind", "Observation", "SettleRecord", "VerifyRecord",
-           "chain_transfer_id", "decode_wire", "encode_wire", "parse_amount"]
+__all__ = ["REASONS", "ChainProgress", "ChainTransfer", "Decoder", "Kind", "Observation", "SettleRecord",
+           "VerifyRecord", "chain_progress_id", "chain_transfer_id", "decode_wire", "encode_wire", "parse_amount"]

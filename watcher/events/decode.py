@@ -4,6 +4,10 @@ Reason codes (the dead-letter topic's `reason` and the metric label):
     too_large, bad_json, bad_schema, bad_version, bad_address, bad_hash, bad_amount,
     unknown_network, bad_time, missing_field, amount_too_large
 
+A `chain.progress` record (the bridge's heartbeat) is checked like a transfer's block: a known chain id
+(unknown_network), a non-negative block number and an id of `<chainId>:<blockNumber>` (bad_schema), a
+32-byte block hash (bad_hash), a block time with an offset (bad_time).
+
 Amounts are validated as the protocol allows (decimal strings below 2^256); the windows hold int64, so
 an amount of 2^62 base units or more (4.6e12 USDC, far above the token's whole supply) is refused as
 amount_too_large rather than wrapped or rounded.
@@ -20,7 +24,8 @@ from watcher.errors import EventError
 from watcher.events.addresses import AddressBook, tx_hash
 from watcher.events.networks import Networks
 from watcher.events.observation import Kind, Observation
-from watcher.events.wire import ChainTransfer, SettleRecord, VerifyRecord, decode_wire
+from watcher.events.wire import (ChainProgress, ChainTransfer, SettleRecord, VerifyRecord, chain_progress_id,
+                                 decode_wire)
 from watcher.money import MAX_UINT256
 
 REASONS = ("too_large", "bad_json", "bad_schema", "bad_version", "bad_address", "bad_hash",
@@ -82,8 +87,11 @@ class Decoder:
             raise EventError("bad_schema", str(exc)[:300]) from None
         except msgspec.DecodeError as exc:
             raise EventError("bad_json", str(exc)[:300]) from None
-        if type(rec) is ChainTransfer:
+        kind = type(rec)
+        if kind is ChainTransfer:
             obs = self._transfer(rec)
+        elif kind is ChainProgress:
+            obs = self._progress(rec)
         else:
             obs = self._facilitator(rec)
         if obs.amount >= MAX_TRACKED_AMOUNT:
@@ -152,14 +160,18 @@ class Decoder:
                            rec.facilitator, None, None, None, nonce, required)
 
     # -- chain records -------------------------------------------------------------------------
-    def _transfer(self, rec: ChainTransfer) -> Observation:
-        chain_id = rec.chainId
+    def _chain_network(self, chain_id: int) -> str:
         network = self._chain_networks.get(chain_id)
         if network is None:
             if chain_id not in self.networks.chain_ids:
                 raise EventError("unknown_network", f"chainId {chain_id} is not configured; add it to "
                                  "events.extra_chain_ids")
             network = self._chain_networks[chain_id] = f"eip155:{chain_id}"
+        return network
+
+    def _transfer(self, rec: ChainTransfer) -> Observation:
+        chain_id = rec.chainId
+        network = self._chain_networks.get(chain_id) or self._chain_network(chain_id)
         if rec.logIndex < 0 or rec.blockNumber < 0:
             raise EventError("bad_schema", "logIndex and blockNumber must be non-negative")
         cache, checksum = self._addr, self.addresses.checksum
@@ -173,6 +185,21 @@ class Decoder:
             agent, cache.get(rec.to) or checksum(rec.to, "to"), _amount(rec.value, "value"), chain_id, network,
             cache.get(rec.token) or checksum(rec.token, "token"), rec.status, tx_hash(rec.txHash, "txHash"),
             None, None, "chain", rec.blockNumber, block_hash, rec.logIndex, rec.nonce)
+
+    def _progress(self, rec: ChainProgress) -> Observation:
+        """The bridge's heartbeat: no agent, no merchant, no money; its time is the block's."""
+        chain_id = rec.chainId
+        network = self._chain_network(chain_id)
+        if rec.blockNumber < 0:
+            raise EventError("bad_schema", "blockNumber must be non-negative")
+        if rec.id != chain_progress_id(chain_id, rec.blockNumber):
+            raise EventError("bad_schema", f"id {rec.id[:80]!r} is not <chainId>:<blockNumber> "
+                             f"({chain_progress_id(chain_id, rec.blockNumber)})")
+        block_hash = tx_hash(rec.blockHash, "blockHash")
+        _epoch_ms(rec.observedAt, "observedAt")
+        return Observation(Kind.PROGRESS, rec.id, f"{rec.id}|{block_hash}", _epoch_ms(rec.blockTime, "blockTime"),
+                           "", "", 0, chain_id, network, "", "progress", None, None, None, "chain",
+                           rec.blockNumber, block_hash)
 
 
 def utc_now_ms() -> int:

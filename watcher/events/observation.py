@@ -11,12 +11,14 @@ class Kind(IntEnum):
     SETTLE = 0
     VERIFY = 1
     TRANSFER = 2
+    PROGRESS = 3    # the chain bridge's heartbeat: no agent, no money (only the join reads it)
 
 
 class Observation(Struct, frozen=True, gc=False):
     """A validated record. Money in integer token base units; time in UTC epoch milliseconds.
 
-    `status`: settle -> settled|failed; verify -> valid|invalid; transfer -> pending|confirmed|reverted.
+    `status`: settle -> settled|failed; verify -> valid|invalid; transfer -> pending|confirmed|reverted;
+    progress -> "progress" (`agent`, `merchant` and `asset` empty, `amount` 0, `ts_ms` the block's time).
     `dedupe_key` is the same for a redelivery of the same record and different for a new fact
     (a transfer's status update has the id of the transfer but another dedupe key).
     """

@@ -15,6 +15,16 @@ parser, so newer SDKs with extra fields still decode and decoding stays cheap.
      "status": "pending" | "confirmed" | "reverted", "confirmations": 0}
 
 `id` is stable across status updates; a status update is a new record with the same id.
+
+`chain.progress` (topic x402.chain) is the bridge's heartbeat, published to every partition:
+
+    {"type": "chain.progress", "id": "8453:<blockNumber>", "observedAt": "...Z", "chainId": 8453,
+     "blockNumber": 123, "blockHash": "0x...", "blockTime": "...Z"}
+
+It says "every confirmed transfer of a watched wallet in blocks <= blockNumber has been published (and
+acknowledged) before this record": the block is `confirmations` deep. It names no agent and moves no money;
+the watcher's join uses `blockTime` as how far the chain is known to be confirmed (see
+`watcher.pipeline.join`), so an `unsettled` finding on a quiet partition need not wait for other traffic.
 """
 
 from __future__ import annotations
@@ -125,7 +135,16 @@ class ChainTransfer(Struct, frozen=True, gc=False, tag_field="type", tag="chain.
     confirmations: int = 0
 
 
-WireRecord = SettleRecord | VerifyRecord | ChainTransfer
+class ChainProgress(Struct, frozen=True, gc=False, tag_field="type", tag="chain.progress"):
+    id: Str200
+    observedAt: datetime
+    chainId: int
+    blockNumber: int
+    blockHash: Hex
+    blockTime: datetime
+
+
+WireRecord = SettleRecord | VerifyRecord | ChainTransfer | ChainProgress
 
 _decoder = msgspec.json.Decoder(WireRecord)
 _encoder = msgspec.json.Encoder()
@@ -142,3 +161,7 @@ def encode_wire(record: WireRecord) -> bytes:
 
 def chain_transfer_id(chain_id: int, tx_hash: str, log_index: int) -> str:
     return f"{chain_id}:{tx_hash.lower()}:{log_index}"
+
+
+def chain_progress_id(chain_id: int, block_number: int) -> str:
+    return f"{chain_id}:{block_number}"

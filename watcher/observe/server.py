@@ -60,6 +60,7 @@ class DaemonCollector:
                  "process owns.", sum(sh.seen.gens.forced_rotations + sh.join.payments.forced_rotations
                                       for sh in shards))):
             yield GaugeMetricFamily(name, doc, value=value)
+        yield bridge_confirmed(shards)
         yield GaugeMetricFamily("spendwatch_partitions_owned", "Input partitions this process owns.",
                                 value=len(d.shards))
         yield GaugeMetricFamily("spendwatch_tracked_agents", "Agents with rolling windows in this process.",
@@ -78,6 +79,23 @@ class DaemonCollector:
                         continue
                     lag.add_metric([topic, str(p)], max(0, hw - covered.get(topic, 0)))
         yield lag
+
+
+def bridge_confirmed(shards) -> GaugeMetricFamily:
+    """How far the chain bridge has confirmed each chain, as the partitions of this process know it (their
+    `chain.progress` heartbeats and confirmed transfers): the oldest over the partitions that heard of the
+    chain. One series per chain (a known network), none before the first chain record."""
+    g = GaugeMetricFamily("spendwatch_bridge_confirmed_timestamp_seconds", "How far the chain bridge has "
+                          "confirmed, as seen by this process: the oldest, over the owned partitions, of the "
+                          "newest confirmed block time (chain.progress or a confirmed transfer) (Unix seconds).",
+                          labels=["network"])
+    oldest: dict[int, int] = {}
+    for sh in shards:
+        for chain_id, upto_ms in sh.join.confirmed_upto.items():
+            oldest[chain_id] = min(upto_ms, oldest.get(chain_id, upto_ms))
+    for chain_id, upto_ms in sorted(oldest.items()):
+        g.add_metric([f"eip155:{chain_id}"], upto_ms / 1000)
+    return g
 
 
 class Exposition(Protocol):

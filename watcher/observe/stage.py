@@ -16,7 +16,7 @@ from watcher.events.observation import Kind
 from watcher.metrics import Metrics
 
 UNCATEGORIZED = "uncategorized"
-TRANSFER = Kind.TRANSFER
+TRANSFER, PROGRESS = Kind.TRANSFER, Kind.PROGRESS
 
 
 class MetricsStage:
@@ -32,12 +32,15 @@ class MetricsStage:
         self.shards[ctx.partition] = ctx.shard
         obs = ctx.observations
         if obs:
-            chain = sum(1 for o in obs if o.kind == TRANSFER)
+            progress = sum(1 for o in obs if o.kind == PROGRESS)
+            chain = sum(1 for o in obs if o.kind == TRANSFER) + progress   # records of the chain bridge
             if chain:
                 m.events_processed("chain", chain)
             if len(obs) - chain:
                 m.events_processed("facilitator", len(obs) - chain)
-            ts = np.fromiter((o.ts_ms for o in obs), np.int64, len(obs))
+            # a heartbeat's time is its block's, published up to chain.progress_interval_seconds later on
+            # purpose: not an event latency (spendwatch_bridge_confirmed_timestamp_seconds shows it)
+            ts = np.fromiter((o.ts_ms for o in obs if o.kind != PROGRESS), np.int64, len(obs) - progress)
             m.event_latencies(np.maximum(ctx.now_ms - ts, 0) / 1000.0)
         deltas = ctx.outcome.deltas
         if deltas:

@@ -11,12 +11,18 @@ Findings, each reported once per payment:
   amount_mismatch  a settled amount differs from the confirmed transferred amount
   shadow_spend     a confirmed transfer no facilitator reported within `shadow_grace_ms`
   unsettled        a successful settle with no confirmed transfer within `unsettled_after_ms`
-                   (only for chains whose bridge is running, i.e. that sent any transfer record).
-                   While no transfer of this partition's agents paid at or after the settle has been
-                   confirmed (the bridge may be down or behind, not the payment), the finding waits, for up
-                   to UNSETTLED_HOLD deadlines: a bridge outage is one ChainBridgeStalled page, not a
-                   warning per payment. Per partition, so replicas decide alike; on a quiet partition a
-                   real finding can wait up to the whole hold.
+                   (only for chains whose bridge is running, i.e. that sent any chain record).
+
+How far the bridge has confirmed, per chain (`confirmed_upto`, event time), comes from two sources on
+this partition: the newest confirmed transfer, and the bridge's `chain.progress` heartbeat (`progress()`:
+"every confirmed transfer up to a block of this time has been published before me"), which the bridge
+sends to every partition as blocks get confirmed, with transfers or without (at most once per
+`chain.progress_interval_seconds`). An `unsettled` finding is due at its deadline only if the bridge has
+confirmed up to the settle's time; until then it is held (the bridge may be down or behind, not the
+payment) and released as soon as `confirmed_upto` passes the settle, or reported anyway after
+UNSETTLED_HOLD deadlines: a bridge outage is one ChainBridgeStalled page, not a warning per payment. Per
+partition, so replicas decide alike; with a running bridge a quiet partition learns how far it confirmed
+from the heartbeat, not from other agents' transfers.
 """
 
 from __future__ import annotations
@@ -78,7 +84,8 @@ class Join:
         self.unsettled_after_ms = unsettled_after_ms
         self.deadlines: list[tuple[int, str]] = []  # a heap: settles and transfers wait different times
         self.chains_seen: set[int] = set()
-        self.confirmed_upto: dict[int, int] = {}   # chain id -> latest event time of a confirmed transfer
+        self.confirmed_upto: dict[int, int] = {}   # chain id -> how far the bridge confirmed (event time)
+        self.held: dict[int, list[tuple[int, str]]] = {}  # chain id -> heap of (settle time, tx) held back
 
     def apply(self, obs: Observation, categorize: Callable[[str, str | None], str | None],
               now_ms: int) -> tuple[Delta | None, list[Finding]]:
@@ -107,7 +114,7 @@ class Join:
         else:
             self.chains_seen.add(obs.chain_id)
             if obs.status == "confirmed" and obs.ts_ms > self.confirmed_upto.get(obs.chain_id, -1):
-                self.confirmed_upto[obs.chain_id] = obs.ts_ms
+                self._confirmed(obs.chain_id, obs.ts_ms)
             li = obs.log_index or 0
             if (not p.transfers and obs.status == "confirmed" and obs.amount == p.settle_amount == p.counted
                     and p.counted_n == 1):
@@ -120,6 +127,23 @@ class Join:
                 heapq.heappush(self.deadlines, (now_ms + self.shadow_grace_ms, key))
         findings = self._mismatch(p, key, now_ms)
         return self._recount(p, obs), findings
+
+    def progress(self, chain_id: int, upto_ms: int) -> None:
+        """A `chain.progress` heartbeat: every confirmed transfer of `chain_id` up to a block of time `upto_ms`
+        has been published on this partition (before the heartbeat). No payment, no delta."""
+        self.chains_seen.add(chain_id)
+        if upto_ms > self.confirmed_upto.get(chain_id, -1):
+            self._confirmed(chain_id, upto_ms)
+
+    def _confirmed(self, chain_id: int, upto_ms: int) -> None:
+        """The bridge has confirmed `chain_id` up to `upto_ms` (newer than before): held settles up to then
+        are due at once (the next sweep decides them)."""
+        self.confirmed_upto[chain_id] = upto_ms
+        held = self.held.get(chain_id)
+        if held and held[0][0] <= upto_ms:
+            dl, pop, push = self.deadlines, heapq.heappop, heapq.heappush
+            while held and held[0][0] <= upto_ms:
+                push(dl, (0, pop(held)[1]))
 
     def _recount(self, p: Payment, obs: Observation) -> Delta | None:
         if p.transfers:
@@ -163,10 +187,12 @@ class Join:
                     continue  # the common case: settled and confirmed (or a 0 settle: nothing to reconcile)
                 if (self._confirmed_amount(p) is None and not p.reported & UNSETTLED
                         and p.chain_id in self.chains_seen):
-                    if (self.confirmed_upto.get(p.chain_id, -1) < p.ts_ms
-                            and now_ms < p.ts_ms + UNSETTLED_HOLD * self.unsettled_after_ms):
-                        # the bridge has confirmed nothing paid since: look again later
-                        heapq.heappush(dl, (now_ms + max(self.unsettled_after_ms // 4, 1000), key))
+                    hold_end = p.ts_ms + UNSETTLED_HOLD * self.unsettled_after_ms
+                    if self.confirmed_upto.get(p.chain_id, -1) < p.ts_ms and now_ms < hold_end:
+                        # the bridge has not confirmed up to the settle: wait for it (_confirmed releases
+                        # the payment) or for the end of the hold
+                        heapq.heappush(dl, (hold_end, key))
+                        heapq.heappush(self.held.setdefault(p.chain_id, []), (p.ts_ms, key))
                         continue
                     p.reported |= UNSETTLED
                     out.append(self._finding("unsettled", p, now_ms,
@@ -190,13 +216,19 @@ class Join:
 
     def tick(self, now_ms: int) -> None:
         self.payments.tick(now_ms)
+        # a held settle older than the payment memory is gone (or reported at the end of its hold)
+        cutoff = now_ms - 2 * self.payments.horizon_ms
+        for held in self.held.values():
+            while held and held[0][0] < cutoff:
+                heapq.heappop(held)
 
     def __len__(self) -> int:
         return len(self.payments)
 
     def snapshot(self) -> dict:
         return {"payments": self.payments.snapshot(), "deadlines": list(self.deadlines),
-                "chains_seen": sorted(self.chains_seen), "confirmed_upto": sorted(self.confirmed_upto.items())}
+                "chains_seen": sorted(self.chains_seen), "confirmed_upto": sorted(self.confirmed_upto.items()),
+                "held": [[c, ts, key] for c, held in sorted(self.held.items()) for ts, key in held]}
 
     def restore(self, snap: dict) -> None:
         self.payments.restore(snap["payments"], lambda v: msgspec.convert(v, Payment))
@@ -208,3 +240,9 @@ class Join:
         else:  # a checkpoint from before the hold: take the chain as confirmed up to the newest payment known
             newest = max((p.ts_ms for p in self.payments.values()), default=0)
             self.confirmed_upto = {c: newest for c in self.chains_seen}
+        # a checkpoint from before `held`: its held settles are in `deadlines` (looked at again, then held)
+        self.held = {}
+        for c, ts, key in snap.get("held", ()):
+            self.held.setdefault(int(c), []).append((int(ts), key))
+        for held in self.held.values():
+            heapq.heapify(held)

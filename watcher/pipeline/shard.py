@@ -1,6 +1,8 @@
 """The state of one input partition and the pure stage that folds a batch into it.
 
 dedupe -> join (settle + transfer = one payment) -> rolling windows per agent and per agent+category.
+A `chain.progress` heartbeat goes to the join only (`Join.progress`): it moves event time like any record,
+but is not remembered by dedupe (it is idempotent), counts no spend, is no signal and makes no agent.
 No I/O here: the async shell hands in validated Observations and gets an Outcome back.
 """
 
@@ -21,6 +23,7 @@ from watcher.pipeline.windows import DEFAULT_WINDOWS, Windows, WindowSpec, descr
 Categorize = Callable[[str, "str | None"], "str | None"]
 CATEGORY_SEP = b"|"
 TRANSFER = Kind.TRANSFER
+PROGRESS = Kind.PROGRESS
 log = logging.getLogger(__name__)
 
 
@@ -76,7 +79,7 @@ class Shard:
         out = Outcome(processed=len(batch))
         gens = self.seen.gens
         cur, prev, cap = gens.current, gens.previous, gens.max_entries
-        join_apply, categorize = self.join.apply, self.categorize
+        join_apply, categorize, progress = self.join.apply, self.categorize, self.join.progress
         known = self.join.payments.__contains__
         agent_row, cat_row = self.agents.row, self.categories.row
         rows_of: dict[str, int] = {}
@@ -90,6 +93,9 @@ class Shard:
         for i, obs in enumerate(batch):
             if obs.ts_ms > wm:
                 wm = obs.ts_ms
+            if obs.kind == PROGRESS:
+                progress(obs.chain_id, obs.ts_ms)
+                continue
             key = obs.dedupe_key
             if key in cur or key in prev:
                 dup += 1

@@ -1,4 +1,5 @@
-"""Build x402.settle / x402.verify / chain.transfer records in the protocol's own shapes.
+"""Build x402.settle / x402.verify / chain.transfer / chain.progress records in the protocol's own
+shapes.
 
 The templates come from the PyPI package `x402`'s pydantic types (x402.schemas for v2,
 x402.schemas.v1 for v1), dumped once in their camelCase wire form; each record is a copy of a template
@@ -15,7 +16,7 @@ import msgspec
 from x402.schemas import PaymentPayload, PaymentRequirements, ResourceInfo, SettleResponse, VerifyResponse
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
-from watcher.events.wire import chain_transfer_id
+from watcher.events.wire import chain_progress_id, chain_transfer_id
 
 BASE_USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
 _ZERO = "0x" + "00" * 20
@@ -104,6 +105,15 @@ def transfer_record(*, ts_ms: int, payer: str, to: str, amount: int, tx: str, lo
             "logIndex": log_index, "blockNumber": block_number,
             "blockHash": block_hash or fake_hash("block", block_number), "blockTime": iso(ts_ms),
             "authorizer": authorizer, "nonce": nonce, "status": status, "confirmations": confirmations}
+
+
+def progress_record(*, ts_ms: int, block_number: int, chain_id: int = 8453, block_hash: str | None = None,
+                    observed_ms: int | None = None) -> dict:
+    """The chain bridge's heartbeat: every confirmed transfer up to `block_number` (mined at `ts_ms`) is out."""
+    return {"type": "chain.progress", "id": chain_progress_id(chain_id, block_number),
+            "observedAt": iso(ts_ms if observed_ms is None else observed_ms), "chainId": chain_id,
+            "blockNumber": block_number, "blockHash": block_hash or fake_hash("block", block_number),
+            "blockTime": iso(ts_ms)}
 
 
 _enc = msgspec.json.Encoder()
