@@ -114,6 +114,7 @@ class Daemon:
         self.started = asyncio.Event()
         self._last_checkpoint = time.monotonic()
         self.producer = None
+        self._track = lambda topic: None   # kafka_io.TopicTracker once the producer runs
         self.consumer = None
         self._inflight: list[tuple[Outgoing, asyncio.Future]] = []
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -146,6 +147,10 @@ class Daemon:
         await kafka_io.ensure_topics(self.k)
         self.producer = kafka_io.producer(self.k)
         await self.producer.start()
+        self._track = kafka_io.TopicTracker(self.producer)
+        for topic in (self.k.checkpoint_topic, self.k.dead_letter_topic, self.k.findings_topic,
+                      self.k.decisions_topic):
+            self._track(topic)
         try:
             async with AsyncExitStack() as services:
                 for factory in self.services:
@@ -283,6 +288,7 @@ class Daemon:
         for rec in records:
             topic, key, value, headers = rec
             try:
+                self._track(topic)  # a stage's own topic (watcher.breaker, watcher.statements) on first use
                 fut = await self.producer.send(topic, value, key=key, headers=headers)
             except Exception as exc:  # e.g. metadata for a new topic not available yet: retried by _flush
                 fut = asyncio.get_running_loop().create_future()
@@ -306,8 +312,8 @@ class Daemon:
             first = next(r for r in results if isinstance(r, BaseException))
             if attempt > self.PUBLISH_RETRIES:
                 raise first
-            log.warning("publishing %d of %d records failed (%r); retry %d of %d", len(failed), len(todo), first,
-                        attempt, self.PUBLISH_RETRIES)
+            log.warning("publishing %d of %d records failed (%r, topics %s); retry %d of %d", len(failed),
+                        len(todo), first, ", ".join(sorted({r[0] for r in failed})), attempt, self.PUBLISH_RETRIES)
             await asyncio.sleep(min(5.0, 0.05 * 2 ** attempt))
             todo = await self._submit(failed)
 

@@ -28,6 +28,25 @@ def producer(k: KafkaSettings, **extra) -> AIOKafkaProducer:
     return AIOKafkaProducer(**opts)
 
 
+class TopicTracker:
+    """Tracks every topic a producer writes to in its metadata, before the first record goes out.
+
+    aiokafka (0.14) does not track a topic whose metadata it already has from the startup fetch; the first
+    send to a topic it lacks then narrows the producer's metadata to the tracked topics only, and records
+    already queued for the others lose their leader and wait out request_timeout_ms (30 s) before failing
+    with NotLeaderForPartitionError. That stalled the daemon right after its first freeze (watcher.breaker
+    is created after the producer starts)."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._client = producer.client
+        self._tracked: set[str] = set()
+
+    def __call__(self, topic: str) -> None:
+        if topic not in self._tracked:
+            self._tracked.add(topic)
+            self._client.add_topic(topic)
+
+
 def group_consumer(k: KafkaSettings, **extra) -> AIOKafkaConsumer:
     """Consumer in the daemon's group. RangePartitionAssignor gives partition p of both input topics to
     the same member, so one shard owns one wallet range across facilitator and chain records."""
