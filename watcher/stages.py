@@ -30,7 +30,7 @@ from watcher.metrics import Metrics
 from watcher.observe.server import MetricsService
 from watcher.observe.stage import MetricsStage
 from watcher.observe.statements import StatementStage, statement_topic_service
-from watcher.pipeline.categories import CategoryMap
+from watcher.pipeline.categories import rate_card_first
 
 log = logging.getLogger("watcher.stages")
 
@@ -164,7 +164,9 @@ class Assembly:
                                windows=settings.shard_config().windows)
         path = settings.detect.policy_file
         if path:
-            self.policy_watcher = PolicyWatcher(path, on_change=lambda p: self.detect.set_policy(p))
+            windows = [w.name for w in settings.windows]
+            self.policy_watcher = PolicyWatcher(path, on_change=lambda p: self.detect.set_policy(p),
+                                                check=lambda p: p.check_windows(windows))
             policy = self.policy_watcher.policy
             self.services.append(policy_service(self.policy_watcher))
         else:
@@ -173,13 +175,7 @@ class Assembly:
         self.detect = DetectStage(policy, settings.kafka.decisions_topic, score_sink=(
             self.metrics.anomaly_scores if settings.metrics.enabled else None))
         self.stages.append(self.detect)
-        config_map = CategoryMap(settings.categories)
-
-        def categorize(merchant: str, resource: str | None) -> str | None:
-            return self.detect.categorize(merchant, resource) or (config_map(merchant, resource)
-                                                                  if config_map else None)
-
-        self.categorize = categorize
+        self.categorize = rate_card_first(self.detect.categorize, settings.categories)
         self.breaker_config = breaker or BreakerConfig.from_settings(settings)
         # agent names of the policy file, then of the registry (agents.registry_file wins)
         self.breaker = BreakerStage(self.breaker_config, control=self.detect,

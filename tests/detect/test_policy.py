@@ -197,3 +197,28 @@ def test_values_are_taken_as_typed_in_the_file(text, key, fix):
     with pytest.raises(ConfigError) as err:
         Policy.from_text(text, "p.toml")
     assert err.value.key == key and fix in err.value.fix
+
+
+def test_a_limit_over_a_window_the_configuration_lacks_is_refused(tmp_path):
+    """A cap over `1h` with no `1h` in [[windows]] was never applied (only logged at the first payment):
+    refused at start (the Assembly, check-config) and on reload (the old policy stays)."""
+    from watcher.config import load_settings
+    from watcher.stages import build
+
+    policy = tmp_path / "policy.toml"
+    _write(policy, 'version = "v1"\n[defaults.caps]\nper_minute_usdc = 5\n')
+    cfg = tmp_path / "spendwatch.toml"
+    cfg.write_text(f'[detect]\npolicy_file = "{policy}"\n[[windows]]\nname = "1m"\nseconds = 60\nbuckets = 6\n')
+    assembly = build(load_settings(cfg))
+    assert assembly.detect.policy.version == "v1"
+    _write(policy, 'version = "v2"\n[teams.ops.caps]\nper_hour_usdc = 50\n')
+    r = assembly.policy_watcher.poll()
+    assert not r.ok and "teams.ops.caps.per_hour_usdc" in r.message and "'1h'" in r.message
+    assert assembly.detect.policy.version == "v1"
+    with pytest.raises(ConfigError) as err:
+        build(load_settings(cfg))
+    assert err.value.key == "teams.ops.caps.per_hour_usdc" and "[[windows]]" in err.value.fix
+    assert Policy.from_text('[defaults]\ncategory_budgets_usdc = {ai = 3}\n').windows_needed() == {
+        "24h": "defaults.category_budgets_usdc"}
+    escalate = '[defaults.escalation]\nwindow = "5m"\nwindow_above_usdc = 3\n'
+    assert Policy.from_text(escalate).windows_needed() == {"5m": "defaults.escalation.window"}

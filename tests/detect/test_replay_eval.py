@@ -23,7 +23,7 @@ def test_replay_cli_writes_the_published_decisions(tmp_path, capsys):
     expected = list(Replay(Policy.from_text(world.policy_text)).run(world.records))
     assert got == expected and len(got) > 5
     assert {d.kind for d in got} >= {"warn", "freeze"}
-    assert main(["replay", "--events", str(events), "--policy", str(tmp_path / "missing.toml"), "--out", str(out)]) == 2
+    assert main(["replay", "--events", str(events), "--policy", str(tmp_path / "missing.toml"), "--out", str(out)]) == 1
 
 
 def test_eval_meets_the_targets(capsys):
@@ -74,6 +74,47 @@ def test_a_mistyped_events_path_leaves_the_output_alone(tmp_path, capsys):
     backtest."""
     out = tmp_path / "decisions.jsonl"
     out.write_bytes(b'{"kept": true}\n')
-    assert main(["replay", "--events", str(tmp_path / "typo.jsonl"), "--out", str(out)]) == 2
+    assert main(["replay", "--events", str(tmp_path / "typo.jsonl"), "--out", str(out)]) == 1
     assert "typo.jsonl" in capsys.readouterr().err
     assert out.read_bytes() == b'{"kept": true}\n'
+
+
+def test_a_file_with_no_topic_record_is_an_error(tmp_path, capsys):
+    """Garbage (or a file of another format) used to exit 0 with 0 events and a rate in events/s."""
+    events = tmp_path / "garbage.jsonl"
+    events.write_bytes(b"hello\n{\"type\": \"other\"}\n")
+    out = tmp_path / "decisions.jsonl"
+    assert main(["replay", "--events", str(events), "--out", str(out)]) == 1
+    assert "none of the 2 lines" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert main(["replay", "--events", str(empty), "--out", str(out)]) == 0
+
+
+def test_replay_with_the_deployments_config_decides_as_its_daemon(tmp_path, capsys, monkeypatch):
+    """Without --config, replay used the default windows and ignored [categories]: a category budget that the
+    live daemon enforces (its merchant categorised by the config's table) was never hit in a backtest."""
+    from tests.detect.conftest import AGENT, MERCHANT, T0, Harness
+
+    h = Harness()
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(h.settle(T0 + k * 1000, 600_000) for k in range(3)) + b"\n")
+    policy = tmp_path / "policy.toml"
+    policy.write_text('version = "p1"\n[defaults]\ncategory_budgets_usdc = {research = 1}\n')
+    config = tmp_path / "spendwatch.toml"
+    # a production file: its webhook needs a secret that a backtest has no use for
+    monkeypatch.delenv("SPENDWATCH_WEBHOOK_SECRET", raising=False)
+    config.write_text(f'[detect]\npolicy_file = "policy.toml"\n[categories]\n"{MERCHANT}" = "research"\n'
+                      '[webhook]\nurl = "https://wallets.internal/freeze"\n')
+    out = tmp_path / "decisions.jsonl"
+    assert main(["replay", "--events", str(events), "--policy", str(policy), "--out", str(out)]) == 0
+    assert out.read_bytes() == b""                 # no category known: no budget applies
+    assert main(["replay", "--events", str(events), "--config", str(config), "--out", str(out)]) == 0
+    got = [decode_decision(line) for line in out.read_bytes().splitlines()]
+    assert [(d.rule, d.category, d.policy_version) for d in got] == [("category_budget", "research", "p1")]
+    assert got[0].agent.lower() == AGENT.lower()
+    # a configuration whose [[windows]] lack the budget's 24h is refused, as `spendwatch run` refuses it
+    config.write_text(config.read_text() + '[[windows]]\nname = "1m"\nseconds = 60\nbuckets = 6\n')
+    capsys.readouterr()
+    assert main(["replay", "--events", str(events), "--config", str(config), "--out", str(out)]) == 1
+    assert "'24h'" in capsys.readouterr().err

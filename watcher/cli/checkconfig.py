@@ -36,7 +36,7 @@ def cmd_check(args) -> int:
     if s.detect.policy_file:
         from watcher.detect.policy import Policy
 
-        Policy.load(s.detect.policy_file)
+        Policy.load(s.detect.policy_file).check_windows([w.name for w in s.windows], args.file)
     if "chain" in tomllib.loads(Path(args.file).read_text()):
         from watcher.chain.config import load_settings as load_chain_settings
 

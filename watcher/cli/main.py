@@ -35,7 +35,7 @@ LOG_LEVEL_HELP = ("log verbosity (default INFO; run, demo, simulate and statemen
                   "--config file; given here, this wins)")
 
 EPILOG = """\
-Start with `spendwatch demo --duration 30` (embedded broker, simulated fleet, about a minute).
+Start with `spendwatch demo --duration 30` (embedded broker, simulated fleet, about 40 s).
 In production: `spendwatch run --config spendwatch.toml` (the daemon; N copies share the work),
 `spendwatch chain --config spendwatch.toml` (on-chain transfers), `spendwatch facilitator --upstream URL`
 (payments from a facilitator, refusals of frozen agents); check a file first with `spendwatch check-config`.
@@ -47,7 +47,7 @@ README's Configuration table. --log-level may come before or after the command.
 
 Exit status: 0 done (the long-running commands after SIGTERM or Ctrl-C); 1 an error, logged on stderr
 with what to fix (a bad configuration names the file and the key; Kafka unreachable; a port in use);
-2 wrong usage (replay and eval: also an unreadable input or policy file); 130 Ctrl-C in a command that
+2 wrong usage; 130 Ctrl-C in a command that
 has no graceful stop (eval, bench).
 """
 

@@ -19,7 +19,7 @@ import os
 import signal
 import tomllib
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -291,6 +291,34 @@ class Policy:
     def limits(self, agent: str) -> Limits:
         return self.agents.get(agent, self.defaults)
 
+    def windows_needed(self) -> dict[str, str]:
+        """Rolling window name -> the first policy key whose limit is summed over it (caps, category budgets,
+        escalation above a window's spend): the daemon's [[windows]] must have each."""
+        need: dict[str, str] = {}
+        layers = [("defaults", self.defaults), *((f"teams.{n}", t) for n, t in self.teams.items()),
+                  *((f"agents.{a}", lim) for a, lim in self.agents.items())]
+        for where, lim in layers:
+            for field, window in (("per_minute_usdc", "1m"), ("per_hour_usdc", "1h"), ("per_day_usdc", "24h")):
+                if getattr(lim.caps, field):
+                    need.setdefault(window, f"{where}.caps.{field}")
+            if any(lim.category_budgets_usdc.values()):
+                need.setdefault("24h", f"{where}.category_budgets_usdc")
+            if lim.escalation.window_above_usdc:
+                need.setdefault(lim.escalation.window, f"{where}.escalation.window")
+        return need
+
+    def check_windows(self, window_names: list[str], config_file: str | None = None) -> None:
+        """ConfigError if a limit of this policy sums over a window the configuration does not keep (it would
+        never be applied)."""
+        missing = {w: key for w, key in self.windows_needed().items() if w not in window_names}
+        if missing:
+            w, key = next(iter(missing.items()))
+            raise ConfigError(f"policy {self.source}: {key} needs the rolling window {w!r}, which [[windows]] "
+                              f"of {config_file or 'the configuration'} lacks (it has {', '.join(window_names)})",
+                              file=self.source, key=key,
+                              fix=f"add a [[windows]] entry named {w!r} (e.g. the defaults 1m, 5m, 1h, 24h), or "
+                              "remove the limit")
+
     @classmethod
     def default(cls) -> "Policy":
         return cls(PolicyFile(), "<defaults>", "defaults")
@@ -352,13 +380,23 @@ class PolicyWatcher:
     the previous policy and returns ok=False with the reason.
     """
 
-    def __init__(self, path: str | os.PathLike, *, on_change=None) -> None:
+    def __init__(self, path: str | os.PathLike, *, on_change=None,
+                 check: Callable[[Policy], None] | None = None) -> None:
+        """`check(policy)` raises ConfigError for a policy this deployment cannot apply (at start: the error;
+        on reload: the old policy stays)."""
         self.path = os.fspath(path)
-        self.policy = Policy.load(self.path)
+        self.check = check
+        self.policy = self._load()
         self._stamp = self._stat()
         self._hup = False
         self.on_change = on_change
         self.last_error: str | None = None
+
+    def _load(self) -> Policy:
+        policy = Policy.load(self.path)
+        if self.check is not None:
+            self.check(policy)
+        return policy
 
     def _stat(self) -> tuple | None:
         try:
@@ -383,7 +421,7 @@ class PolicyWatcher:
         self._hup = False
         self._stamp = stamp
         try:
-            new = Policy.load(self.path)
+            new = self._load()
         except ConfigError as exc:
             self.last_error = str(exc)
             log.error("policy reload failed, keeping version %s: %s", self.policy.version, exc)

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from watcher.detect.decision import Decision
 from watcher.detect.detector import Detector
 from watcher.detect.policy import Policy
 from watcher.errors import EventError
 from watcher.events.decode import Decoder
+from watcher.pipeline.categories import rate_card_first
 from watcher.pipeline.shard import Shard, ShardConfig
+
+if TYPE_CHECKING:
+    from watcher.config import EventSettings, Settings
 
 CUT_MS = 10_000
 
@@ -47,13 +51,27 @@ class Replay:
 
     def __init__(self, policy: Policy | None = None, *, shard_config: ShardConfig = ShardConfig(),
                  batch_max: int = 20_000, strict: bool = False, detector: Detector | None = None,
-                 shard: Shard | None = None) -> None:
+                 shard: Shard | None = None, categories: dict[str, str] | None = None,
+                 events: EventSettings | None = None) -> None:
+        """`shard_config`, `categories` and `events`: a deployment's windows, dedupe and finding delays,
+        [categories] table and record limits (`Replay.for_settings`); the defaults otherwise."""
         self.detector = detector or Detector(policy)
-        self.shard = shard or Shard(shard_config, self.detector.categorize)
-        self.decoder = Decoder(max_future_skew_ms=None)
+        self.shard = shard or Shard(shard_config, rate_card_first(self.detector.categorize, categories))
+        limits = {} if events is None else {"max_event_bytes": events.max_event_bytes,
+                                            "extra_chain_ids": frozenset(events.extra_chain_ids)}
+        self.decoder = Decoder(max_future_skew_ms=None, **limits)
         self.batch_max = batch_max
         self.strict = strict
         self.stats = ReplayStats()
+
+    @classmethod
+    def for_settings(cls, policy: Policy | None, settings: Settings, **kwargs) -> "Replay":
+        """As `spendwatch run` with these settings would decide: its windows, dedupe horizon, finding delays,
+        [categories] and record limits. A policy this configuration cannot apply is a ConfigError."""
+        if policy is not None:
+            policy.check_windows([w.name for w in settings.windows])
+        return cls(policy, shard_config=settings.shard_config(), categories=settings.categories,
+                   events=settings.events, **kwargs)
 
     def run(self, lines: Iterable[bytes], *, drain_ms: int = 0) -> Iterator[Decision]:
         t0 = time.perf_counter()
@@ -119,13 +137,14 @@ class Replay:
 
 
 def replay_file(events_path: str, out_path: str, policy: Policy | None = None, *, drain_ms: int = 0,
-                strict: bool = False, on_progress: Callable[[ReplayStats], None] | None = None) -> ReplayStats:
-    """Replay a JSON-lines file of topic records; write decisions as JSON lines ('-' for stdout)."""
+                strict: bool = False, settings: Settings | None = None) -> ReplayStats:
+    """Replay a JSON-lines file of topic records; write decisions as JSON lines ('-' for stdout).
+    `settings`: the deployment's configuration (`Replay.for_settings`)."""
     import sys
 
     from watcher.detect.decision import encode_decision
 
-    rp = Replay(policy, strict=strict)
+    rp = Replay.for_settings(policy, settings, strict=strict) if settings else Replay(policy, strict=strict)
     with open(events_path, "rb") as f:  # first: a mistyped events path must not empty the output
         out = sys.stdout.buffer if out_path == "-" else open(out_path, "wb")
         try:

@@ -6,6 +6,10 @@ matching prefix wins). The detection policy's rate card (issue C) can supply a r
 
 from __future__ import annotations
 
+from typing import Callable
+
+Categorize = Callable[[str, "str | None"], "str | None"]
+
 
 class CategoryMap:
     def __init__(self, table: dict[str, str] | None = None) -> None:
@@ -35,3 +39,11 @@ class CategoryMap:
         if len(self._cache) < 100_000:
             self._cache[(merchant, resource)] = cat
         return cat
+
+
+def rate_card_first(rate_card: Categorize, table: dict[str, str] | None) -> Categorize:
+    """The policy's rate card, then the configuration's [categories] table (the daemon's and replay's)."""
+    config_map = CategoryMap(table)
+    if not config_map:
+        return rate_card
+    return lambda merchant, resource: rate_card(merchant, resource) or config_map(merchant, resource)
