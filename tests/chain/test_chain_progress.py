@@ -10,8 +10,9 @@ import pytest
 
 from tests.chain.conftest import PARTITIONS
 from tests.polling import stays, wait_for
-from watcher.chain.bridge import ChainBridge
+from watcher.chain.bridge import ChainBridge, connect_node
 from watcher.chain.publisher import KafkaPublisher
+from watcher.chain.testtoken import FACILITATOR, sign_authorization
 from watcher.events import Kind
 
 pytestmark = pytest.mark.integration
@@ -104,3 +105,120 @@ async def test_progress_is_sent_at_most_once_per_interval(chain, reader, setting
         await stays(lambda: bridge.stats["progress"] == 1, 1.0, "one progress record within the interval")
         await reader.poll()
     assert len(reader.progress) == PARTITIONS
+
+
+# -- blocks the bridge never read are never vouched for, across restarts -------------------------------
+
+async def test_a_restart_soon_after_a_first_start_never_vouches_for_the_skipped_blocks(
+        chain, reader, settings_for, tmp_path, kafka_bootstrap, kafka_topic):
+    """No checkpoint, no start_block: the bridge starts after the head (head0) and never reads blocks up to it.
+    Restarted within `confirmations` blocks, the newest confirmed block (tip - confirmations) is one of those:
+    the restarted bridge must not vouch for it (it remembered that only in memory before `readFrom`)."""
+    await chain.mine(6)                                         # history the bridge will skip
+    settings = settings_for(chain, tmp_path, kafka_bootstrap, kafka_topic, confirmations=3,
+                            progress_interval_seconds=0)
+    async with _bridge(settings) as first:
+        head0 = first.head_seen
+        await chain.mine(1)
+        await wait_for(lambda: first.head_seen >= head0 + 1, 15, f"the bridge at block {head0 + 1}")
+    assert first.stats["progress"] == 0
+    passes: list[int] = []
+
+    def counting(s, wallets):
+        node = connect_node(s, wallets)
+        header = node.header
+
+        async def counted(n):
+            if n == "latest":                                    # a sync pass begins
+                passes.append(1)
+            return await header(n)
+        node.header = counted
+        return node
+
+    async with KafkaPublisher(settings.kafka_bootstrap, settings.topic) as pub, \
+            ChainBridge(settings, pub, connect=counting) as again:   # from the checkpoint at head0 + 1
+        await wait_for(lambda: len(passes) >= 2 or again.failed, 15, "the restarted bridge's first whole pass")
+        head = await chain.mine(4)                               # now head0 + 2 is confirmed: vouched
+        await _progress_everywhere(reader, head - 3, f"progress for block {head - 3}")
+    assert again.failed is None
+    assert min(g.record.blockNumber for g in reader.progress) > head0, [g.record.id for g in reader.progress]
+
+
+async def test_progress_never_vouches_for_blocks_before_start_block(chain, reader, settings_for, tmp_path,
+                                                                    kafka_bootstrap, kafka_topic):
+    """start_block just below the head: the newest confirmed block is below start_block, never read."""
+    head = await chain.mine(8)
+    settings = settings_for(chain, tmp_path, kafka_bootstrap, kafka_topic, confirmations=3, start_block=head - 1,
+                            progress_interval_seconds=0, http_url=chain.node.http_url, ws_url=None)
+    async with _bridge(settings) as bridge:
+        await wait_for(lambda: bridge.head_seen >= head, 15, f"the bridge at block {head}")
+        top = await chain.mine(4)
+        await _progress_everywhere(reader, top - 3, f"progress for block {top - 3}")
+    assert bridge.failed is None
+    assert min(g.record.blockNumber for g in reader.progress) >= head - 1, [g.record.id for g in reader.progress]
+
+
+async def test_after_a_reorg_deeper_than_confirmations_progress_waits_for_the_blocks_read_again(
+        chain, reader, settings_for, tmp_path, kafka_bootstrap, kafka_topic):
+    """A reorg replaces blocks already vouched for (deeper than `confirmations`: the bridge cannot undo that).
+    Afterwards a heartbeat is sent only for blocks of the new chain read, confirmed and acknowledged: on each
+    partition the replacement payment comes before every heartbeat of the new chain that covers it."""
+    settings = settings_for(chain, tmp_path, kafka_bootstrap, kafka_topic, confirmations=2,
+                            progress_interval_seconds=0)
+    async with _bridge(settings) as bridge:
+        _, old = await chain.token.pay(chain.agents[0], chain.merchant, 111)
+        first = int(old["blockNumber"], 16)
+        head = await chain.mine(3)
+        await _progress_everywhere(reader, head - 2, f"progress for block {head - 2}")   # covers the payment
+        vouched = bridge.progress_sent
+        assert vouched >= first
+
+        replacement = chain.token.payment(chain.agents[1], chain.merchant, 222)
+        data = "0x" + sign_authorization(chain.token.address, 8453, replacement, 2**40).hex()
+        await chain.rpc.call("anvil_reorg", head - first + 1, [[{"from": FACILITATOR, "to": chain.token.address,
+                                                                "data": data, "gas": hex(200_000)}, 0]])
+        head = await chain.mine(4)
+        await _progress_everywhere(reader, head - 2, f"progress for block {head - 2} of the new chain")
+        nonce = "0x" + replacement.nonce.hex()
+        await reader.until(lambda rs: any(g.record.nonce == nonce and g.record.status == "confirmed" for g in rs),
+                           what="the replacement payment confirmed")
+    assert bridge.failed is None and bridge.stats["reorgs"] >= 1
+
+    canonical = {}
+    for n in range(first - 1, head + 1):
+        canonical[n] = (await chain.rpc.call("eth_getBlockByNumber", hex(n), False))["hash"]
+    new = [g for g in reader.progress if canonical.get(g.record.blockNumber) == g.record.blockHash]
+    assert any(g.record.blockNumber > vouched for g in new)
+    for p in range(PARTITIONS):                                # a partition's heartbeats never go back
+        blocks = [g.record.blockNumber for g in sorted(reader.progress, key=lambda g: g.offset) if g.partition == p]
+        assert blocks == sorted(set(blocks))
+    [moved] = [g for g in reader.records if g.record.nonce == nonce and g.record.status == "confirmed"]
+    assert moved.record.blockHash == canonical[moved.record.blockNumber]
+    covering = [g for g in new if g.partition == moved.partition and g.record.blockNumber >= moved.record.blockNumber]
+    assert covering and min(g.offset for g in covering) > moved.offset
+
+
+async def test_a_restart_after_a_gap_vouches_only_for_blocks_read_again(chain, reader, settings_for, tmp_path,
+                                                                       kafka_bootstrap, kafka_topic):
+    """Payments mined while the bridge is stopped: restarted (HTTP polling, small eth_getLogs ranges) it reads
+    the gap by range, and each heartbeat on a partition comes after the confirmed payments it covers."""
+    settings = settings_for(chain, tmp_path, kafka_bootstrap, kafka_topic, confirmations=2,
+                            progress_interval_seconds=0, backfill_block_range=2)
+    async with _bridge(settings):
+        head = await chain.mine(3)
+        await _progress_everywhere(reader, head - 2, f"progress for block {head - 2}")
+    receipts = []
+    for i, agent in enumerate(chain.agents * 2):              # the gap: six payments, a block between each
+        receipts.append((await chain.token.pay(agent, chain.merchant, 500 + i))[1])
+        await chain.mine(1)
+    head = await chain.mine(3)
+    polling = settings.model_copy(update={"ws_url": None, "http_url": chain.node.http_url})
+    async with _bridge(polling) as again:
+        await _progress_everywhere(reader, head - 2, f"progress for block {head - 2} after the restart")
+        await reader.until(lambda rs: len(reader.ids(rs, "confirmed")) == len(receipts), what="6 confirmed")
+    assert again.failed is None and again.stats["backfill_ranges"] >= 3
+    assert max(g.record.blockNumber for g in reader.progress) <= head - 2
+    for t in reader.by_status("confirmed"):
+        covering = [g for g in reader.progress
+                    if g.partition == t.partition and g.record.blockNumber >= t.record.blockNumber]
+        assert covering and min(g.offset for g in covering) > t.offset, (t.record.id, t.partition)

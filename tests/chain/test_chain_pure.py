@@ -131,6 +131,20 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
         read_checkpoint(path, chain_id=8453, token=TOKEN)
 
 
+def test_checkpoint_keeps_the_first_block_read_and_reads_older_ones_without_it(tmp_path):
+    path = tmp_path / "cp.json"
+    cp = Checkpoint(8453, TOKEN, (_h(1), _h(2)), (), read_from=2)
+    write_checkpoint(path, cp)
+    assert json.loads(path.read_text())["readFrom"] == 2
+    assert read_checkpoint(path, chain_id=8453, token=TOKEN) == cp
+    write_checkpoint(path, Checkpoint(8453, TOKEN, (_h(1), _h(2)), ()))     # as an older bridge wrote it
+    assert "readFrom" not in json.loads(path.read_text())
+    assert read_checkpoint(path, chain_id=8453, token=TOKEN).read_from is None
+    path.write_text(path.read_text()[:-1] + ',"readFrom":"2"}')
+    with pytest.raises(CheckpointError, match="malformed"):
+        read_checkpoint(path, chain_id=8453, token=TOKEN)
+
+
 def test_config_file_errors_name_file_key_and_fix(tmp_path, monkeypatch):
     cfg = tmp_path / "spendwatch.toml"
     cfg.write_text('[chain]\nws_url = "ws://127.0.0.1:8545"\nwatched_wallets = ["0x1234"]\n')

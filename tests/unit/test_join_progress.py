@@ -3,7 +3,7 @@
 
 import msgspec
 
-from tests.unit.test_shard import D, T, settle, transfer
+from tests.unit.test_shard import A, D, M, T, settle, transfer
 from watcher.detect.detector import Detector
 from watcher.detect.replay import Replay
 from watcher.events import Kind
@@ -12,6 +12,7 @@ from watcher.pipeline.shard import Shard, ShardConfig
 from watcher.simulate.records import encode, fake_hash, progress_record
 
 AFTER = 60_000
+STRANGER = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
 
 
 def progress(ts, block=None):
@@ -20,7 +21,8 @@ def progress(ts, block=None):
 
 def test_a_quiet_partition_gets_its_finding_once_progress_passes_the_settle():
     sh = Shard(ShardConfig(unsettled_after_ms=AFTER))
-    sh.apply([progress(T - 30_000)])                          # the bridge runs; nothing else on this partition
+    # the bridge runs and watches the agent (it published one of its transfers, long ago); nothing else here
+    sh.apply([settle(0, ts=T - 40_000), transfer(0, status="confirmed", ts=T - 40_000), progress(T - 30_000)])
     sh.apply([settle(1)])
     assert sh.advance(T + AFTER + 1) == []                    # the bridge has not confirmed past the settle yet
     sh.apply([progress(T - 2_000)])                           # still older than the settle: held
@@ -61,7 +63,8 @@ def test_progress_never_moves_back():
 def test_a_held_settle_survives_a_checkpoint_and_old_checkpoints_restore():
     cfg = ShardConfig(unsettled_after_ms=AFTER)
     sh = Shard(cfg)
-    sh.apply([progress(T - 30_000), settle(1)])
+    sh.apply([settle(0, ts=T - 40_000), transfer(0, status="confirmed", ts=T - 40_000), progress(T - 30_000),
+              settle(1)])
     assert sh.advance(T + AFTER + 1) == []                     # held
     snap = msgspec.msgpack.decode(msgspec.msgpack.encode(sh.snapshot()))
     back = Shard.restore(snap, cfg)
@@ -74,24 +77,85 @@ def test_a_held_settle_survives_a_checkpoint_and_old_checkpoints_restore():
 
 def test_held_memory_is_bounded_by_the_payment_memory():
     sh = Shard(ShardConfig(unsettled_after_ms=AFTER, dedupe_horizon_ms=3_600_000))
-    sh.apply([progress(T - 30_000)])
+    sh.apply([settle(100, ts=T - 40_000), transfer(100, status="confirmed", ts=T - 40_000), progress(T - 30_000)])
     sh.apply([settle(i, ts=T + i * 1000) for i in range(20)])
     sh.advance(T + AFTER + 30_000)
     assert len(sh.join.held[8453]) > 0
     sh.advance(T + 3 * 3_600_000 + 30_000)                     # the bridge never came back
     assert sh.join.held[8453] == []
+    sh.advance(T + 5 * 3_600_000 + 30_000)
+    assert len(sh.join.bridged) == 0                           # the agent is forgotten too, later
+
+
+# -- heartbeats vouch for the bridge's watched wallets only -------------------------------------------
+
+def _stranger_settle(i, ts=T):
+    from watcher.simulate.records import settle_record
+    return D.decode(encode(settle_record(event_id=f"x{i}", ts_ms=ts, payer=STRANGER, pay_to=M, amount=100,
+                                         tx=fake_hash("stranger", i))))
+
+
+def test_heartbeats_never_make_an_unwatched_agent_unsettled_on_a_quiet_partition():
+    """Only heartbeats on this partition, and a settle of an agent the bridge never published a transfer of
+    (it does not watch it): no finding, ever (as before heartbeats: no chain record, no judgement)."""
+    sh = Shard(ShardConfig(unsettled_after_ms=AFTER))
+    sh.apply([progress(T - 30_000), _stranger_settle(1)])
+    sh.apply([progress(T + 4_000)])                                    # past the settle
+    found = sh.advance(T + AFTER + 1) + sh.advance(T + (UNSETTLED_HOLD + 2) * AFTER)
+    found += sh.apply([progress(T + (UNSETTLED_HOLD + 2) * AFTER)]).findings
+    assert found == []
+
+
+def test_heartbeats_do_not_judge_an_unwatched_agent_beside_a_watched_one():
+    """A watched agent's transfers on the partition: the unwatched agent's settle is judged only as it was
+    before heartbeats (a confirmed transfer past it, or the end of the hold), never because of a heartbeat."""
+    sh = Shard(ShardConfig(unsettled_after_ms=AFTER))
+    sh.apply([settle(0, ts=T - 40_000), transfer(0, status="confirmed", ts=T - 40_000)])   # watched agent A
+    sh.apply([_stranger_settle(1), settle(2, ts=T + 1_000)])          # the stranger's, and A's (never mined)
+    out = sh.apply([progress(T + 4_000)])                              # vouches past both settles
+    found = out.findings + sh.advance(T + AFTER + 1_001) + sh.advance(T + 3 * AFTER)
+    assert [(f.kind, f.agent) for f in found] == [("unsettled", A)]   # A's only: the bridge watches A
+    found = sh.apply([transfer(3, status="confirmed", ts=T + 5_000)]).findings + sh.advance(T + 4 * AFTER)
+    assert [(f.kind, f.agent) for f in found] == [("unsettled", STRANGER)]   # a confirmed transfer: as before
 
 
 def test_replay_uses_progress_lines_like_the_daemon():
     lines = [encode(progress_record(ts_ms=T - 30_000, block_number=1)), encode(progress_record(
         ts_ms=T, block_number=2)).replace(b"chain.progress", b"chain.progres")]   # a bad line is rejected
-    from tests.unit.test_shard import A, M
-    from watcher.simulate.records import settle_record
+    from watcher.simulate.records import settle_record, transfer_record
+    lines.append(encode(settle_record(event_id="s0", ts_ms=T - 20_000, payer=A, pay_to=M, amount=100,
+                                      tx=fake_hash(0))))
+    lines.append(encode(transfer_record(ts_ms=T - 20_000, payer=A, to=M, amount=100, tx=fake_hash(0),
+                                        status="confirmed")))   # the bridge watches A
     lines.append(encode(settle_record(event_id="s1", ts_ms=T + 1_000, payer=A, pay_to=M, amount=100,
                                       tx=fake_hash(1))))
     lines.append(encode(progress_record(ts_ms=T + 5_000, block_number=3)))
     rp = Replay(shard_config=ShardConfig(unsettled_after_ms=AFTER))
     decisions = list(rp.run(lines, drain_ms=AFTER))
-    assert rp.stats.events == 3 and rp.stats.rejected == {"bad_schema": 1}
+    assert rp.stats.events == 5 and rp.stats.rejected == {"bad_schema": 1}
     assert [d.rule for d in decisions] == ["finding.unsettled"]
     assert rp.shard.join.confirmed_upto == {8453: T + 5_000} and rp.detector.agents == [A]
+
+
+def test_progress_of_one_chain_decides_nothing_on_another():
+    """Two bridges (Base and Ethereum) on one partition: each chain's heartbeat moves only its own chain."""
+    from watcher.simulate.records import settle_record, transfer_record
+    eth_usdc = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"
+
+    def eth_settle(i, ts):
+        return D.decode(encode(settle_record(event_id=f"e{i}", ts_ms=ts, payer=A, pay_to=M, amount=100,
+                                             tx=fake_hash("eth", i), network="eip155:1", asset=eth_usdc)))
+
+    def eth_transfer(i, ts):
+        return D.decode(encode(transfer_record(ts_ms=ts, payer=A, to=M, amount=100, tx=fake_hash("eth", i),
+                                               status="confirmed", chain_id=1, token=eth_usdc, authorizer=A)))
+
+    sh = Shard(ShardConfig(unsettled_after_ms=AFTER))
+    sh.apply([settle(0, ts=T - 40_000), transfer(0, status="confirmed", ts=T - 40_000),     # Base: A watched
+              eth_settle(0, T - 40_000), eth_transfer(0, T - 40_000)])                      # Ethereum too
+    sh.apply([settle(1), eth_settle(1, T)])                    # neither is mined
+    found = sh.apply([progress(T + 4_000)]).findings + sh.advance(T + AFTER + 1)   # Base's bridge only
+    assert [(f.kind, f.chainId) for f in found] == [("unsettled", 8453)]
+    assert sh.join.confirmed_upto == {8453: T + 4_000, 1: T - 40_000}
+    eth_progress = D.decode(encode(progress_record(ts_ms=T + 6_000, block_number=7, chain_id=1)))
+    assert [(f.kind, f.chainId) for f in sh.apply([eth_progress]).findings] == [("unsettled", 1)]

@@ -14,8 +14,9 @@ and every transfer up to the tip is acknowledged and checkpointed, the bridge se
 record for block N to every partition of the topic (`Sink.progress`), at most once per
 progress_interval_seconds and only for an N above the last one sent, transfers in those blocks or not. On
 each partition it lands after the transfers it vouches for, so the watcher may take the block's time as
-"confirmed up to here" (`watcher.pipeline.join`). Blocks the bridge skipped at its first start (no
-checkpoint, no start_block) are never vouched for.
+"confirmed up to here" (`watcher.pipeline.join`). Blocks the bridge never read (before its first start's
+head without start_block, or before start_block) are never vouched for, after a restart too: the first
+block read is kept in the checkpoint (`readFrom`).
 
 Progress (head, lag, records by status, reorgs, errors) goes to `ChainMetrics` (`watcher.chain.metrics`),
 which `spendwatch chain` serves on /metrics.
@@ -88,6 +89,7 @@ class ChainBridge:
         self._book = AddressBook()
         self._committed: Checkpoint | None = None
         self._resume_from: int | None = None
+        self._read_from: int | None = None  # the first block read: never vouch below it (kept in the checkpoint)
         self._backoff = settings.reconnect_min_seconds
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -190,9 +192,10 @@ class ChainBridge:
         if cp is not None:
             self.tracker.restore(cp.headers, cp.unconfirmed)
             self._resume_from = None
+            self._read_from = cp.read_from
             self.metrics.processed(cp.tip.number, len(cp.unconfirmed))
         else:
-            self._resume_from = s.start_block
+            self._resume_from = self._read_from = s.start_block
 
     def _commit(self) -> None:
         tracker = self.tracker
@@ -200,7 +203,8 @@ class ChainBridge:
             return
         cp = Checkpoint(self.settings.chain_id, self.settings.token,
                         tuple(tracker.headers[n] for n in sorted(tracker.headers)),
-                        tuple(t for n in sorted(tracker.unconfirmed) for t in tracker.unconfirmed[n]))
+                        tuple(t for n in sorted(tracker.unconfirmed) for t in tracker.unconfirmed[n]),
+                        self._read_from)
         write_checkpoint(self.settings.checkpoint_path, cp)
         self._committed = cp
         self.head_seen = tracker.tip.number
@@ -233,8 +237,8 @@ class ChainBridge:
         if tip is None:
             if self._resume_from is None:       # first start, no start_block: begin after the head
                 tracker.jump(head, [])
+                self._read_from = head.number + 1   # blocks up to the head are never read: never vouched for
                 self._commit()
-                self.progress_sent = max(self.progress_sent, head.number)   # never read: never vouched for
                 log.warning("chain bridge: no checkpoint (%s) and no start_block: starting after the head, block "
                             "%d; transfers in earlier blocks are not backfilled. To read them, stop the bridge, "
                             "set chain.start_block (SPENDWATCH_CHAIN__START_BLOCK) to the first block to read "
@@ -317,7 +321,7 @@ class ChainBridge:
         if tracker.tip is None:
             return
         number = tracker.tip.number - tracker.confirmations
-        if (number <= self.progress_sent
+        if (number <= self.progress_sent or (self._read_from is not None and number < self._read_from)
                 or time.monotonic() - self._progress_at < self.settings.progress_interval_seconds):
             return
         header = tracker.headers.get(number) or await node.header(number)   # after a ranged read: asked

@@ -4,11 +4,14 @@
      "block": {"number": 123, "hash": "0x..."},                   last fully processed block
      "headers": [{"number", "hash", "parentHash", "timestamp"}],   recent blocks, to find a reorg's
                                                                    common ancestor after a restart
-     "unconfirmed": [<chain.transfer record>, ...]}                published pending, not yet confirmed
+     "unconfirmed": [<chain.transfer record>, ...],                published pending, not yet confirmed
+     "readFrom": 120}                                              the first block this bridge read (absent:
+                                                                   unknown, from an older bridge)
 
 "Fully processed" means every transfer of every block up to `block` was published (and acknowledged by
 Kafka) in its current status. After a restart the bridge resumes at block + 1; the unconfirmed transfers
-are confirmed or reverted as if it had never stopped.
+are confirmed or reverted as if it had never stopped. Blocks below `readFrom` were never read (a first start
+without start_block begins after the head): the bridge never sends a chain.progress record for them.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Checkpoint:
     token: str
     headers: tuple[Header, ...]        # ascending; the last is the processed tip
     unconfirmed: tuple[Transfer, ...]
+    read_from: int | None = None       # the first block read; None: unknown (an older checkpoint)
 
     @property
     def tip(self) -> Header:
@@ -54,6 +58,8 @@ def write_checkpoint(path: Path, cp: Checkpoint) -> None:
                     for h in cp.headers],
         "unconfirmed": [json.loads(msgspec.json.encode(to_wire(t, "pending", 0, now))) for t in cp.unconfirmed],
     }
+    if cp.read_from is not None:
+        doc["readFrom"] = cp.read_from
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -96,9 +102,12 @@ def read_checkpoint(path: Path, *, chain_id: int, token: str) -> Checkpoint | No
         if not headers or headers[-1].number != doc["block"]["number"] or headers[-1].hash != doc["block"]["hash"]:
             raise CheckpointError(f"chain checkpoint {path}: block does not match its last header")
         unconfirmed = tuple(from_wire(_transfer_decoder.decode(json.dumps(r))) for r in doc["unconfirmed"])
+        read_from = doc.get("readFrom")
+        if read_from is not None and (type(read_from) is not int or read_from < 0):
+            raise ValueError(f"readFrom {read_from!r} is not a block number")
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, msgspec.ValidationError) as exc:
         raise CheckpointError(f"chain checkpoint {path} is malformed ({exc!r}); fix: delete it to start "
                               "from chain.start_block") from exc
-    return Checkpoint(chain_id, doc["token"], headers, unconfirmed)
+    return Checkpoint(chain_id, doc["token"], headers, unconfirmed, read_from)

@@ -23,6 +23,13 @@ payment) and released as soon as `confirmed_upto` passes the settle, or reported
 UNSETTLED_HOLD deadlines: a bridge outage is one ChainBridgeStalled page, not a warning per payment. Per
 partition, so replicas decide alike; with a running bridge a quiet partition learns how far it confirmed
 from the heartbeat, not from other agents' transfers.
+
+A heartbeat vouches only for the wallets the bridge watches, and the join does not know that list: it
+applies heartbeats only to agents the bridge has published a transfer of on that chain (any status) within
+the payment memory (`bridged`). Any other agent (one the bridge does not watch, or has not seen pay yet) is
+judged as if no heartbeat existed: only on chains with transfer records on this partition, held until a
+confirmed transfer passes the settle (`transfer_upto`) or the hold ends. So a heartbeat never turns the
+settle of an unwatched agent into `unsettled`.
 """
 
 from __future__ import annotations
@@ -83,9 +90,14 @@ class Join:
         self.shadow_grace_ms = shadow_grace_ms
         self.unsettled_after_ms = unsettled_after_ms
         self.deadlines: list[tuple[int, str]] = []  # a heap: settles and transfers wait different times
-        self.chains_seen: set[int] = set()
+        self.chains_seen: set[int] = set()          # chains with any chain record (transfer or heartbeat)
         self.confirmed_upto: dict[int, int] = {}   # chain id -> how far the bridge confirmed (event time)
         self.held: dict[int, list[tuple[int, str]]] = {}  # chain id -> heap of (settle time, tx) held back
+        # without heartbeats (agents the bridge is not known to watch): chains with a transfer record -> the
+        # newest confirmed transfer's time (-1: none confirmed yet), and the settles held on it
+        self.transfer_upto: dict[int, int] = {}
+        self.held_t: dict[int, list[tuple[int, str]]] = {}
+        self.bridged: Generations[int] = Generations(horizon_ms, max_entries)   # "chain:agent" with a transfer
 
     def apply(self, obs: Observation, categorize: Callable[[str, str | None], str | None],
               now_ms: int) -> tuple[Delta | None, list[Finding]]:
@@ -112,9 +124,18 @@ class Join:
                 if not p.transfers:
                     heapq.heappush(self.deadlines, (now_ms + self.unsettled_after_ms, key))
         else:
-            self.chains_seen.add(obs.chain_id)
-            if obs.status == "confirmed" and obs.ts_ms > self.confirmed_upto.get(obs.chain_id, -1):
-                self._confirmed(obs.chain_id, obs.ts_ms)
+            chain = obs.chain_id
+            self.chains_seen.add(chain)
+            bridged = f"{chain}:{obs.agent}"
+            if bridged not in self.bridged.current:
+                self.bridged.put(bridged, 1)
+            t_upto = self.transfer_upto.setdefault(chain, -1)
+            if obs.status == "confirmed":
+                if obs.ts_ms > t_upto:
+                    self.transfer_upto[chain] = obs.ts_ms
+                    self._release(self.held_t.get(chain), obs.ts_ms)
+                if obs.ts_ms > self.confirmed_upto.get(chain, -1):
+                    self._confirmed(chain, obs.ts_ms)
             li = obs.log_index or 0
             if (not p.transfers and obs.status == "confirmed" and obs.amount == p.settle_amount == p.counted
                     and p.counted_n == 1):
@@ -139,7 +160,9 @@ class Join:
         """The bridge has confirmed `chain_id` up to `upto_ms` (newer than before): held settles up to then
         are due at once (the next sweep decides them)."""
         self.confirmed_upto[chain_id] = upto_ms
-        held = self.held.get(chain_id)
+        self._release(self.held.get(chain_id), upto_ms)
+
+    def _release(self, held: list[tuple[int, str]] | None, upto_ms: int) -> None:
         if held and held[0][0] <= upto_ms:
             dl, pop, push = self.deadlines, heapq.heappop, heapq.heappush
             while held and held[0][0] <= upto_ms:
@@ -186,13 +209,19 @@ class Join:
                 if p.transfers and p.transfers[-1][2] == "confirmed" or not p.settle_amount:
                     continue  # the common case: settled and confirmed (or a 0 settle: nothing to reconcile)
                 if (self._confirmed_amount(p) is None and not p.reported & UNSETTLED
-                        and p.chain_id in self.chains_seen):
+                        and p.chain_id in self.transfer_upto):
+                    # heartbeats vouch for the bridge's watched wallets only: for an agent none of whose
+                    # transfers the bridge published, only confirmed transfers tell how far it confirmed
+                    if f"{p.chain_id}:{p.agent}" in self.bridged:
+                        upto, held = self.confirmed_upto.get(p.chain_id, -1), self.held
+                    else:
+                        upto, held = self.transfer_upto[p.chain_id], self.held_t
                     hold_end = p.ts_ms + UNSETTLED_HOLD * self.unsettled_after_ms
-                    if self.confirmed_upto.get(p.chain_id, -1) < p.ts_ms and now_ms < hold_end:
-                        # the bridge has not confirmed up to the settle: wait for it (_confirmed releases
-                        # the payment) or for the end of the hold
+                    if upto < p.ts_ms and now_ms < hold_end:
+                        # the bridge has not confirmed up to the settle: wait for it (_confirmed or a
+                        # confirmed transfer releases the payment) or for the end of the hold
                         heapq.heappush(dl, (hold_end, key))
-                        heapq.heappush(self.held.setdefault(p.chain_id, []), (p.ts_ms, key))
+                        heapq.heappush(held.setdefault(p.chain_id, []), (p.ts_ms, key))
                         continue
                     p.reported |= UNSETTLED
                     out.append(self._finding("unsettled", p, now_ms,
@@ -216,9 +245,10 @@ class Join:
 
     def tick(self, now_ms: int) -> None:
         self.payments.tick(now_ms)
+        self.bridged.tick(now_ms)
         # a held settle older than the payment memory is gone (or reported at the end of its hold)
         cutoff = now_ms - 2 * self.payments.horizon_ms
-        for held in self.held.values():
+        for held in (*self.held.values(), *self.held_t.values()):
             while held and held[0][0] < cutoff:
                 heapq.heappop(held)
 
@@ -228,7 +258,10 @@ class Join:
     def snapshot(self) -> dict:
         return {"payments": self.payments.snapshot(), "deadlines": list(self.deadlines),
                 "chains_seen": sorted(self.chains_seen), "confirmed_upto": sorted(self.confirmed_upto.items()),
-                "held": [[c, ts, key] for c, held in sorted(self.held.items()) for ts, key in held]}
+                "held": [[c, ts, key] for c, held in sorted(self.held.items()) for ts, key in held],
+                "transfer_upto": sorted(self.transfer_upto.items()),
+                "held_t": [[c, ts, key] for c, held in sorted(self.held_t.items()) for ts, key in held],
+                "bridged": self.bridged.snapshot()}
 
     def restore(self, snap: dict) -> None:
         self.payments.restore(snap["payments"], lambda v: msgspec.convert(v, Payment))
@@ -241,8 +274,22 @@ class Join:
             newest = max((p.ts_ms for p in self.payments.values()), default=0)
             self.confirmed_upto = {c: newest for c in self.chains_seen}
         # a checkpoint from before `held`: its held settles are in `deadlines` (looked at again, then held)
-        self.held = {}
-        for c, ts, key in snap.get("held", ()):
-            self.held.setdefault(int(c), []).append((int(ts), key))
-        for held in self.held.values():
+        self.held, self.held_t = self._heaps(snap.get("held", ())), self._heaps(snap.get("held_t", ()))
+        # from before `transfer_upto`: the chains seen and how far they confirmed, as then known; no agent is
+        # known to the bridge (`bridged`) until its next transfer, so heartbeats decide nothing until then
+        if "transfer_upto" in snap:
+            self.transfer_upto = {int(c): int(t) for c, t in snap["transfer_upto"]}
+        else:
+            self.transfer_upto = {c: self.confirmed_upto.get(c, -1) for c in self.chains_seen}
+        self.bridged = Generations(self.payments.horizon_ms, self.payments.max_entries)
+        if "bridged" in snap:
+            self.bridged.restore(snap["bridged"])
+
+    @staticmethod
+    def _heaps(rows) -> dict[int, list[tuple[int, str]]]:
+        out: dict[int, list[tuple[int, str]]] = {}
+        for c, ts, key in rows:
+            out.setdefault(int(c), []).append((int(ts), key))
+        for held in out.values():
             heapq.heapify(held)
+        return out
