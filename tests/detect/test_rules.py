@@ -85,6 +85,10 @@ def test_price_drift(harness):
         [("warn", "price_drift", 12_000, 10_000, MERCHANT)]
     assert "v7" in ds[0].reason
     assert h.feed([h.settle(T0 + 2000, 12_000)]) == []            # cooldown
+    # after the cooldown the warning repeats with its own id: a consumer that drops repeated ids (the
+    # decision topic is at-least-once) must not drop it as a redelivery of the first
+    again = h.feed([h.settle(T0 + 3_700_000, 12_000)])
+    assert [d.rule for d in again] == ["price_drift"] and again[0].id != ds[0].id
 
 
 def test_compromised_key_unknown_payee_then_shadow_spend(harness):

@@ -284,7 +284,7 @@ class Detector(Verdicts):
                 cands.append(Candidate(i, d.ts_ms, r, "price_drift", "policy", a, rate.price, USDC, "payment",
                                        [d.event_id], f"charged {fmt_usdc(a)} USDC, card {rate.version} says "
                                        f"{fmt_usdc(rate.price)} (allowed {fmt_usdc(rate.low)}..{fmt_usdc(rate.high)})",
-                                       m, rate.category, f"{m}|{rate.version}"))
+                                       m, rate.category, f"{d.event_id}|{m}|{rate.version}"))
         self._models(deltas, ni, rows, ts, amt, merchants, cands)
 
     def _models(self, deltas, ni, rows, ts, amt, merchants, cands) -> None:
