@@ -83,6 +83,8 @@ class _Rebalance(ConsumerRebalanceListener):
             # a partition without its state stays paused (its records would only be fetched and rewound)
             consumer.resume(*[tp for tp in assigned
                               if tp in consumer.assignment() and tp.partition in self.daemon.shards])
+            log.info("rebalance: this replica owns partitions %s of %d (new: %s)", sorted(self.daemon.shards),
+                     self.daemon.k.partitions, sorted(fresh) or "none")
 
 
 class Daemon:
