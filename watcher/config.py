@@ -10,17 +10,16 @@ command-line option, to the working directory.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
-from watcher.breaker.config import AdminSettings, BreakerSettings, WebhookSettings, breaker_fix
-from watcher.configfile import error_key, relative_to_file
-from watcher.errors import ConfigError
+from watcher.breaker.config import ENV_ALIASES, FIXES, SECRET_KEYS, AdminSettings, BreakerSettings, WebhookSettings
+from watcher.configfile import env_json_error, read_toml, relative_to_file, validation_error
 from watcher.metrics import MetricsSettings
 from watcher.observe.statements import StatementSettings
 from watcher.pipeline.join import UNSETTLED_HOLD
@@ -171,9 +170,9 @@ class Settings(BaseSettings):
             raise PydanticCustomError(
                 "setting", f"dedupe.horizon_seconds={self.dedupe.horizon_seconds} is shorter than the longest a "
                 f"finding can wait ({need} s: {UNSETTLED_HOLD} x findings.unsettled_after_seconds, or "
-                "findings.shadow_grace_seconds), so a pending finding would be forgotten; raise "
-                f"dedupe.horizon_seconds to at least {need} or lower the findings' delays",
-                {"key": "dedupe.horizon_seconds"})
+                "findings.shadow_grace_seconds), so a pending finding would be forgotten",
+                {"key": "dedupe.horizon_seconds", "fix": f"raise dedupe.horizon_seconds to at least {need} or "
+                 "lower the findings' delays"})
         return self
 
     @classmethod
@@ -189,34 +188,15 @@ class Settings(BaseSettings):
             unsettled_after_ms=self.findings.unsettled_after_seconds * 1000)
 
 
-def _fix_for(err: dict[str, Any], key_fix: str | None) -> str:
-    kind = err.get("type", "")
-    if kind == "setting":  # a check over several keys: its message says what to change
-        return str(err.get("msg"))
-    if kind not in ("extra_forbidden", "missing") and key_fix:
-        return key_fix
-    if kind == "extra_forbidden":
-        return "remove this key or check its spelling (see README, Configuration)"
-    if kind == "missing":
-        return "add this key"
-    return f"{err.get('msg', 'invalid value')} (got {str(err.get('input'))[:60]!r})"
-
-
 def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Settings:
-    """Read TOML `path` (optional), apply SPENDWATCH_* environment overrides, validate. Raises ConfigError."""
+    """Read TOML `path` (optional), apply SPENDWATCH_* environment overrides, validate. Raises ConfigError
+    listing every bad value, each with its key, where it came from (the file or a variable) and its fix."""
     data: dict[str, Any] = {}
     source = str(path) if path else "(defaults and environment)"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("configuration file not found", file=source,
-                              fix="give the path of a TOML file, e.g. examples/spendwatch.toml")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML: {exc}", file=source, fix="correct the TOML syntax") from None
+        data = read_toml(path)
         for table, keys in FILE_RELATIVE.items():
-            relative_to_file(data.get(table), keys, p)
+            relative_to_file(data.get(table), keys, path)
     for key, value in overrides.items():
         section, _, name = key.partition("__")
         if name:
@@ -225,11 +205,7 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
             data[key] = value
     try:
         return Settings(**data)
+    except SettingsError as exc:  # a SPENDWATCH_<SECTION> table or list that is not JSON
+        raise env_json_error(exc) from None
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = error_key(err)
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        key_fix = breaker_fix(key)
-        what = str(err.get("msg", "")).removeprefix("Value error, ") if key_fix else ""
-        raise ConfigError(f"invalid setting{more}" + (f": {what}" if what else ""), file=source, key=key,
-                          fix=_fix_for(err, key_fix)) from None
+        raise validation_error(exc, file=source, aliases=ENV_ALIASES, fixes=FIXES, hidden=SECRET_KEYS) from None

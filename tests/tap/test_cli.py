@@ -46,3 +46,29 @@ async def test_serve_forwards_and_records(kafka_bootstrap, unique):
         assert counts["verify"] == 1 and counts["published"] == 1 and counts["dropped"] == 0
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("breakers", [["--no-breakers"], [], ["--admin-url", "http://127.0.0.1:9"]],
+                         ids=["none", "topic", "admin"])
+def test_a_taken_port_exits_1_and_closes_the_upstream_session(tmp_path, breakers):
+    """The bind fails after the upstream session opened: it is closed on that path (no "Unclosed client
+    session" at exit), the breaker view stops although Kafka is unreachable (its consumer was bootstrapping
+    when cancelled), and the process says which port and which option."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDWATCH_")}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "watcher", "facilitator", "--upstream", "http://127.0.0.1:9",
+                            "--port", str(port), "--bootstrap", "127.0.0.1:1", *breakers],
+                           capture_output=True, text=True, timeout=120,
+                           env={**env, "COLUMNS": "400", "SPENDWATCH_ADMIN_TOKEN": "0123456789abcdef0123"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "address already in use" in out and str(port) in out and "--port" in out, out
+    assert "Unclosed" not in out and "Traceback" not in out, out

@@ -94,3 +94,31 @@ def test_retired_signature_tolerance_key_still_loads_with_a_warning(tmp_path, ca
         b = load_breaker_config(f)
     assert not hasattr(s.webhook, "signature_tolerance_seconds") and b.webhook == s.webhook
     assert any("signature_tolerance_seconds is ignored" in r.getMessage() for r in caplog.records)
+
+
+def test_breaker_tables_name_the_variable_a_bad_value_came_from(tmp_path, monkeypatch):
+    """load_breaker_config reports as load_settings does: the variable, not the file."""
+    monkeypatch.delenv("SPENDWATCH_WEBHOOK_SECRET", raising=False)
+    monkeypatch.setenv("SPENDWATCH_ADMIN_TOKEN", "short")
+    f = tmp_path / "c.toml"
+    f.write_text('[admin]\nport = 8742\n')
+    for load in (load_breaker_config, load_settings):
+        with pytest.raises(ConfigError) as err:
+            load(f)
+        e = err.value
+        assert e.key == "admin.token" and e.file is None, str(e)
+        assert "from SPENDWATCH_ADMIN_TOKEN (the environment wins over the file)" in str(e)
+        assert "SPENDWATCH_ADMIN_TOKEN" in e.fix and "short" not in str(e).replace("shorter", "")
+
+
+def test_breaker_tables_list_every_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPENDWATCH_WEBHOOK_SECRET", raising=False)
+    monkeypatch.delenv("SPENDWATCH_ADMIN_TOKEN", raising=False)
+    f = tmp_path / "c.toml"
+    f.write_text('[admin]\nport = -1\n[webhook]\ntimeout_seconds = 0\n[breaker]\nnotify_attempts = 99\n')
+    with pytest.raises(ConfigError) as err:
+        load_breaker_config(f)
+    e, text = err.value, str(err.value)
+    assert e.file == str(f) and "more)" not in text
+    keys = {"admin.port", "webhook.timeout_seconds", "breaker.notify_attempts"}
+    assert e.key in keys and all(k in text for k in keys), text

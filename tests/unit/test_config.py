@@ -181,3 +181,70 @@ def test_readme_configuration_table_names_every_key():
         documented.update(section + n for n in names[1:])
     missing = [k for k in _settings_keys(Settings) if k not in documented]
     assert not missing, f"README configuration table lacks {missing}"
+
+
+def _clean_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("SPENDWATCH_")}
+
+
+@pytest.mark.parametrize("var, value, key", [
+    ("SPENDWATCH_KAFKA__PARTITIONS", "zero", "kafka.partitions"),
+    ("SPENDWATCH_METRICS__PORT", "-1", "metrics.port"),
+    ("SPENDWATCH_ADMIN__PORT", "70000", "admin.port"),
+])
+def test_a_bad_value_from_the_environment_names_the_variable_not_the_file(monkeypatch, var, value, key):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings("examples/spendwatch.toml")
+    e = err.value
+    assert e.key == key and e.file is None, str(e)
+    assert f"from {var} (the environment wins over the file)" in str(e) and var in e.fix, str(e)
+    assert "file: examples/spendwatch.toml" not in str(e)
+
+
+def test_a_bad_value_from_the_file_still_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPENDWATCH_KAFKA__GROUP", "g")          # set, but not the key in error
+    f = tmp_path / "c.toml"
+    f.write_text("[kafka]\npartitions = 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    e = err.value
+    assert e.file == str(f) and e.key == "kafka.partitions" and "SPENDWATCH_" not in str(e), str(e)
+    assert "at least 1" in e.fix
+
+
+def test_a_whole_table_from_the_environment_that_is_not_json_names_the_variable(monkeypatch):
+    monkeypatch.setenv("SPENDWATCH_KAFKA", "x")
+    with pytest.raises(ConfigError) as err:
+        load_settings("examples/spendwatch.toml")
+    e = err.value
+    assert e.key == "kafka" and "from SPENDWATCH_KAFKA " in str(e) and "SPENDWATCH_KAFKA" in e.fix, str(e)
+
+
+def test_every_error_is_listed_the_first_one_leading(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPENDWATCH_METRICS__PORT", "-1")
+    f = tmp_path / "c.toml"
+    f.write_text('[kafka]\npartitions = 0\nmax_batch = "many"\n[[windows]]\nname = "1m"\nseconds = 60\n'
+                 'buckets = 7\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    e, text = err.value, str(err.value)
+    assert e.key == "kafka.partitions" and e.file == str(f) and "at least 1" in e.fix, text
+    assert "more)" not in text
+    for key in ("kafka.max_batch", "windows.0", "metrics.port"):
+        assert f"\n  {key}" in text, text
+    assert "metrics.port from SPENDWATCH_METRICS__PORT (the environment wins over the file)" in text
+    assert "'many'" in text
+
+
+def test_check_config_names_the_variable_a_bad_value_came_from():
+    r = subprocess.run([sys.executable, "-m", "watcher", "check-config", "examples/spendwatch.toml"],
+                       capture_output=True, text=True,
+                       env={**_clean_env(), "COLUMNS": "400", "SPENDWATCH_KAFKA__PARTITIONS": "zero"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out, out
+    assert "from SPENDWATCH_KAFKA__PARTITIONS (the environment wins over the file)" in out, out
+    assert "key: kafka.partitions" in out and "fix: make SPENDWATCH_KAFKA__PARTITIONS" in out, out
+    assert "file: examples/spendwatch.toml" not in out, out

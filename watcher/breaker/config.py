@@ -12,35 +12,39 @@ secret and a receiver that knows any of them accepts it), SPENDWATCH_ADMIN_TOKEN
 SPENDWATCH_SLACK_WEBHOOK_URL, SPENDWATCH_PAGERDUTY_ROUTING_KEY. The nested form
 SPENDWATCH_WEBHOOK__URL=... works once the tables are fields of Settings.
 
-A bad value becomes a ConfigError naming the key (`webhook.url`, `admin.port`, ...) and a fix for that key
-(`config_error`); a check over two keys names the one to change through the error's context `key`.
+A bad value becomes a ConfigError naming the key (`webhook.url`, `admin.port`, ...), the variable when the
+value came from one (ENV_ALIASES), and a fix for that key (`config_error`); a check over two keys names the
+one to change through the error's context `key`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tomllib
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from watcher.configfile import error_key
+from watcher.configfile import read_toml, validation_error
 from watcher.errors import ConfigError
 
 log = logging.getLogger("watcher.breaker.config")
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 WEBHOOK_SECRET_ENV = "SPENDWATCH_WEBHOOK_SECRET"
 ADMIN_TOKEN_ENV = "SPENDWATCH_ADMIN_TOKEN"
+# keys set by a variable of another name than SPENDWATCH_<SECTION>__<KEY> (the environment wins over the file)
+ENV_ALIASES = {"webhook.secrets": WEBHOOK_SECRET_ENV, "admin.token": ADMIN_TOKEN_ENV,
+               "breaker.slack_webhook_url": "SPENDWATCH_SLACK_WEBHOOK_URL",
+               "breaker.pagerduty_routing_key": "SPENDWATCH_PAGERDUTY_ROUTING_KEY"}
+SECRET_KEYS = frozenset(ENV_ALIASES)   # their values are never shown in an error
 MIN_SECRET_CHARS = 16
 # keys that were settings once and are now ignored, with why (old files keep loading, with a warning)
 _RETIRED = {"signature_tolerance_seconds": "the receiver decides how old a signature it accepts "
             "(watcher.breaker.signing.verify tolerance_seconds, 300 s in examples/receiver.py); the sender "
             "signs each attempt afresh"}
 _RANDOM = "a random string of at least 16 characters, e.g. the output of `openssl rand -hex 32`"
-# the fix for a bad value, per key (breaker_fix); other keys get the validation message and the README
+# the fix for a bad value, per key; other keys get what the value must be (watcher.configfile)
 FIXES = {
     "webhook.url": "give the wallet service's endpoint as an http:// or https:// URL (webhook.url or "
                    "--webhook-url), or leave it empty to record breaker changes without sending them",
@@ -55,11 +59,6 @@ FIXES = {
 def _setting_error(key: str, message: str) -> PydanticCustomError:
     """A failed check over several fields, naming the field to change (read by `config_error`)."""
     return PydanticCustomError("setting", message, {"key": key})
-
-
-def _short_secret_message(env: str, what: str) -> str:
-    src = f" from {env} (the environment wins over the file)" if os.environ.get(env, "").strip() else ""
-    return f"{what}{src} is shorter than {MIN_SECRET_CHARS} characters"
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -108,7 +107,7 @@ class WebhookSettings(BaseModel):
     @classmethod
     def _secrets(cls, v: list[SecretStr]) -> list[SecretStr]:
         if any(len(s.get_secret_value()) < MIN_SECRET_CHARS for s in v):
-            raise ValueError(_short_secret_message(WEBHOOK_SECRET_ENV, "a webhook secret"))
+            raise ValueError(f"a webhook secret is shorter than {MIN_SECRET_CHARS} characters")
         return v
 
     @model_validator(mode="after")
@@ -146,7 +145,7 @@ class AdminSettings(BaseModel):
     @classmethod
     def _token(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and len(v.get_secret_value()) < MIN_SECRET_CHARS:
-            raise ValueError(_short_secret_message(ADMIN_TOKEN_ENV, "the admin token"))
+            raise ValueError(f"the admin token is shorter than {MIN_SECRET_CHARS} characters")
         return v
 
     def base_url(self) -> str:
@@ -203,37 +202,23 @@ def load_breaker_config(path: str | os.PathLike | None = None, **overrides: Any)
     """Read the [breaker], [webhook] and [admin] tables of a TOML file (other tables are ignored), apply
     environment secrets and `overrides` ({"webhook": {"url": ...}}). Raises ConfigError naming the key."""
     data: dict[str, Any] = {}
-    source = str(path) if path else "(defaults and environment)"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("configuration file not found", file=source, fix="give the path of a TOML file")
-        try:
-            raw = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML: {exc}", file=source, fix="correct the TOML syntax") from None
+        raw = read_toml(path, missing_fix="give the path of a TOML file")
         data = {k: dict(raw[k]) for k in ("breaker", "webhook", "admin") if k in raw}
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
     try:
         return BreakerConfig(**data)
     except ValidationError as exc:
-        raise config_error(exc, source) from None
+        # only the secrets' variables apply here: SPENDWATCH_ADMIN__PORT and friends are the daemon's
+        raise config_error(exc, str(path) if path else "(defaults and environment)", nested_env=False) from None
 
 
-def breaker_fix(key: str) -> str | None:
-    """The fix for a bad [webhook] / [admin] / [breaker] key, if it has a specific one."""
-    return FIXES.get(key)
-
-
-def config_error(exc: ValidationError, file: str | None = None, *, origin: str = "") -> ConfigError:
-    """A ConfigError for the first error of a breaker configuration: the key it is about and its fix.
-    `origin`: where the values came from when not a file (e.g. "command line")."""
-    err = exc.errors()[0]
-    key = error_key(err)
-    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    fix = breaker_fix(key) or (f"{msg} (got {str(err.get('input'))[:60]!r}); see README, Configuration "
-                               "(breaker, webhook, admin)")
-    where = f" ({origin})" if origin else ""
-    return ConfigError(f"invalid setting{where}: {msg}{more}", file=file, key=key or None, fix=fix)
+def config_error(exc: ValidationError, file: str | None = None, *, origin: str = "",
+                 nested_env: bool = True) -> ConfigError:
+    """A ConfigError for every error of a breaker configuration, the first leading: the key it is about,
+    where its value came from and its fix. `origin`: where the values came from when not a file or the
+    environment (e.g. "with --admin-port"); `nested_env`: SPENDWATCH_<SECTION>__<KEY> variables were read
+    (as the daemon's Settings reads them)."""
+    return validation_error(exc, file=file, origin=origin, aliases=ENV_ALIASES, fixes=FIXES, hidden=SECRET_KEYS,
+                            nested_env=nested_env, see="see README, Configuration (breaker, webhook, admin)")

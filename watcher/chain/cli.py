@@ -64,14 +64,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_chain)
 
 
+# key of [chain] -> (its option, the argparse dest); a bad value of an option given is reported under it
+OPTIONS = {"ws_url": ("--ws-url", "ws_url"), "http_url": ("--http-url", "http_url"),
+           "chain_id": ("--chain-id", "chain_id"), "token": ("--token", "token"),
+           "confirmations": ("--confirmations", "confirmations"), "watch_all": ("--watch-all", "watch_all"),
+           "checkpoint_path": ("--checkpoint", "checkpoint"), "kafka_bootstrap": ("--bootstrap", "bootstrap"),
+           "topic": ("--topic", "topic"), "metrics_port": ("--metrics-port", "metrics_port")}
+
+
 def settings_from_args(args: argparse.Namespace) -> ChainSettings:
-    overrides = {"ws_url": args.ws_url, "http_url": args.http_url, "chain_id": args.chain_id,
-                 "token": args.token, "confirmations": args.confirmations, "watch_all": args.watch_all,
-                 "checkpoint_path": args.checkpoint, "kafka_bootstrap": args.bootstrap, "topic": args.topic,
-                 "metrics_port": args.metrics_port}
+    overrides = {key: getattr(args, dest) for key, (_, dest) in OPTIONS.items()}
     if args.wallets:
         overrides["extra_wallets"] = args.wallets
-    return load_settings(args.config, **overrides)
+    return load_settings(args.config, flags={key: flag for key, (flag, _) in OPTIONS.items()}, **overrides)
 
 
 async def run_bridge(settings: ChainSettings) -> dict:

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from watcher.configfile import error_key, relative_to_file
+from watcher.configfile import env_json_error, read_toml, relative_to_file, validation_error
 from watcher.errors import ConfigError
 from watcher.registry import checksum_address as _address
 from watcher.registry import load_registry
@@ -36,6 +36,14 @@ FALLBACK_CONFIRMATIONS = 12
 
 # keys whose relative paths in a config file are relative to that file's folder
 FILE_RELATIVE = ("registry_file", "checkpoint_path")
+
+ENV_PREFIX = "SPENDWATCH_CHAIN__"
+# how to give a node to read from, every way (a bridge without one is the commonest first-run error)
+NODE_FIX = ("give --ws-url ws://HOST:PORT (live) or --http-url http://HOST:PORT (polling), or set chain.ws_url "
+            "or chain.http_url in the [chain] table of --config FILE, or SPENDWATCH_CHAIN__WS_URL / "
+            "SPENDWATCH_CHAIN__HTTP_URL")
+WATCH_FIX = ("give --wallet ADDRESS (repeatable) or --watch-all, or set chain.watched_wallets, "
+             "chain.registry_file or chain.watch_all = true")
 
 # metrics_port values that serve no /metrics (0 is a port: a free one the OS picks, as for the watcher)
 METRICS_OFF = ("off", "false", "no", "none", "")
@@ -137,11 +145,15 @@ class ChainSettings(BaseSettings):
     @model_validator(mode="after")
     def _whole(self) -> ChainSettings:
         if self.ws_url is None and self.http_url is None:
-            raise ValueError("set ws_url (live subscriptions) or http_url (polling)")
+            raise PydanticCustomError("setting", "no node to read from: the bridge needs ws_url (live "
+                                      "subscriptions) or http_url (polling)", {"key": "ws_url", "fix": NODE_FIX})
         if not self.watch_all and not self.watched_wallets and self.registry_file is None:
-            raise ValueError("nothing to watch: set watched_wallets, registry_file, or watch_all = true")
+            raise PydanticCustomError("setting", "nothing to watch: no watched_wallets, no registry_file and "
+                                      "watch_all is false", {"key": "watched_wallets", "fix": WATCH_FIX})
         if self.reconnect_max_seconds < self.reconnect_min_seconds:
-            raise ValueError("reconnect_max_seconds must be >= reconnect_min_seconds")
+            raise PydanticCustomError("setting", "reconnect_max_seconds must be >= reconnect_min_seconds",
+                                      {"key": "reconnect_max_seconds",
+                                       "fix": "make chain.reconnect_max_seconds at least chain.reconnect_min_seconds"})
         return self
 
     @property
@@ -158,56 +170,45 @@ def watched_wallets(settings: ChainSettings) -> frozenset[str]:
     return frozenset(wallets)
 
 
-def settings_from_mapping(data: dict[str, Any], *, source: str = "<settings>") -> ChainSettings:
+def settings_from_mapping(data: dict[str, Any], *, source: str | None = None,
+                          given: dict[str, str] | None = None) -> ChainSettings:
+    """ChainSettings from `data` (the [chain] table of `source`, with the options' values) and the
+    environment. `given`: key of data -> the command-line option that set it. Raises ConfigError listing
+    every bad value, each with where it came from (the file, a SPENDWATCH_CHAIN__ variable, an option)."""
     try:
         return ChainSettings(**data)
     except SettingsError as exc:  # an environment value that is not JSON where a list or table is wanted
-        field = exc.args[0].split('"')[1] if exc.args and '"' in exc.args[0] else "chain"
-        raise ConfigError(f"{exc} (not valid JSON)", file="<environment>", key=f"chain.{field}",
-                          fix=f"write SPENDWATCH_CHAIN__{field.upper()} as JSON, e.g. '[\"0x..\"]' for a "
-                          "list") from None
+        raise env_json_error(exc, env_prefix=ENV_PREFIX, key_prefix="chain") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        msg = first["msg"].removeprefix("Value error, ")
-        key = f"chain.{loc}" if (loc := error_key(first)) else "chain"
-        if first["type"] == "extra_forbidden":
-            fields = ", ".join(sorted(ChainSettings.model_fields))
-            raise ConfigError("unknown key", file=source, key=key, fix=f"remove it; known keys: {fields}") from None
-        env_hint = " (or its SPENDWATCH_CHAIN__ environment variable)" if key != "chain" else ""
-        raise ConfigError(msg, file=source, key=key, fix=f"correct this value in the [chain] table{env_hint}; "
-                          "see `spendwatch chain --help`") from None
+        raise validation_error(exc, file=source, what="invalid [chain] setting", key_prefix="chain",
+                               given={f"chain.{k}": v for k, v in (given or {}).items()},
+                               unknown_fix=f"remove it; known keys: {', '.join(sorted(ChainSettings.model_fields))}",
+                               see="see `spendwatch chain --help`") from None
 
 
-def load_settings(path: Path | None, **overrides: Any) -> ChainSettings:
-    """Settings from the [chain] table of `path` (optional), the environment, then `overrides`."""
+def load_settings(path: Path | None, *, flags: dict[str, str] | None = None, **overrides: Any) -> ChainSettings:
+    """Settings from the [chain] table of `path` (optional), the environment, then `overrides` (None: not
+    given). `flags`: the command-line option of each override, named when its value is wrong."""
     data: dict[str, Any] = {}
-    source = str(path) if path is not None else "<environment>"
     if path is not None:
-        try:
-            doc = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError("config file not found", file=source,
-                              fix="pass an existing file to --config") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML ({exc})", file=source) from None
-        table = doc.get("chain", {})
+        table = read_toml(path, missing_fix="pass an existing file to --config").get("chain", {})
         if not isinstance(table, dict):
-            raise ConfigError("`chain` must be a table", file=source, key="chain", fix="write it as [chain]")
+            raise ConfigError("`chain` must be a table", file=str(path), key="chain", fix="write it as [chain]")
         data.update(table)
         relative_to_file(data, FILE_RELATIVE, path)
     env_keys = {k.upper() for k in os.environ}
-    data = {k: v for k, v in data.items() if f"SPENDWATCH_CHAIN__{k.upper()}" not in env_keys}
+    data = {k: v for k, v in data.items() if f"{ENV_PREFIX}{k.upper()}" not in env_keys}
     extra = overrides.pop("extra_wallets", None) or []
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update(given)
     if extra:
-        env_wallets = os.environ.get("SPENDWATCH_CHAIN__WATCHED_WALLETS")
+        env_wallets = os.environ.get(f"{ENV_PREFIX}WATCHED_WALLETS")
         try:
             base = list(json.loads(env_wallets)) if env_wallets else list(data.get("watched_wallets", []))
-        except ValueError:
-            raise ConfigError("not valid JSON", file="<environment>", key="chain.watched_wallets",
-                              fix="write SPENDWATCH_CHAIN__WATCHED_WALLETS as a JSON list, e.g. "
-                              "'[\"0x..\"]'") from None
+        except ValueError as exc:
+            raise env_json_error(exc, env_prefix=ENV_PREFIX, key_prefix="chain", field="watched_wallets") from None
         data["watched_wallets"] = [*base, *extra]
-    settings = settings_from_mapping(data, source=source)
+    settings = settings_from_mapping(data, source=str(path) if path is not None else None,
+                                     given={k: (flags or {}).get(k, "the command line") for k in given})
     watched_wallets(settings)  # a broken registry fails now, not after connecting
     return settings

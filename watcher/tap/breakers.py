@@ -66,6 +66,15 @@ async def _stop_consumer(c: AIOKafkaConsumer, timeout: float = STOP_TIMEOUT_SECO
         log.warning("breaker view: closing the Kafka client failed (%r)", exc)
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation of this task that a client library turned into another error (aiokafka's
+    start() answers a cancel during its bootstrap with KafkaConnectionError): the caller's retry loop must
+    stop, not sleep on, or whoever cancelled it (the view's __aexit__) waits for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class BreakerView(Protocol):
     def state(self, wallet: str) -> str | None: ...
     def is_blocked(self, wallet: str) -> bool | None: ...
@@ -263,6 +272,7 @@ class TopicBreakerView(_Following):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                _raise_if_cancelled()   # __aexit__ stops the consumer (self._consumer)
                 log.warning("breaker view: reading %s failed (%r); retrying in %.1f s", self.topic, exc, delay)
                 self.caught_up.clear()
                 await _stop_consumer(c)
@@ -311,6 +321,7 @@ class AdminBreakerView(_Following):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                _raise_if_cancelled()
                 self.failures += 1
                 log.warning("breaker view: admin API %s failed (%r)", self.url, exc)
             await asyncio.sleep(self.refresh)

@@ -66,10 +66,14 @@ class TapProxy:
         self._session = aiohttp.ClientSession(
             timeout=self.timeout, connector=aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=60),
             auto_decompress=False, skip_auto_headers=("User-Agent",))
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
-        await site.start()
+        try:
+            self._runner = web.AppRunner(self.app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+            await site.start()   # a taken port fails here: the session and the runner are closed first
+        except BaseException:
+            await self.__aexit__()
+            raise
         self.port = site._server.sockets[0].getsockname()[1]
         log.info("facilitator tap on %s in front of %s", self.url, self.upstream)
         return self
