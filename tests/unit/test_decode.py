@@ -180,3 +180,57 @@ def test_progress_from_the_future_is_refused_in_live_mode():
     d.decode(encode(_progress(ts_ms=T + 30_000)))
     with pytest.raises(EventError, match="bad_time"):
         d.decode(encode(_progress(ts_ms=T + 120_000)))
+
+
+# -- found by tests/unit/test_decode_fuzz.py ------------------------------------------------------------------
+@pytest.mark.parametrize("raw", [
+    encode(_progress()).replace(b'"chain.progress"', b'"\x80chain.progress"'),
+    encode(_progress()).replace(b'"8453:123"', b'"\xed\xa0\x80"'),   # a lone surrogate, as UTF-8 bytes
+    encode(_settle()).replace(b'"simulator"', b'"\xff\xfe"'),
+])
+def test_bytes_that_are_not_utf8_are_bad_json(raw):
+    with pytest.raises(EventError) as err:
+        dec().decode(raw)
+    assert err.value.reason == "bad_json" and "UTF-8" in err.value.detail, err.value
+
+
+@pytest.mark.parametrize("field, text", [
+    ("observedAt", "0001-01-01T00:00:00+14:00"),   # the year 0 in UTC: no date to write a decision with
+    ("observedAt", "9999-12-31T10:00:00Z"),        # any deadline after it is past the year 9999
+    ("observedAt", "1969-12-31T23:59:59.999Z"),
+    ("observedAt", "9000-01-01T00:00:00Z"),
+    ("blockTime", "0001-01-01T00:00:00Z"),
+    ("blockTime", "9999-12-31T23:59:59-12:00"),
+])
+def test_times_outside_1970_to_9000_are_bad_time(field, text):
+    other = _settle() if field == "observedAt" else transfer_record(ts_ms=T, payer=PAYER, to=PAY_TO, amount=7, tx=TX)
+    for rec in (_progress(), other):
+        rec[field] = text
+        with pytest.raises(EventError) as err:
+            dec().decode(encode(rec))
+        assert err.value.reason == "bad_time" and field in err.value.detail, (rec["type"], err.value)
+
+
+def test_times_at_the_ends_of_the_range_are_accepted():
+    assert dec().decode(encode(_settle(ts_ms=0))).ts_ms == 0
+    rec = _settle()
+    rec["observedAt"] = "8999-12-31T23:59:59.999+00:00"
+    assert dec().decode(encode(rec)).ts_ms == 221_845_392_000_000 - 1
+
+
+@pytest.mark.parametrize("field, value", [("logIndex", 2**63), ("blockNumber", 2**64), ("logIndex", -1)])
+def test_block_numbers_and_log_indexes_beyond_int64_are_bad_schema(field, value):
+    # a checkpoint (msgpack) cannot hold a log index past 2^64: the daemon stopped at every checkpoint
+    rec = transfer_record(ts_ms=T, payer=PAYER, to=PAY_TO, amount=7, tx=TX)
+    rec[field] = value
+    with pytest.raises(EventError) as err:
+        dec().decode(encode(rec))
+    assert err.value.reason == "bad_schema" and field in err.value.detail, err.value
+    rec[field] = 2**63 - 1
+    assert dec().decode(encode(rec))
+
+
+def test_progress_block_number_beyond_int64_is_bad_schema():
+    with pytest.raises(EventError) as err:
+        dec().decode(encode(_progress(block_number=2**63)))
+    assert err.value.reason == "bad_schema" and "blockNumber" in err.value.detail, err.value

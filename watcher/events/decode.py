@@ -8,6 +8,11 @@ A `chain.progress` record (the bridge's heartbeat) is checked like a transfer's 
 (unknown_network), a non-negative block number and an id of `<chainId>:<blockNumber>` (bad_schema), a
 32-byte block hash (bad_hash), a block time with an offset (bad_time).
 
+Times must carry an offset and lie in [1970-01-01, 9000-01-01) UTC (bad_time): windows, deadlines, findings
+and decisions count in epoch milliseconds and write dates back, so a time near the year 1 or 9999 would
+crash them (a date before year 1 or after 9999 does not exist). Block numbers and log indexes are below
+2^63 (bad_schema), as checkpoints store them. Bytes that are not UTF-8 are bad_json.
+
 Amounts are validated as the protocol allows (decimal strings below 2^256); the windows hold int64, so
 an amount of 2^62 base units or more (4.6e12 USDC, far above the token's whole supply) is refused as
 amount_too_large rather than wrapped or rounded.
@@ -31,6 +36,9 @@ from watcher.money import MAX_UINT256
 REASONS = ("too_large", "bad_json", "bad_schema", "bad_version", "bad_address", "bad_hash",
            "bad_amount", "unknown_network", "bad_time", "missing_field", "amount_too_large")
 MAX_TRACKED_AMOUNT = 2**62
+MAX_INDEX = 2**63
+MIN_TIME_MS = 0
+MAX_TIME_MS = int(datetime(9000, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
 
 
 def parse_amount(text: str | int | None, field: str) -> int:
@@ -57,7 +65,15 @@ def _amount(text, field: str) -> int:
 def _epoch_ms(dt: datetime, field: str) -> int:
     if dt.tzinfo is None:
         raise EventError("bad_time", f"{field} has no UTC offset; write it as RFC 3339 with 'Z'")
-    return int(dt.timestamp() * 1000)
+    ms = int(dt.timestamp() * 1000)
+    if not MIN_TIME_MS <= ms < MAX_TIME_MS:
+        raise EventError("bad_time", f"{field}={dt.isoformat()} is outside 1970-01-01 .. 9000-01-01 UTC")
+    return ms
+
+
+def _index(value: int, field: str) -> None:
+    if not 0 <= value < MAX_INDEX:
+        raise EventError("bad_schema", f"{field}={str(value)[:40]} must be non-negative and below 2^63")
 
 
 class Decoder:
@@ -87,6 +103,8 @@ class Decoder:
             raise EventError("bad_schema", str(exc)[:300]) from None
         except msgspec.DecodeError as exc:
             raise EventError("bad_json", str(exc)[:300]) from None
+        except UnicodeDecodeError as exc:  # msgspec checks UTF-8 only when it builds a str
+            raise EventError("bad_json", f"not UTF-8: {exc}"[:300]) from None
         kind = type(rec)
         if kind is ChainTransfer:
             obs = self._transfer(rec)
@@ -130,10 +148,7 @@ class Decoder:
                            else "paymentRequirements.maxAmountRequired")
         merchant, asset, network, chain_id = self._place(req)
         auth = pp.payload.authorization
-        dt = rec.observedAt
-        if dt.tzinfo is None:
-            raise EventError("bad_time", "observedAt has no UTC offset; write it as RFC 3339 with 'Z'")
-        ts = int(dt.timestamp() * 1000)
+        ts = _epoch_ms(rec.observedAt, "observedAt")
         settle = type(rec) is SettleRecord
         resp = rec.settleResponse if settle else rec.verifyResponse
         payer_text = resp.payer or (auth.from_ if auth else None)
@@ -172,8 +187,8 @@ class Decoder:
     def _transfer(self, rec: ChainTransfer) -> Observation:
         chain_id = rec.chainId
         network = self._chain_networks.get(chain_id) or self._chain_network(chain_id)
-        if rec.logIndex < 0 or rec.blockNumber < 0:
-            raise EventError("bad_schema", "logIndex and blockNumber must be non-negative")
+        _index(rec.logIndex, "logIndex")
+        _index(rec.blockNumber, "blockNumber")
         cache, checksum = self._addr, self.addresses.checksum
         sender = cache.get(rec.from_) or checksum(rec.from_, "from")
         authorizer = rec.authorizer
@@ -190,8 +205,7 @@ class Decoder:
         """The bridge's heartbeat: no agent, no merchant, no money; its time is the block's."""
         chain_id = rec.chainId
         network = self._chain_network(chain_id)
-        if rec.blockNumber < 0:
-            raise EventError("bad_schema", "blockNumber must be non-negative")
+        _index(rec.blockNumber, "blockNumber")
         if rec.id != chain_progress_id(chain_id, rec.blockNumber):
             raise EventError("bad_schema", f"id {rec.id[:80]!r} is not <chainId>:<blockNumber> "
                              f"({chain_progress_id(chain_id, rec.blockNumber)})")
