@@ -1,8 +1,11 @@
 """The dead-letter topic: every record that cannot be used, with why and where it came from.
 
-Value (JSON): {"reason", "detail", "topic", "partition", "offset", "key_b64", "raw_b64", "deadLetteredAt"}.
-The same reason, topic, partition and offset also travel as headers, so tools can filter without parsing.
-The raw bytes are kept whole (base64), so nothing is lost and a fixed record can be re-published.
+Value (JSON): {"reason", "detail", "topic", "partition", "offset", "key_b64", "raw_b64", "deadLetteredAt",
+"rawSize"}. The same reason, topic, partition and offset also travel as headers, so tools can filter without
+parsing. The raw bytes are kept whole (base64), so a fixed record can be re-published; except that a record
+over MAX_RAW_BYTES (or a key over MAX_KEY_BYTES) keeps only its first bytes, with `rawSize` its whole size:
+whole, its dead letter would pass Kafka's default 1 MB message limit, be refused, and stop the daemon at
+the same offset after every restart. The whole record stays at its source offset.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ import base64
 from datetime import datetime, timezone
 
 import msgspec
+
+
+MAX_RAW_BYTES = 700_000     # base64 makes it 933 KB: below the broker's default message limit with the rest
+MAX_KEY_BYTES = 4_096
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -22,6 +29,7 @@ class DeadLetter(msgspec.Struct, frozen=True):
     key_b64: str | None
     raw_b64: str
     deadLetteredAt: str
+    rawSize: int | None = None   # the record's whole size when raw_b64 holds only its first MAX_RAW_BYTES
 
     def raw(self) -> bytes:
         return base64.b64decode(self.raw_b64)
@@ -33,10 +41,14 @@ _dec = msgspec.json.Decoder(DeadLetter)
 
 def make_dead_letter(reason: str, detail: str, topic: str, partition: int, offset: int, key: bytes | None,
                      raw: bytes | None) -> DeadLetter:
-    return DeadLetter(reason, detail[:500], topic, partition, offset,
-                      base64.b64encode(key).decode() if key is not None else None,
-                      base64.b64encode(raw or b"").decode(),
-                      datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"))
+    raw = raw or b""
+    cut = len(raw) > MAX_RAW_BYTES
+    detail = detail[:500] + (f"; only the first {MAX_RAW_BYTES} of {len(raw)} bytes are kept here (the whole "
+                             f"record is at {topic}[{partition}]@{offset})" if cut else "")
+    return DeadLetter(reason, detail, topic, partition, offset,
+                      base64.b64encode(key[:MAX_KEY_BYTES]).decode() if key is not None else None,
+                      base64.b64encode(raw[:MAX_RAW_BYTES]).decode(),
+                      datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"), len(raw) if cut else None)
 
 
 def decode_dead_letter(raw: bytes) -> DeadLetter:

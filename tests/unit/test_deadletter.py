@@ -1,0 +1,27 @@
+"""A dead letter carries the record whole, except a record too large for its dead letter to fit Kafka's
+default 1 MB message limit: refused by the broker, it would stop the daemon at the same offset after every
+restart. Then the first bytes are kept, with the whole size and where the record is."""
+
+from __future__ import annotations
+
+from watcher.sources.deadletter import (MAX_RAW_BYTES, decode_dead_letter, dead_letter_value,
+                                        make_dead_letter)
+
+KAFKA_DEFAULT_MAX_MESSAGE = 1_048_588
+
+
+def test_a_record_is_kept_whole():
+    raw = b'{"type": "x402.settle"' + b"x" * 10_000
+    dl = decode_dead_letter(dead_letter_value(make_dead_letter("bad_json", "truncated", "x402.payments", 3, 77,
+                                                               b"0xabc", raw)))
+    assert dl.raw() == raw and dl.rawSize is None and dl.offset == 77
+
+
+def test_a_huge_record_keeps_its_head_and_fits_one_kafka_message():
+    raw = bytes(range(256)) * 4_000           # 1,024,000 bytes, as large as a default input topic allows
+    value = dead_letter_value(make_dead_letter("too_large", "1024000 bytes > 16384", "x402.payments", 1, 5,
+                                               b"k" * 100_000, raw))
+    assert len(value) + 200 < KAFKA_DEFAULT_MAX_MESSAGE          # headers are under 200 bytes
+    dl = decode_dead_letter(value)
+    assert dl.raw() == raw[:MAX_RAW_BYTES] and dl.rawSize == len(raw)
+    assert "x402.payments[1]@5" in dl.detail
