@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from watcher.detect.cli import main
 from watcher.detect.decision import decode_decision
 from watcher.detect.eval.scenarios import build_world
@@ -118,3 +120,12 @@ def test_replay_with_the_deployments_config_decides_as_its_daemon(tmp_path, caps
     capsys.readouterr()
     assert main(["replay", "--events", str(events), "--config", str(config), "--out", str(out)]) == 1
     assert "'24h'" in capsys.readouterr().err
+
+
+def test_drain_seconds_is_bounded(tmp_path):
+    """A drain of 1e12 s pushed event time past year 9999 and crashed when a decision was written."""
+    events = tmp_path / "e.jsonl"
+    events.write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_:
+        main(["replay", "--events", str(events), "--out", str(tmp_path / "o.jsonl"), "--drain-seconds", "1e12"])
+    assert exit_.value.code == 2

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                     "`spendwatch run` would: its [[windows]], dedupe horizon, finding delays, [categories] and "
                     "record limits (default: the built-in defaults)")
     rp.add_argument("--out", required=True, metavar="DECISIONS.jsonl", help="where to write decisions ('-' = stdout)")
-    rp.add_argument("--drain-seconds", type=float, default=0, metavar="S",
+    rp.add_argument("--drain-seconds", type=_drain_seconds, default=0, metavar="S",
                     help="after the last event, advance event time by S seconds so join deadlines and "
                          "escalation timeouts fire (default 0)")
     rp.add_argument("--strict", action="store_true", help="stop at the first line that fails validation")
@@ -62,6 +62,16 @@ def register(subparsers) -> None:
                          "rate card is appended)")
     ev.add_argument("--json", action="store_true", help="print one JSON object with a `scenarios` list")
     ev.set_defaults(func=cmd_eval)
+
+
+def _drain_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 10 * 366 * 86_400:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 to 316224000 (ten years)")
+    return value
 
 
 def _seed_range(text: str) -> list[int]:
