@@ -108,6 +108,21 @@ def test_tracker_zero_confirmations_and_jump():
     assert tr2.tip == _h(20) and tr2.floor == 20
 
 
+def test_a_jump_remembers_the_headers_it_read_so_a_later_reorg_finds_its_fork_point():
+    """After a ranged read the tracker remembered only the range's last header: a reorg reaching below it
+    (4 blocks, with 64 remembered) counted as deeper than the remembered blocks, and the replaced blocks
+    were never read again (the replacement transfers were lost)."""
+    tr = ChainTracker(confirmations=2, max_depth=64)
+    tr.jump(_h(6), [])                                       # a first start at the head
+    tr.jump(_h(9), [_t(7)], [_h(7), _h(9)])                  # blocks 7..9 read by range; a transfer in 7
+    assert (tr.floor, tr.hash_at(6), tr.hash_at(7)) == (6, _h(6).hash, _h(7).hash)
+    # the bridge's fork-point search walks down while hashes differ: 7 was replaced, 6 still matches
+    assert tr.rewind(6) == [] and tr.tip == _h(6)            # the next read starts at 7 again
+    tr2 = ChainTracker(confirmations=1, max_depth=4)         # and the window stays bounded
+    tr2.jump(_h(30), [], [_h(n) for n in range(10, 30)])
+    assert sorted(tr2.headers) == [27, 28, 29, 30]
+
+
 def test_tracker_remembers_a_bounded_window():
     tr = ChainTracker(confirmations=1, max_depth=4)
     for n in range(1, 20):

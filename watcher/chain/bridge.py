@@ -305,7 +305,7 @@ class ChainBridge:
                 raise ChainError(f"blocks {a}..{b} changed while being read (a reorg deeper than "
                                  f"{self.tracker.confirmations} confirmations?); reading them again")
             transfers = self._join(logs, {h.hash: h.timestamp for h in headers.values()})
-            await self._emit(self.tracker.jump(headers[b], transfers))
+            await self._emit(self.tracker.jump(headers[b], transfers, headers.values()))
             self._resume_from = None
             self._commit()
             self.stats["backfill_ranges"] += 1

@@ -88,15 +88,22 @@ class ChainTracker:
         self._prune()
         return out
 
-    def jump(self, header: Header, transfers: Iterable[Transfer]) -> list[Emission]:
-        """Transfers of blocks up to `header` read by range, all already final; `header` is the new tip."""
+    def jump(self, header: Header, transfers: Iterable[Transfer], known: Iterable[Header] = ()) -> list[Emission]:
+        """Transfers of blocks up to `header` read by range, all already final; `header` is the new tip.
+        `known`: other headers of the range (the blocks with transfers), remembered with the earlier ones: a
+        later reorg that reaches below `header` finds its fork point among them and is read again, instead
+        of counting as deeper than the remembered blocks (which left its replaced transfers unread)."""
         if self.tip is not None and header.number < self.tip.number:
             raise ValueError(f"jump backwards from {self.tip.number} to {header.number}")
         out = [Emission(t, "confirmed", max(header.number - t.block_number, self.confirmations))
                for t in transfers]
         out.extend(self._confirm(at=header.number))
-        self.headers = {header.number: header}
+        for h in known:
+            if h.number < header.number:
+                self.headers[h.number] = h
+        self.headers[header.number] = header
         self.tip = header
+        self._prune()
         return out
 
     def rewind(self, number: int) -> list[Emission]:
