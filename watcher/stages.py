@@ -69,8 +69,11 @@ class DetectStage:
         if det is None:
             return
         out = ctx.outcome
-        decisions = det.on_batch(out, ctx.shard, ctx.now_ms, ctx.observations) if (
-            out.deltas or out.signals or out.findings) else []
+        if out.deltas or out.signals or out.findings:
+            decisions = det.on_batch(out, ctx.shard, ctx.now_ms, ctx.observations)
+        else:  # e.g. only settles of transfers already counted: nothing to judge, but payees to learn
+            det.learn_payees(ctx.observations)
+            decisions = []
         decisions += det.tick(ctx.now_ms)
         if decisions:
             ctx.decisions.extend(decisions)
@@ -137,7 +140,10 @@ def policy_service(watcher: PolicyWatcher) -> Callable[[Daemon], contextlib.Abst
         async def loop() -> None:
             while True:
                 await asyncio.sleep(1.0)
-                watcher.poll()
+                try:
+                    watcher.poll()
+                except Exception:  # even a failed rollback must not end the reloads for the daemon's life
+                    log.exception("policy reload failed; the next change or SIGHUP tries again")
 
         task = asyncio.create_task(loop(), name="policy-reload")
         try:

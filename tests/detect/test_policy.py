@@ -222,3 +222,11 @@ def test_a_limit_over_a_window_the_configuration_lacks_is_refused(tmp_path):
         "24h": "defaults.category_budgets_usdc"}
     escalate = '[defaults.escalation]\nwindow = "5m"\nwindow_above_usdc = 3\n'
     assert Policy.from_text(escalate).windows_needed() == {"5m": "defaults.escalation.window"}
+
+
+def test_a_rate_card_tolerance_is_bounded():
+    """tolerance_pct = 1e308 passed check-config, then `spendwatch run` died with an OverflowError."""
+    with pytest.raises(ConfigError) as err:
+        Policy.from_text('[[rate_card]]\nmerchant = "0x' + "22" * 20 + '"\ncategory = "data"\nprice_usdc = 0.01\n'
+                         'tolerance_pct = 1e308\n')
+    assert "tolerance_pct" in err.value.key

@@ -25,3 +25,17 @@ def test_a_huge_record_keeps_its_head_and_fits_one_kafka_message():
     dl = decode_dead_letter(value)
     assert dl.raw() == raw[:MAX_RAW_BYTES] and dl.rawSize == len(raw)
     assert "x402.payments[1]@5" in dl.detail
+
+
+def test_the_dead_letters_kafka_key_is_cut_too():
+    """Keyed by the whole source key, a 700 KB record with a 120 KB key still made a message over 1 MB."""
+    from types import SimpleNamespace
+
+    from watcher.config import load_settings
+    from watcher.daemon import Daemon
+
+    daemon = Daemon(load_settings())
+    m = SimpleNamespace(topic="x402.payments", partition=0, offset=9, key=b"k" * 120_000, value=b"v" * 700_000)
+    topic, key, value, headers = daemon._dead_letter("too_large", "big", m)
+    assert len(key) + len(value) + sum(len(h) + len(v) for h, v in headers) < KAFKA_DEFAULT_MAX_MESSAGE
+    assert key == m.key[:len(key)] and decode_dead_letter(value).offset == 9

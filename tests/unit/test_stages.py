@@ -47,3 +47,41 @@ def test_person_set_caps_freeze_earlier_and_clear_back_to_policy():
     assert freezes and freezes[0].threshold == 2_500_000
     probation.set_caps(0, A, None, 1.0)
     assert A not in probation.cap_overrides
+
+
+def test_the_daemons_detection_stage_learns_a_payee_from_a_settle_that_follows_its_transfer():
+    """The settle of a transfer already counted makes no delta, and the stage skipped the detector for such a
+    batch: the payee was never learnt, and every later payment to it warned `unknown_payee` again."""
+    from watcher.batch import BatchContext
+    from watcher.simulate.records import transfer_record
+
+    stage = DetectStage(Policy.from_text("[defaults.anomaly]\nenabled = false\n"), "dec")
+    stage.restore(0, None)
+    shard = Shard(categorize=stage.categorize)
+    payee, rules = "0x" + "57" * 20, []
+    for k in range(3):
+        t, tx = T + k * 7_200_000, fake_hash("paired", k)     # 2 h apart: past the warning cooldown
+        for rec in (transfer_record(ts_ms=t, payer=A, to=payee, amount=10**6, tx=tx, status="confirmed",
+                                    authorizer=A),
+                    settle_record(event_id=f"s{k}", ts_ms=t + 1000, payer=A, pay_to=payee, amount=10**6, tx=tx)):
+            obs = [D.decode(encode(rec))]
+            ctx = BatchContext(0, shard, shard.apply(obs), obs, obs[0].ts_ms)
+            stage.on_batch(ctx)
+            rules += [(k, d.rule) for d in ctx.decisions]
+    assert rules == [(0, "unknown_payee")]
+
+
+def test_refused_verifications_of_unlisted_reasons_make_no_detector_row():
+    """A verify refused for a bad signature names a payer anyone can choose: counting only the listed
+    reasons (insufficient_funds) must not grow the detector's per-agent rows for every such payer."""
+    from watcher.batch import BatchContext
+    from watcher.simulate.records import verify_record
+
+    stage = DetectStage(POLICY, "dec")
+    stage.restore(0, None)
+    shard = Shard(categorize=stage.categorize)
+    obs = [D.decode(encode(verify_record(event_id=f"v{i}", ts_ms=T + i, payer="0x" + f"{i + 1:040x}", pay_to=M,
+                                         amount=1000, valid=False, invalid_reason="invalid_signature")))
+           for i in range(50)]
+    stage.on_batch(BatchContext(0, shard, shard.apply(obs), obs, T + 100))
+    assert len(stage.detectors[0].index) == 0

@@ -125,7 +125,7 @@ class Detector(Verdicts):
         if n:
             self._payments(outcome.deltas, shard, batch, cands)
         if batch:
-            self._learn_payees(batch)
+            self.learn_payees(batch)
         if outcome.signals:
             self._signals(outcome.signals, n, cands)
         if outcome.findings:
@@ -138,7 +138,7 @@ class Detector(Verdicts):
             cands = [c._replace(pos=order[c.pos] if c.pos < len(order) else big + c.pos) for c in cands]
         return self._decide(cands)
 
-    def _learn_payees(self, batch: list[Observation]) -> None:
+    def learn_payees(self, batch: list[Observation]) -> None:
         """Every payee a facilitator settled with, after the batch is judged: a settle that follows its own
         transfer makes no new spend (so `_new_payments` does not see it), yet it reports the payee."""
         known, settle = self.known_merchants, Kind.SETTLE
@@ -353,13 +353,12 @@ class Detector(Verdicts):
                                    None, d.category, f"{d.event_id}|fleet"))
 
     def _signals(self, signals: list[Observation], base_pos: int, cands) -> None:
-        limits = self.table.limits
         for k, o in enumerate(signals):
             if o.reason is None or o.status not in ("invalid", "failed"):
                 continue
+            if o.reason not in self.policy.limits(o.agent).findings.failed_reasons:
+                continue  # before a row is made: a bad signature's `from` is anyone's choice
             r = self.row(o.agent)  # recorded even while frozen, so the ring does not depend on batching
-            if o.reason not in limits[r].findings.failed_reasons:
-                continue
             p = int(self.fail_ptr[r])
             self.fail_ring[r, p % FAIL_SLOTS] = o.ts_ms
             self.fail_ptr[r] = p + 1

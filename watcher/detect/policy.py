@@ -163,7 +163,7 @@ class Card(_Model):
     category: str
     price_usdc: Usdc | None = None
     version: str = "1"
-    tolerance_pct: float = Field(5.0, ge=0)
+    tolerance_pct: float = Field(5.0, ge=0, le=1000)
 
 
 class AgentEntry(_Model):
