@@ -148,7 +148,10 @@ class Decoder:
                            else "paymentRequirements.maxAmountRequired")
         merchant, asset, network, chain_id = self._place(req)
         auth = pp.payload.authorization
-        ts = _epoch_ms(rec.observedAt, "observedAt")
+        dt = rec.observedAt
+        ts = int(dt.timestamp() * 1000) if dt.tzinfo is not None else -1   # inline: once per record
+        if not MIN_TIME_MS <= ts < MAX_TIME_MS:
+            ts = _epoch_ms(dt, "observedAt")                                # raises: says why
         settle = type(rec) is SettleRecord
         resp = rec.settleResponse if settle else rec.verifyResponse
         payer_text = resp.payer or (auth.from_ if auth else None)
@@ -187,8 +190,9 @@ class Decoder:
     def _transfer(self, rec: ChainTransfer) -> Observation:
         chain_id = rec.chainId
         network = self._chain_networks.get(chain_id) or self._chain_network(chain_id)
-        _index(rec.logIndex, "logIndex")
-        _index(rec.blockNumber, "blockNumber")
+        if not (0 <= rec.logIndex < MAX_INDEX and 0 <= rec.blockNumber < MAX_INDEX):
+            _index(rec.logIndex, "logIndex")
+            _index(rec.blockNumber, "blockNumber")
         cache, checksum = self._addr, self.addresses.checksum
         sender = cache.get(rec.from_) or checksum(rec.from_, "from")
         authorizer = rec.authorizer

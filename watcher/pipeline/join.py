@@ -124,18 +124,26 @@ class Join:
                 if not p.transfers:
                     heapq.heappush(self.deadlines, (now_ms + self.unsettled_after_ms, key))
         else:
-            chain = obs.chain_id
-            self.chains_seen.add(chain)
+            chain, ts = obs.chain_id, obs.ts_ms
             bridged = f"{chain}:{obs.agent}"
             if bridged not in self.bridged.current:
                 self.bridged.put(bridged, 1)
-            t_upto = self.transfer_upto.setdefault(chain, -1)
-            if obs.status == "confirmed":
-                if obs.ts_ms > t_upto:
-                    self.transfer_upto[chain] = obs.ts_ms
-                    self._release(self.held_t.get(chain), obs.ts_ms)
-                if obs.ts_ms > self.confirmed_upto.get(chain, -1):
-                    self._confirmed(chain, obs.ts_ms)
+                self.chains_seen.add(chain)
+            upto = self.transfer_upto
+            t_upto = upto.get(chain)
+            if t_upto is None:
+                t_upto = upto[chain] = -1
+            if obs.status == "confirmed":  # inline: once per transfer (held settles are rare)
+                if ts > t_upto:
+                    upto[chain] = ts
+                    held = self.held_t.get(chain)
+                    if held:
+                        self._release(held, ts)
+                if ts > self.confirmed_upto.get(chain, -1):
+                    self.confirmed_upto[chain] = ts
+                    held = self.held.get(chain)
+                    if held:
+                        self._release(held, ts)
             li = obs.log_index or 0
             if (not p.transfers and obs.status == "confirmed" and obs.amount == p.settle_amount == p.counted
                     and p.counted_n == 1):
