@@ -38,7 +38,7 @@ from watcher.pipeline.categories import CategoryMap
 from watcher.pipeline.shard import Outcome, Shard
 from watcher.sources import kafka as kafka_io
 from watcher.sources.checkpoints import CheckpointStore
-from watcher.sources.deadletter import MAX_KEY_BYTES, dead_letter_headers, dead_letter_value, make_dead_letter
+from watcher.sources.deadletter import dead_letter_headers, dead_letter_key, dead_letter_value, make_dead_letter
 
 log = logging.getLogger("watcher.daemon")
 _enc = msgspec.json.Encoder()
@@ -279,9 +279,7 @@ class Daemon:
         self.dlq_reasons[reason] += 1
         log.warning("dead-lettered %s[%d]@%d: %s: %s", m.topic, m.partition, m.offset, reason, detail[:200])
         dl = make_dead_letter(reason, detail, m.topic, m.partition, m.offset, m.key, m.value)
-        # keyed by the source key cut like the copy inside (a huge key alone could pass the message limit)
-        return (self.k.dead_letter_topic, m.key[:MAX_KEY_BYTES] if m.key is not None else None,
-                dead_letter_value(dl), dead_letter_headers(dl))
+        return (self.k.dead_letter_topic, dead_letter_key(m.key), dead_letter_value(dl), dead_letter_headers(dl))
 
     async def _send(self, records: list["Outgoing"]) -> None:
         """Hand records to the producer without waiting; `_flush` waits for (and retries) them."""

@@ -21,17 +21,20 @@ def add_kafka_options(p: argparse.ArgumentParser, *, embedded: bool = True) -> N
         "broker is started" if embedded else "Kafka bootstrap servers (default: kafka.bootstrap); required"))
 
 
-# SPENDWATCH_* variables read by name rather than as SPENDWATCH_<SECTION>__<KEY> settings
-OTHER_ENV = {"SPENDWATCH_ADMIN_TOKEN", "SPENDWATCH_WEBHOOK_SECRET", "SPENDWATCH_SLACK_WEBHOOK_URL",
-             "SPENDWATCH_PAGERDUTY_ROUTING_KEY", "SPENDWATCH_ANVIL", "SPENDWATCH_NPM_DIR", "SPENDWATCH_CACHE_DIR"}
+# SPENDWATCH_* variables read by name rather than as SPENDWATCH_<SECTION>__<KEY> settings, besides the
+# breaker's secrets (watcher.breaker.config.ENV_ALIASES): the npm tools' locations
+OTHER_ENV = {"SPENDWATCH_ANVIL", "SPENDWATCH_NPM_DIR", "SPENDWATCH_CACHE_DIR"}
 
 
 def warn_unknown_env(sections: list[str], environ=os.environ) -> list[str]:
     """A SPENDWATCH_* variable that names no setting is ignored by the settings loader without a word (a typo
     such as SPENDWATCH_KAFKA_BOOTSTRAP, one underscore, would start the embedded broker): say so."""
+    from watcher.breaker.config import ENV_ALIASES
+
+    by_name = OTHER_ENV | set(ENV_ALIASES.values())
     unknown = []
     for name in sorted(environ):
-        if not name.upper().startswith("SPENDWATCH_") or name.upper() in OTHER_ENV:
+        if not name.upper().startswith("SPENDWATCH_") or name.upper() in by_name:
             continue
         section = name[len("SPENDWATCH_"):].lower().split("__", 1)[0]
         if section in sections:

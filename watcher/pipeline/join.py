@@ -90,7 +90,6 @@ class Join:
         self.shadow_grace_ms = shadow_grace_ms
         self.unsettled_after_ms = unsettled_after_ms
         self.deadlines: list[tuple[int, str]] = []  # a heap: settles and transfers wait different times
-        self.chains_seen: set[int] = set()          # chains with any chain record (transfer or heartbeat)
         self.confirmed_upto: dict[int, int] = {}   # chain id -> how far the bridge confirmed (event time)
         self.held: dict[int, list[tuple[int, str]]] = {}  # chain id -> heap of (settle time, tx) held back
         # without heartbeats (agents the bridge is not known to watch): chains with a transfer record -> the
@@ -128,7 +127,6 @@ class Join:
             bridged = f"{chain}:{obs.agent}"
             if bridged not in self.bridged.current:
                 self.bridged.put(bridged, 1)
-                self.chains_seen.add(chain)
             upto = self.transfer_upto
             t_upto = upto.get(chain)
             if t_upto is None:
@@ -160,9 +158,13 @@ class Join:
     def progress(self, chain_id: int, upto_ms: int) -> None:
         """A `chain.progress` heartbeat: every confirmed transfer of `chain_id` up to a block of time `upto_ms`
         has been published on this partition (before the heartbeat). No payment, no delta."""
-        self.chains_seen.add(chain_id)
         if upto_ms > self.confirmed_upto.get(chain_id, -1):
             self._confirmed(chain_id, upto_ms)
+
+    @property
+    def chains_seen(self) -> set[int]:
+        """Chains with any chain record on this partition (a transfer or a heartbeat)."""
+        return set(self.transfer_upto) | set(self.confirmed_upto)
 
     def _confirmed(self, chain_id: int, upto_ms: int) -> None:
         """The bridge has confirmed `chain_id` up to `upto_ms` (newer than before): held settles up to then
@@ -275,12 +277,12 @@ class Join:
         self.payments.restore(snap["payments"], lambda v: msgspec.convert(v, Payment))
         self.deadlines = [(int(a), b) for a, b in snap["deadlines"]]
         heapq.heapify(self.deadlines)
-        self.chains_seen = set(snap["chains_seen"])
+        seen = {int(c) for c in snap["chains_seen"]}  # still written: older releases read it
         if "confirmed_upto" in snap:
             self.confirmed_upto = {int(c): int(t) for c, t in snap["confirmed_upto"]}
         else:  # a checkpoint from before the hold: take the chain as confirmed up to the newest payment known
             newest = max((p.ts_ms for p in self.payments.values()), default=0)
-            self.confirmed_upto = {c: newest for c in self.chains_seen}
+            self.confirmed_upto = {c: newest for c in seen}
         # a checkpoint from before `held`: its held settles are in `deadlines` (looked at again, then held)
         self.held, self.held_t = self._heaps(snap.get("held", ())), self._heaps(snap.get("held_t", ()))
         # from before `transfer_upto`: the chains seen and how far they confirmed, as then known; no agent is
@@ -288,7 +290,7 @@ class Join:
         if "transfer_upto" in snap:
             self.transfer_upto = {int(c): int(t) for c, t in snap["transfer_upto"]}
         else:
-            self.transfer_upto = {c: self.confirmed_upto.get(c, -1) for c in self.chains_seen}
+            self.transfer_upto = {c: self.confirmed_upto.get(c, -1) for c in seen}
         self.bridged = Generations(self.payments.horizon_ms, self.payments.max_entries)
         if "bridged" in snap:
             self.bridged.restore(snap["bridged"])

@@ -9,18 +9,16 @@ No I/O here: the async shell hands in validated Observations and gets an Outcome
 from __future__ import annotations
 
 import logging
-from typing import Callable
-
 import msgspec
 import numpy as np
 
 from watcher.events.finding import Finding
 from watcher.events.observation import Kind, Observation
+from watcher.pipeline.categories import Categorize
 from watcher.pipeline.dedupe import Seen
 from watcher.pipeline.join import Delta, Join
 from watcher.pipeline.windows import DEFAULT_WINDOWS, Windows, WindowSpec, describe
 
-Categorize = Callable[[str, "str | None"], "str | None"]
 CATEGORY_SEP = b"|"
 TRANSFER = Kind.TRANSFER
 PROGRESS = Kind.PROGRESS

@@ -39,6 +39,11 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(DeadLetter)
 
 
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The source record's key as a dead letter carries it (inside, and as its Kafka key): cut to size."""
+    return key[:MAX_KEY_BYTES] if key is not None else None
+
+
 def make_dead_letter(reason: str, detail: str, topic: str, partition: int, offset: int, key: bytes | None,
                      raw: bytes | None) -> DeadLetter:
     raw = raw or b""
@@ -46,7 +51,7 @@ def make_dead_letter(reason: str, detail: str, topic: str, partition: int, offse
     detail = detail[:500] + (f"; only the first {MAX_RAW_BYTES} of {len(raw)} bytes are kept here (the whole "
                              f"record is at {topic}[{partition}]@{offset})" if cut else "")
     return DeadLetter(reason, detail, topic, partition, offset,
-                      base64.b64encode(key[:MAX_KEY_BYTES]).decode() if key is not None else None,
+                      base64.b64encode(dead_letter_key(key)).decode() if key is not None else None,
                       base64.b64encode(raw[:MAX_RAW_BYTES]).decode(),
                       datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"), len(raw) if cut else None)
 
