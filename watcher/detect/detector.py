@@ -29,7 +29,8 @@ import numpy as np
 from watcher.detect.baselines import NEVER, Baselines, merchant_hash
 from watcher.detect.decision import Decision
 from watcher.detect.fleet import FleetModel
-from watcher.detect.policy import SEVERITY, Policy
+from watcher.detect.policy import Policy
+from watcher.detect.policyfile import SEVERITY
 from watcher.detect.verdicts import Candidate, Verdicts
 from watcher.detect.ratecard import RateCard
 from watcher.detect.rules import (CAP_WINDOWS, NO_LIMIT, PolicyTable, first_crossings, in_window,

@@ -11,7 +11,7 @@ from typing import Iterable
 
 import msgspec
 
-from watcher.detect.policy import Card
+from watcher.detect.policyfile import Card
 from watcher.money import usdc
 
 _CACHE_MAX = 100_000

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from watcher.detect.baselines import RowParams
-from watcher.detect.policy import Limits, Policy, usdc_units
+from watcher.detect.policy import Policy, usdc_units
+from watcher.detect.policyfile import Limits
 
 NO_LIMIT = np.iinfo(np.int64).max
 CAP_WINDOWS = (("cap_1m", "1m", "per_minute_usdc"), ("cap_1h", "1h", "per_hour_usdc"),

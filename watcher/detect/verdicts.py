@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from watcher.detect.baselines import NEVER
 from watcher.detect.decision import Decision, decision_id, rfc3339
-from watcher.detect.policy import SEVERITY
+from watcher.detect.policyfile import SEVERITY
 
 COOLDOWN_MAX = 500_000
 PER_MERCHANT = frozenset({"price_drift", "unknown_payee", "blocked_merchant", "merchant_not_allowed"})
