@@ -10,7 +10,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
@@ -18,6 +18,7 @@ from watcher.errors import ConfigError
 
 ENV_PREFIX = "SPENDWATCH_"
 ENV_WINS = "the environment wins over the file"
+LISTED = 50  # problems listed in one error; past them, only how many more
 # what a value must be, per pydantic error type (formatted with the error's context)
 _WANT = {
     "int_parsing": "a whole number", "int_type": "a whole number", "int_from_float": "a whole number",
@@ -60,9 +61,10 @@ def relative_to_file(table: object, keys: Iterable[str], file: str | os.PathLike
 
 
 def error_key(err: dict[str, Any]) -> str:
-    """The dotted key of one pydantic error: its location, plus the field a check over several names
-    (the `key` of the error's context)."""
-    loc = [str(x) for x in err.get("loc", ()) if x != "__root__"]
+    """The dotted key of one pydantic error: its location (without the marker of a table's key, which
+    pydantic adds after a bad name), plus the field a check over several names (the `key` of the error's
+    context)."""
+    loc = [str(x) for x in err.get("loc", ()) if x not in ("__root__", "[key]")]
     sub = (err.get("ctx") or {}).get("key")
     if sub:
         loc.append(str(sub))
@@ -107,19 +109,25 @@ def _shown(err: dict[str, Any], key: str, hidden: Collection[str]) -> str:
     return f" (got {value[:60] if isinstance(value, str) else value!r})"
 
 
-def _problem(err: dict[str, Any], *, key_prefix: str, aliases: Mapping[str, str], given: Mapping[str, str],
-             fixes: Mapping[str, str], unknown_fix: str, hidden: Collection[str], see: str,
-             use_env: bool, nested_env: bool) -> Problem:
+def _source(key: str, *, given: Mapping[str, str], aliases: Mapping[str, str], use_env: bool,
+            nested_env: bool) -> tuple[str | None, str | None]:
+    """(the option, the SPENDWATCH_* variable) that set dotted `key`, either or both None: an option wins
+    over the environment, which wins over the file."""
+    option = given.get(key)
+    return option, None if option or not use_env else env_variable(key, aliases, nested=nested_env)
+
+
+def _problem(err: dict[str, Any], *, key_prefix: str, fixes: Mapping[str, str],
+             unknown_fix: str, hidden: Collection[str], see: str, **where: Any) -> Problem:
     kind, ctx = err.get("type", ""), err.get("ctx") or {}
     key = ".".join(p for p in (key_prefix, error_key(err)) if p)
     msg = "unknown key" if kind == "extra_forbidden" else str(err.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ") + _shown(err, key, hidden)
-    option = given.get(key)
-    var = None if option or not use_env else env_variable(key, aliases, nested=nested_env)
-    target = option or var or key
-    origin = f"from {option}" if option else f"from {var} ({ENV_WINS})" if var else ""
     specific = ctx.get("fix") or {"extra_forbidden": unknown_fix, "missing": f"add {key}"}.get(kind) \
         or fixes.get(key) or (msg if kind == "setting" else "")   # a check over several keys says what to do
+    option, var = _source(key, **where)
+    target = option or var or key
+    origin = f"from {option}" if option else f"from {var} ({ENV_WINS})" if var else ""
     if specific:
         if target != key and target not in specific:
             specific = f"correct {target}" + (" or unset it" if var else "") + f": {specific}"
@@ -131,24 +139,26 @@ def _problem(err: dict[str, Any], *, key_prefix: str, aliases: Mapping[str, str]
     return Problem(key, msg, origin, fix + (", or unset it" if var else ""))
 
 
-def validation_error(exc: ValidationError, *, file: str | None, what: str = "invalid setting",
-                     key_prefix: str = "", aliases: Mapping[str, str] = {}, given: Mapping[str, str] = {},
-                     fixes: Mapping[str, str] = {}, hidden: Collection[str] = (), see: str = "",
-                     unknown_fix: str = "remove this key or check its spelling (see README, Configuration)",
-                     origin: str = "", nested_env: bool = True) -> ConfigError:
-    """One ConfigError for every error of `exc`. The first leads (its key and fix are the error's); each
-    other one follows on a line of its own with its key, what is wrong and its fix, so the whole file can be
-    put right at once. Where a value came from: `given` maps a key to the option that set it (it wins over
-    the environment); else a SPENDWATCH_* variable that is set (`aliases`: key -> a variable of another
-    name) wins over the file; else `file`. `origin`, when the values came from elsewhere as a whole
+def validation_error(exc: ValidationError | Sequence[dict[str, Any]], *, file: str | None,
+                     what: str = "invalid setting", key_prefix: str = "", aliases: Mapping[str, str] = {},
+                     given: Mapping[str, str] = {}, fixes: Mapping[str, str] = {}, hidden: Collection[str] = (),
+                     see: str = "", unknown_fix: str = "remove this key or check its spelling (see README, "
+                     "Configuration)", origin: str = "", nested_env: bool = True) -> ConfigError:
+    """One ConfigError for every error of `exc` (a ValidationError, or errors shaped as its `errors()`).
+    The first leads (its key and fix are the error's); each other one follows on a line of its own with
+    its key, what is wrong and its fix, so the whole file can be put right at once (past LISTED, how many
+    more). Where a value came from: `given` maps a key to the option that set it (it wins over the
+    environment); else a SPENDWATCH_* variable that is set (`aliases`: key -> a variable of another name)
+    wins over the file; else `file`. `origin`, when the values came from elsewhere as a whole
     (e.g. "with --admin-port"), names that instead and no variable is looked for; `nested_env`: false where
     only the `aliases` were read (not SPENDWATCH_<SECTION>__<KEY>).
     `key_prefix` is put before each key (e.g. "chain"); `fixes` has the fix of a key that has a specific
     one; `hidden` keys (secrets) never have their value shown; `see` is where to read more."""
-    problems = [_problem(err, key_prefix=key_prefix, aliases=aliases, given=given, fixes=fixes,
-                         unknown_fix=unknown_fix, hidden=hidden, see=see, use_env=not origin,
+    errors = exc.errors() if isinstance(exc, ValidationError) else list(exc)
+    problems = [_problem(err, key_prefix=key_prefix, fixes=fixes, unknown_fix=unknown_fix,
+                         hidden=hidden, see=see, given=given, aliases=aliases, use_env=not origin,
                          nested_env=nested_env)
-                for err in exc.errors()]
+                for err in errors]
     first, rest = problems[0], problems[1:]
     where = origin or first.origin
     error = ConfigError(f"{what}{' ' + where if where else ''}: {first.message}",
@@ -156,7 +166,9 @@ def validation_error(exc: ValidationError, *, file: str | None, what: str = "inv
     if rest:
         lines = [f"  {p.key or '(the whole table)'}"
                  f"{' ' + p.origin if p.origin else f' in {file}' if file and first.origin else ''}: "
-                 f"{p.message}; fix: {p.fix}" for p in rest]
+                 f"{p.message}; fix: {p.fix}" for p in rest[:LISTED - 1]]
+        if len(rest) >= LISTED:
+            lines.append(f"  ... and {len(rest) - LISTED + 1} more, not shown: fix these, then check again")
         # the others after the first's file, key and fix (ConfigError's str ends with the fix)
         error.args = (f"{error.args[0]}\nand {len(rest)} more:\n" + "\n".join(lines),)
     return error

@@ -11,15 +11,15 @@ A1 = "0x" + "01" * 20
 
 
 @pytest.mark.parametrize("text,key,fix", [
-    ("[defaults.caps]\nper_minute_usdc = -1", "defaults.caps.per_minute_usdc", ">= 0"),
+    ("[defaults.caps]\nper_minute_usdc = -1", "defaults.caps.per_minute_usdc", "at least 0"),
     ("[defaults]\nper_paymnt_max_usdc = 1", "defaults.per_paymnt_max_usdc", "remove it or check its spelling"),
     ("[defaults.actions]\ncap_1m = \"explode\"", "defaults.actions.cap_1m", "'freeze'"),
     ("[defaults.actions]\ncap_2m = \"freeze\"", "defaults.actions.cap_2m", "cap_1m"),
-    ("[teams.a.caps]\nper_hour_usdc = \"x\"", "teams.a.caps.per_hour_usdc", "write a number"),
+    ("[teams.a.caps]\nper_hour_usdc = \"x\"", "teams.a.caps.per_hour_usdc", "a number"),
     ('[agents."0x123"]\nname = "x"', "agents.0x123", "payer wallet address"),
     (f'[agents."{A1}"]\nteam = "nope"', f"agents.{A1}.team", "[teams.nope]"),
     ('[[rate_card]]\nmerchant = "ftp://x"\ncategory = "a"', "rate_card.0.merchant", "http(s) resource URL"),
-    ("[defaults.anomaly]\nnew_merchants = 40", "defaults.anomaly.new_merchants", "<= 16"),
+    ("[defaults.anomaly]\nnew_merchants = 40", "defaults.anomaly.new_merchants", "at most 16"),
 ])
 def test_errors_name_key_and_fix(text, key, fix):
     with pytest.raises(ConfigError) as err:
@@ -107,16 +107,16 @@ def test_reload_on_sighup(tmp_path):
 @pytest.mark.parametrize("text,key,fix", [
     # an infinite or absurd amount passed validation, then every payment of the agent stopped the daemon
     ("[defaults.caps]\nper_minute_usdc = inf", "defaults.caps.per_minute_usdc", "finite"),
-    ("[defaults.caps]\nper_day_usdc = 1e300", "defaults.caps.per_day_usdc", "<= 1000000000000"),
+    ("[defaults.caps]\nper_day_usdc = 1e300", "defaults.caps.per_day_usdc", "at most 1000000000000"),
     ("[defaults]\ncategory_budgets_usdc = { gpu = inf }", "defaults.category_budgets_usdc.gpu", "finite"),
     ('[[rate_card]]\nmerchant = "https://a.example/x"\ncategory = "c"\nprice_usdc = 1e40',
-     "rate_card.0.price_usdc", "<= 1000000000000"),
+     "rate_card.0.price_usdc", "at most 1000000000000"),
     # a positive amount below one base unit rounded to 0, which silently turned the cap off
     ("[defaults.caps]\nper_minute_usdc = 0.0000001", "defaults.caps.per_minute_usdc", "0.000001"),
     ('[[rate_card]]\nmerchant = "https://a.example/x"\ncategory = "c"\nprice_usdc = 1\ntolerance_pct = inf',
      "rate_card.0.tolerance_pct", "finite"),
-    ("[defaults.anomaly]\nwarmup_seconds = 99999999999999999", "defaults.anomaly.warmup_seconds", "<= 316224000"),
-    ("[defaults]\nwarn_cooldown_seconds = 99999999999999999", "defaults.warn_cooldown_seconds", "<= 316224000"),
+    ("[defaults.anomaly]\nwarmup_seconds = 99999999999999999", "defaults.anomaly.warmup_seconds", "at most 316224000"),
+    ("[defaults]\nwarn_cooldown_seconds = 99999999999999999", "defaults.warn_cooldown_seconds", "at most 316224000"),
     # list entries are payTo addresses or resource URLs, like the rate card's
     ('[defaults.merchants]\nblock = ["0x123"]', "defaults.merchants.block.0", "20-byte"),
     ('[defaults.merchants]\nallow = ["api.example/*"]', "defaults.merchants.allow.0", "http(s) resource URL"),
@@ -127,6 +127,8 @@ def test_reload_on_sighup(tmp_path):
     # fleet-wide settings: one model per detector, so a team or agent value was silently ignored
     ("[teams.a.anomaly]\nfleet_quantile = 0.99", "teams.a.anomaly.fleet_quantile", "[defaults.anomaly]"),
     (f'[agents."{A1}".anomaly]\nfleet = false', f"agents.{A1}.anomaly.fleet", "enabled = false"),
+    # a team that is not a name was a TypeError (a traceback at start, the end of reloads)
+    (f'[agents."{A1}"]\nteam = ["ops"]', f"agents.{A1}.team", "quoted string"),
 ])
 def test_more_errors_name_key_and_fix(text, key, fix):
     with pytest.raises(ConfigError) as err:
@@ -187,8 +189,8 @@ def test_a_policy_that_fails_to_apply_is_rolled_back(tmp_path):
 
 
 @pytest.mark.parametrize("text,key,fix", [
-    ("[defaults.caps]\nper_minute_usdc = true", "defaults.caps.per_minute_usdc", "write a number"),   # was a 1 USDC cap
-    ('[defaults.caps]\nper_hour_usdc = "2"', "defaults.caps.per_hour_usdc", "write a number"),
+    ("[defaults.caps]\nper_minute_usdc = true", "defaults.caps.per_minute_usdc", "a number"),   # was a 1 USDC cap
+    ('[defaults.caps]\nper_hour_usdc = "2"', "defaults.caps.per_hour_usdc", "a number"),
     ("[defaults.anomaly]\nenabled = 0", "defaults.anomaly.enabled", "true or false"),
 ])
 def test_values_are_taken_as_typed_in_the_file(text, key, fix):
@@ -230,3 +232,56 @@ def test_a_rate_card_tolerance_is_bounded():
         Policy.from_text('[[rate_card]]\nmerchant = "0x' + "22" * 20 + '"\ncategory = "data"\nprice_usdc = 0.01\n'
                          'tolerance_pct = 1e308\n')
     assert "tolerance_pct" in err.value.key
+
+
+THREE_BAD = f"""
+[defaults.caps]
+per_minute_usdc = -1
+[teams.ops.caps]
+per_hour_usdc = "lots"
+[agents."{A1}".escalation]
+window = "2h"
+"""
+THREE_KEYS = ("defaults.caps.per_minute_usdc", "teams.ops.caps.per_hour_usdc", f"agents.{A1}.escalation.window")
+
+
+def test_every_bad_value_is_listed_with_its_key_and_fix():
+    """Only the first problem was named, '(and N more)' hid the rest; a team's or an agent's problems were
+    not even counted (only found after the defaults were put right, one reload at a time)."""
+    with pytest.raises(ConfigError) as err:
+        Policy.from_text(THREE_BAD, "p.toml")
+    e, text = err.value, str(err.value)
+    assert e.key == THREE_KEYS[0] and "at least 0" in e.fix and e.file == "p.toml", text
+    assert "more)" not in text and "\nand 2 more:\n" in text, text
+    for key in THREE_KEYS[1:]:
+        assert f"\n  {key}: " in text, text
+    assert f"make {THREE_KEYS[1]} a number" in text and "'1h'" in text, text
+
+
+def test_one_bad_value_reads_as_one_line():
+    with pytest.raises(ConfigError) as err:
+        Policy.from_text("[defaults.caps]\nper_minute_usdc = -1\n", "p.toml")
+    assert "\n" not in str(err.value) and "more" not in str(err.value)
+
+
+def test_a_long_list_of_problems_is_cut_saying_how_many_more():
+    teams = "".join(f"[teams.t{i}]\nwarn_cooldown_seconds = -1\n" for i in range(60))
+    with pytest.raises(ConfigError) as err:
+        Policy.from_text(teams, "p.toml")
+    text = str(err.value)
+    assert "\nand 59 more:\n" in text and "teams.t48.warn_cooldown_seconds" in text, text
+    assert "teams.t49." in text and "teams.t50." not in text and "... and 10 more, not shown" in text, text
+
+
+def test_a_bad_reload_logs_every_reason_and_keeps_the_old_policy(tmp_path, caplog):
+    path = tmp_path / "policy.toml"
+    _write(path, 'version = "v1"\n')
+    w = PolicyWatcher(path)
+    _write(path, THREE_BAD)
+    with caplog.at_level("ERROR", logger="watcher.detect.policy"):
+        r = w.poll()
+    assert not r.ok and w.policy.version == "v1"
+    [line] = [rec.getMessage() for rec in caplog.records if "reload failed" in rec.getMessage()]
+    assert "keeping version v1" in line, line
+    for key in THREE_KEYS:
+        assert key in line and key in r.message, line

@@ -248,3 +248,28 @@ def test_check_config_names_the_variable_a_bad_value_came_from():
     assert "from SPENDWATCH_KAFKA__PARTITIONS (the environment wins over the file)" in out, out
     assert "key: kafka.partitions" in out and "fix: make SPENDWATCH_KAFKA__PARTITIONS" in out, out
     assert "file: examples/spendwatch.toml" not in out, out
+
+
+A1 = "0x" + "01" * 20
+THREE_BAD_POLICY = f'[defaults.caps]\nper_minute_usdc = -1\n[teams.ops.caps]\nper_hour_usdc = "lots"\n' \
+                   f'[agents."{A1}".escalation]\nwindow = "2h"\n'
+
+
+@pytest.mark.parametrize("command", ["check-config", "replay"])
+def test_check_config_and_replay_list_every_bad_value_of_the_policy(tmp_path, command):
+    """Both named only the policy's first problem ('(and N more)'), and none of a team's or an agent's."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(THREE_BAD_POLICY)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[detect]\npolicy_file = "{policy}"\n')
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    args = [str(cfg)] if command == "check-config" else [
+        "--events", str(events), "--policy", str(policy), "--out", str(tmp_path / "out.jsonl")]
+    r = subprocess.run([sys.executable, "-m", "watcher", command, *args], capture_output=True, text=True,
+                       env={**_clean_env(), "COLUMNS": "400"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out and "OK" not in r.stdout, out
+    assert "invalid policy" in out and "and 2 more:" in out and "more)" not in out, out
+    for key in ("defaults.caps.per_minute_usdc", "teams.ops.caps.per_hour_usdc", f"agents.{A1}.escalation.window"):
+        assert key in out, out

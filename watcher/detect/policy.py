@@ -7,9 +7,9 @@ the default `caps.per_minute_usdc`); lists are replaced, not appended. `anomaly.
 `anomaly.fleet_quantile` belong to the one fleet model, so only `[defaults]` may set them. Amounts are USDC
 in the file (`*_usdc`) and integer base units in memory. See examples/policy.toml for every key.
 
-A bad file raises ConfigError naming the file, the key (dotted path) and the fix. `PolicyWatcher` reloads
-on SIGHUP (the handler only sets a flag) and when the file changes; a bad reload keeps the previous
-policy and says why.
+A bad file raises one ConfigError naming the file and listing every problem, each with its key (dotted
+path) and the fix. `PolicyWatcher` reloads on SIGHUP (the handler only sets a flag) and when the file
+changes; a bad reload keeps the previous policy and says why.
 """
 
 from __future__ import annotations
@@ -20,16 +20,18 @@ import os
 import signal
 import tomllib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
+from watcher.configfile import validation_error
 from watcher.detect.policyfile import FLEET_WIDE, Limits, PolicyFile
 from watcher.errors import ConfigError, EventError
 from watcher.events.addresses import AddressBook
 from watcher.money import usdc
 
 log = logging.getLogger("watcher.detect.policy")
+
 
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
@@ -43,40 +45,69 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-_FIXES = {
-    "extra_forbidden": "remove it or check its spelling against examples/policy.toml",
-    "missing": "add it",
-    "greater_than": "use a value > {gt}",
-    "greater_than_equal": "use a value >= {ge}",
-    "less_than": "use a value < {lt}",
-    "less_than_equal": "use a value <= {le}",
-    "literal_error": "use one of {expected}",
-    "float_parsing": "write a number",
-    "float_type": "write a number",
-    "finite_number": "write a finite number (inf and nan are not allowed)",
-    "int_parsing": "write a whole number",
-    "int_type": "write a whole number",
-    "bool_type": "write true or false",
-    "string_type": "write a quoted string",
-    "list_type": "write a list, e.g. [\"a\", \"b\"]",
-    "dict_type": "write a table",
-    "model_type": "write a table",
-}
+def _problem(loc: tuple, what: str, fix: str) -> dict[str, Any]:
+    """A problem found outside pydantic, shaped as one of its errors (for `validation_error`)."""
+    return {"type": "policy", "loc": loc, "msg": what, "ctx": {"fix": fix}}
 
 
-def _config_error(exc: ValidationError, file: str, prefix: str = "") -> ConfigError:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]) if str(p) and p != "[key]")
-    msg = err["msg"].removeprefix("Value error, ")
-    fix = _FIXES.get(err["type"], "see examples/policy.toml for the allowed values")
+def _layer_problems(over: dict, loc: tuple) -> list[dict[str, Any]]:
+    """The problems of one team's or agent's own keys. Each is checked alone (every `Limits` key has a
+    default), so a bad value is reported once, under the table that sets it."""
+    found = []
+    anomaly = over.get("anomaly")
+    for key in FLEET_WIDE:
+        if isinstance(anomaly, dict) and key in anomaly:
+            found.append(_problem((*loc, "anomaly", key), "the fleet model is one for all agents",
+                                  "set it in [defaults.anomaly]; to silence the models for one team or agent, "
+                                  "set anomaly.enabled = false there"))
     try:
-        fix = fix.format(**err.get("ctx", {}))
-    except (KeyError, IndexError):
-        pass
-    if err["type"] == "value_error":
-        msg, fix = "bad value", msg
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return ConfigError(f"invalid policy: {msg}{more}", file=file, key=key, fix=fix)
+        Limits.model_validate(over)
+    except ValidationError as exc:
+        found += [{**err, "loc": (*loc, *err["loc"])} for err in exc.errors()]
+    return found
+
+
+def _override_problems(teams: object, agents: object) -> list[dict[str, Any]]:
+    """The problems of every `[teams.<name>]` and `[agents."0x..."]` table (one that is not a table is
+    PolicyFile's to report)."""
+    teams = teams if isinstance(teams, dict) else {}
+    found = []
+    for name, over in teams.items():
+        if isinstance(over, dict):
+            found += _layer_problems(over, ("teams", name))
+    seen: set[str] = set()
+    book = AddressBook()
+    for addr, over in (agents if isinstance(agents, dict) else {}).items():
+        if not isinstance(over, dict):
+            continue
+        try:
+            cs = book.checksum(addr, "agent")
+        except EventError as exc:
+            found.append(_problem(("agents", addr), exc.detail, "use the agent's 0x payer wallet address as the "
+                                  "table name"))
+        else:
+            if cs in seen:
+                found.append(_problem(("agents", addr), f"wallet {cs} has two [agents] tables", "merge the two "
+                                      "tables into one (a wallet's letter case does not make it another agent)"))
+            seen.add(cs)
+        over = dict(over)
+        team = over.pop("team", None)
+        over.pop("name", None)
+        if team is not None and not isinstance(team, str):
+            found.append(_problem(("agents", addr, "team"), f"not a team name (got {team!r})",
+                                  "write the name of a [teams.<name>] table as a quoted string"))
+        elif team is not None and team not in teams:
+            found.append(_problem(("agents", addr, "team"), f"team {team!r} is not defined",
+                                  f"add a [teams.{team}] table or fix the name"))
+        found += _layer_problems(over, ("agents", addr))
+    return found
+
+
+def _config_error(problems: list[dict[str, Any]], file: str) -> ConfigError:
+    """One ConfigError listing every problem (the policy is read from its file only: no variable)."""
+    return validation_error(problems, file=file, what="invalid policy", see="see examples/policy.toml",
+                            unknown_fix="remove it or check its spelling against examples/policy.toml",
+                            nested_env=False)
 
 
 class Policy:
@@ -88,40 +119,22 @@ class Policy:
         self.version = parsed.version or digest[:12]
         self.defaults = parsed.defaults
         self.rate_card = parsed.rate_card
+        problems = _override_problems(parsed.teams, parsed.agents)
+        if problems:
+            raise _config_error(problems, source)
         base = parsed.defaults.model_dump()
-        self.teams: dict[str, Limits] = {}
-        for name, over in parsed.teams.items():
-            _fleet_wide(over, source, f"teams.{name}")
-            try:
-                self.teams[name] = Limits.model_validate(_merge(base, over))
-            except ValidationError as exc:
-                raise _config_error(exc, source, f"teams.{name}") from None
+        self.teams = {name: Limits.model_validate(_merge(base, over)) for name, over in parsed.teams.items()}
         self.agents: dict[str, Limits] = {}
         self.names: dict[str, str] = {}
         self.team_of: dict[str, str] = {}
         book = AddressBook()
         for addr, over in parsed.agents.items():
-            try:
-                cs = book.checksum(addr, "agent")
-            except EventError as exc:
-                raise ConfigError(f"invalid policy: {exc.detail}", file=source, key=f"agents.{addr}",
-                                  fix="use the agent's 0x payer wallet address as the table name") from None
-            if cs in self.agents:
-                raise ConfigError(f"invalid policy: wallet {cs} has two [agents] tables", file=source,
-                                  key=f"agents.{addr}", fix="merge the two tables into one (a wallet's letter case "
-                                  "does not make it another agent)")
-            _fleet_wide(over, source, f"agents.{addr}")
+            cs = book.checksum(addr, "agent")
             over = dict(over)
             team = over.pop("team", None)
             name = over.pop("name", None)
-            if team is not None and team not in parsed.teams:
-                raise ConfigError(f"invalid policy: team {team!r} is not defined", file=source,
-                                  key=f"agents.{addr}.team", fix=f"add a [teams.{team}] table or fix the name")
             layer = _merge(parsed.teams[team], over) if team else over
-            try:
-                self.agents[cs] = Limits.model_validate(_merge(base, layer))
-            except ValidationError as exc:
-                raise _config_error(exc, source, f"agents.{addr}") from None
+            self.agents[cs] = Limits.model_validate(_merge(base, layer))
             if team:
                 self.team_of[cs] = team
             if name:
@@ -171,8 +184,9 @@ class Policy:
                               fix="fix the TOML syntax at the line and column shown") from None
         try:
             parsed = PolicyFile.model_validate(raw)
-        except ValidationError as exc:
-            raise _config_error(exc, source) from None
+        except ValidationError as exc:  # with the teams' and agents' problems: every one is listed
+            raise _config_error(exc.errors() + _override_problems(raw.get("teams"), raw.get("agents")),
+                                source) from None
         return cls(parsed, source, hashlib.sha256(text.encode()).hexdigest())
 
     @classmethod
@@ -189,15 +203,6 @@ class Policy:
             raise ConfigError(f"the policy file is not UTF-8 text ({exc.reason} at byte {exc.start})", file=path,
                               fix="save it as UTF-8 (TOML files are UTF-8)") from None
         return cls.from_text(text, path)
-
-
-def _fleet_wide(layer: dict, source: str, where: str) -> None:
-    anomaly = layer.get("anomaly")
-    for key in FLEET_WIDE:
-        if isinstance(anomaly, dict) and key in anomaly:
-            raise ConfigError("invalid policy: the fleet model is one for all agents", file=source,
-                              key=f"{where}.anomaly.{key}", fix="set it in [defaults.anomaly]; to silence the "
-                              "models for one team or agent, set anomaly.enabled = false there")
 
 
 def usdc_units(amount_usdc: float) -> int:

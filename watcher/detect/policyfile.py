@@ -2,7 +2,8 @@
 
 `PolicyFile` is the whole file; `Limits` one layer (`[defaults]`, and each `[teams.<name>]` and
 `[agents."0x..."]` over it, merged by watcher.detect.policy); `Card` a rate card entry. Amounts are USDC in
-the file (`*_usdc`); watcher.detect.policy turns them into integer base units.
+the file (`*_usdc`); watcher.detect.policy turns them into integer base units. A value that fails a check
+of this module carries its fix (`ctx["fix"]`), which watcher.configfile's `validation_error` reports.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from watcher.errors import EventError
 from watcher.events.addresses import AddressBook
@@ -42,10 +44,16 @@ MAX_USDC = 10**12           # far below int64 base units (9.2e12 USDC): window s
 MAX_SECONDS = 10 * 366 * 86400      # ten years: as milliseconds, far inside int64
 
 
+def bad_value(what: str, fix: str, key: str = "") -> PydanticCustomError:
+    """A failed check saying what is wrong and how to fix it (`key`: the key in error, below the error's
+    location, for a check over a whole table)."""
+    return PydanticCustomError("policy", "{what}", {"what": what, "fix": fix, **({"key": key} if key else {})})
+
+
 def _amount(v: float) -> float:
     if v > 0 and usdc(v) == 0:
-        raise ValueError("write 0 (for a limit: off) or at least 0.000001 (one base unit): a smaller positive "
-                         "amount rounds to 0")
+        raise bad_value("a positive amount below 0.000001 USDC (one base unit) rounds to 0",
+                        "write 0 (for a limit: off) or at least 0.000001 (one base unit)")
     return v
 
 
@@ -61,9 +69,11 @@ def _merchant(v: str) -> str:
         try:
             return AddressBook().checksum(v, "merchant")
         except EventError as exc:
-            raise ValueError(exc.detail) from None
+            raise bad_value(exc.detail, "write the merchant's 0x payTo address (20-byte hex) or its http(s) "
+                            "resource URL") from None
     if not (v.startswith("https://") or v.startswith("http://")):
-        raise ValueError("must be a 0x payTo address or an http(s) resource URL")
+        raise bad_value("neither a 0x payTo address nor an http(s) resource URL", "write the merchant's 0x "
+                        "payTo address or its http(s) resource URL (a trailing * matches a prefix)")
     return v.split("?", 1)[0]
 
 
@@ -164,7 +174,7 @@ class PolicyFile(_Model):
         seen: set[str] = set()
         for i, c in enumerate(self.rate_card):
             if c.merchant in seen:
-                raise ValueError(f"rate_card[{i}]: merchant {c.merchant} is listed twice; keep one entry "
-                                 "(raise its version when the price changes)")
+                raise bad_value(f"merchant {c.merchant} is listed twice", "keep one entry (raise its version "
+                                "when the price changes)", key=f"rate_card.{i}.merchant")
             seen.add(c.merchant)
         return self
