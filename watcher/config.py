@@ -165,14 +165,26 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _memory_outlives_findings(self):
         # a payment whose finding is still pending must stay in the join's memory (>= the dedupe horizon)
-        need = max(UNSETTLED_HOLD * self.findings.unsettled_after_seconds, self.findings.shadow_grace_seconds)
-        if self.dedupe.horizon_seconds < need:
-            raise PydanticCustomError(
-                "setting", f"dedupe.horizon_seconds={self.dedupe.horizon_seconds} is shorter than the longest a "
-                f"finding can wait ({need} s: {UNSETTLED_HOLD} x findings.unsettled_after_seconds, or "
-                "findings.shadow_grace_seconds), so a pending finding would be forgotten",
-                {"key": "dedupe.horizon_seconds", "fix": f"raise dedupe.horizon_seconds to at least {need} or "
-                 "lower the findings' delays"})
+        dedupe, findings = self.dedupe, self.findings
+        need = max(UNSETTLED_HOLD * findings.unsettled_after_seconds, findings.shadow_grace_seconds)
+        if dedupe.horizon_seconds < need:
+            # the finding delay that sets `need`, and the most it may be for the horizon to suffice
+            delay, most = ("unsettled_after_seconds", dedupe.horizon_seconds // UNSETTLED_HOLD) \
+                if need == UNSETTLED_HOLD * findings.unsettled_after_seconds \
+                else ("shadow_grace_seconds", dedupe.horizon_seconds)
+            raise PydanticCustomError("setting", "{what}", {
+                "what": f"dedupe.horizon_seconds is shorter than the longest a finding can wait ({need} s: "
+                        f"{UNSETTLED_HOLD} x findings.unsettled_after_seconds, or findings.shadow_grace_seconds), "
+                        "so a pending finding would be forgotten",
+                "key": "dedupe.horizon_seconds",
+                # where each came from is said by validation_error; one from a variable leads
+                "values": {"dedupe.horizon_seconds": dedupe.horizon_seconds,
+                           f"findings.{delay}": getattr(findings, delay)},
+                "unset": [f"{table}.{name}" for table, name, model in (("dedupe", "horizon_seconds", dedupe),
+                                                                       ("findings", delay, findings))
+                          if name not in model.model_fields_set],
+                "fix": f"raise dedupe.horizon_seconds to at least {need} or lower findings.{delay} to at most "
+                       f"{most}"})
         return self
 
     @classmethod

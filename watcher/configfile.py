@@ -117,7 +117,7 @@ def _source(key: str, *, given: Mapping[str, str], aliases: Mapping[str, str], u
     return option, None if option or not use_env else env_variable(key, aliases, nested=nested_env)
 
 
-def _problem(err: dict[str, Any], *, key_prefix: str, fixes: Mapping[str, str],
+def _problem(err: dict[str, Any], *, file: str | None, key_prefix: str, fixes: Mapping[str, str],
              unknown_fix: str, hidden: Collection[str], see: str, **where: Any) -> Problem:
     kind, ctx = err.get("type", ""), err.get("ctx") or {}
     key = ".".join(p for p in (key_prefix, error_key(err)) if p)
@@ -125,6 +125,18 @@ def _problem(err: dict[str, Any], *, key_prefix: str, fixes: Mapping[str, str],
     msg = msg.removeprefix("Value error, ") + _shown(err, key, hidden)
     specific = ctx.get("fix") or {"extra_forbidden": unknown_fix, "missing": f"add {key}"}.get(kind) \
         or fixes.get(key) or (msg if kind == "setting" else "")   # a check over several keys says what to do
+    involved = ctx.get("values") or {}
+    if involved:   # a check over several values: each named where it came from; one set elsewhere leads
+        sources = {k: _source(k, **where) for k in involved}
+        key = next((k for k, (option, var) in sources.items() if option or var), key)
+        told = []
+        for k, value in involved.items():
+            option, var = sources[k]
+            told.append(f"{k}={value} " + (f"from {option or var}" if option or var else "by default"
+                                           if k in ctx.get("unset", ()) else f"in {file}" if file else "set"))
+            if specific and (option or var):
+                specific = specific.replace(k, option or var)
+        msg += f" ({'; '.join(told)})"
     option, var = _source(key, **where)
     target = option or var or key
     origin = f"from {option}" if option else f"from {var} ({ENV_WINS})" if var else ""
@@ -153,9 +165,11 @@ def validation_error(exc: ValidationError | Sequence[dict[str, Any]], *, file: s
     (e.g. "with --admin-port"), names that instead and no variable is looked for; `nested_env`: false where
     only the `aliases` were read (not SPENDWATCH_<SECTION>__<KEY>).
     `key_prefix` is put before each key (e.g. "chain"); `fixes` has the fix of a key that has a specific
-    one; `hidden` keys (secrets) never have their value shown; `see` is where to read more."""
+    one; `hidden` keys (secrets) never have their value shown; `see` is where to read more. A check over
+    several values (context `values`: key -> value, `unset`: those at their default) names where each came
+    from, and leads with one set by an option or a variable."""
     errors = exc.errors() if isinstance(exc, ValidationError) else list(exc)
-    problems = [_problem(err, key_prefix=key_prefix, fixes=fixes, unknown_fix=unknown_fix,
+    problems = [_problem(err, file=file, key_prefix=key_prefix, fixes=fixes, unknown_fix=unknown_fix,
                          hidden=hidden, see=see, given=given, aliases=aliases, use_env=not origin,
                          nested_env=nested_env)
                 for err in errors]

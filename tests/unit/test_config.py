@@ -273,3 +273,26 @@ def test_check_config_and_replay_list_every_bad_value_of_the_policy(tmp_path, co
     assert "invalid policy" in out and "and 2 more:" in out and "more)" not in out, out
     for key in ("defaults.caps.per_minute_usdc", "teams.ops.caps.per_hour_usdc", f"agents.{A1}.escalation.window"):
         assert key in out, out
+
+
+@pytest.mark.parametrize("var, value, key, most", [
+    ("SPENDWATCH_FINDINGS__UNSETTLED_AFTER_SECONDS", "9000", "findings.unsettled_after_seconds", 7800),
+    ("SPENDWATCH_FINDINGS__SHADOW_GRACE_SECONDS", "100000", "findings.shadow_grace_seconds", 93600),
+])
+def test_the_horizon_check_names_the_variable_a_finding_delay_came_from(tmp_path, monkeypatch, var, value, key,
+                                                                         most):
+    """The check always blamed dedupe.horizon_seconds, in the file, when the delay that broke it came from
+    a variable: the operator looked for a value that was never there."""
+    monkeypatch.setenv(var, value)
+    f = tmp_path / "c.toml"
+    f.write_text("[dedupe]\nhorizon_seconds = 93600\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    e, text = err.value, str(err.value)
+    assert e.key == key and e.file is None and f"from {var} (the environment wins over the file)" in text, text
+    assert f"dedupe.horizon_seconds=93600 in {f}" in text and f"{key}={value} from {var}" in text, text
+    assert f"lower {var} to at most {most}" in e.fix and "at least" in e.fix, text
+    f.write_text("")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    assert "dedupe.horizon_seconds=93600 by default" in str(err.value), str(err.value)
