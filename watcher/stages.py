@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import AsyncIterator, Callable
 
 from watcher.batch import BatchContext
@@ -23,7 +22,7 @@ from watcher.config import Settings
 from watcher.daemon import Daemon
 from watcher.detect.decision import encode_decision
 from watcher.detect.detector import Detector, ScoreSink
-from watcher.detect.policy import Policy, PolicyWatcher
+from watcher.detect.policy import Hangup, Policy, PolicyWatcher
 from watcher.detect.ratecard import RateCard
 from watcher.detect.rules import CAP_WINDOWS, NO_LIMIT
 from watcher.metrics import Metrics
@@ -35,9 +34,15 @@ from watcher.pipeline.categories import rate_card_first
 log = logging.getLogger("watcher.stages")
 
 
-def _no_policy_to_reload(signum, frame) -> None:
-    log.warning("SIGHUP: there is no policy file to reload (detect.policy_file is not set); the built-in "
-                "defaults stay. Set detect.policy_file and restart to use a policy")
+class NoPolicyFile(Hangup):
+    """What SIGHUP and the reload loop act on without a policy file (SIGHUP's default action would end the
+    daemon): the handler only sets a flag; `poll()`, from the loop, logs that there is nothing to reload."""
+
+    def poll(self) -> None:
+        if self._hup:
+            self._hup = False
+            log.warning("SIGHUP: there is no policy file to reload (detect.policy_file is not set); the built-in "
+                        "defaults stay. Set detect.policy_file and restart to use a policy")
 
 
 class DetectStage:
@@ -132,8 +137,12 @@ class DetectStage:
         self.detectors.pop(partition, None)
 
 
-def policy_service(watcher: PolicyWatcher) -> Callable[[Daemon], contextlib.AbstractAsyncContextManager]:
-    """Polls the policy file once a second (file change or SIGHUP); a bad reload keeps the old policy."""
+Reloads = PolicyWatcher | NoPolicyFile  # what SIGHUP acts on, from the reload loop
+
+
+def policy_service(watcher: Reloads) -> Callable[[Daemon], contextlib.AbstractAsyncContextManager]:
+    """Polls the policy file once a second (file change or SIGHUP); a bad reload keeps the old policy.
+    Without a policy file, says once per SIGHUP that there is nothing to reload."""
 
     @contextlib.asynccontextmanager
     async def run(daemon: Daemon) -> AsyncIterator[None]:
@@ -174,10 +183,11 @@ class Assembly:
             self.policy_watcher = PolicyWatcher(path, on_change=lambda p: self.detect.set_policy(p),
                                                 check=lambda p: p.check_windows(windows))
             policy = self.policy_watcher.policy
-            self.services.append(policy_service(self.policy_watcher))
         else:
             self.policy_watcher = None
             policy = Policy.default()
+        self.reloads: Reloads = self.policy_watcher or NoPolicyFile()
+        self.services.append(policy_service(self.reloads))
         self.detect = DetectStage(policy, settings.kafka.decisions_topic, score_sink=(
             self.metrics.anomaly_scores if settings.metrics.enabled else None))
         self.stages.append(self.detect)
@@ -200,10 +210,7 @@ class Assembly:
 
     def daemon(self, **kwargs) -> Daemon:
         d = Daemon(self.settings, self.stages, services=self.services, categorize=self.categorize, **kwargs)
-        if self.policy_watcher is not None:
-            self.policy_watcher.install_sighup()
-        else:  # SIGHUP's default action ends the process: an operator's reload must not stop the watcher
-            signal.signal(signal.SIGHUP, _no_policy_to_reload)
+        self.reloads.install_sighup()  # also without a policy file: a reload must not stop the watcher
         return d
 
 

@@ -47,14 +47,24 @@ def test_caps_set_by_a_person_apply_right_after_restore():
 
 
 def test_sighup_without_a_policy_file_does_not_stop_the_daemon():
-    code = ("import os, signal, sys\n"
+    """The daemon keeps running and says there is nothing to reload; the handler only sets a flag (it
+    logged from inside the signal handler), the reload loop logs."""
+    code = ("import asyncio, logging, os, signal, sys\n"
             "from watcher.config import load_settings\n"
-            "from watcher.stages import build\n"
+            "from watcher.stages import build, policy_service\n"
+            "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+            "logged = []\n"
+            "logging.getLogger('watcher.stages').addFilter(lambda r: logged.append(r.getMessage()) or True)\n"
             "a = build(load_settings(kafka__bootstrap='127.0.0.1:9'))\n"
             "a.daemon()\n"
             "os.kill(os.getpid(), signal.SIGHUP)\n"
-            "print('still running')\n")
+            "print('still running; logged by the handler:', logged, flush=True)\n"
+            "async def reload_loop():\n"
+            "    async with policy_service(a.reloads)(None):\n"
+            "        while not logged:\n"
+            "            await asyncio.sleep(0.05)\n"
+            "asyncio.run(asyncio.wait_for(reload_loop(), 60))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "SPENDWATCH_WEBHOOK_SECRET": SECRET})
-    assert r.returncode == 0 and "still running" in r.stdout, r.stderr[-2000:]
+    assert r.returncode == 0 and "still running; logged by the handler: []" in r.stdout, r.stdout + r.stderr[-2000:]
     assert "no policy file to reload" in r.stderr

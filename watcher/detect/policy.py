@@ -217,7 +217,23 @@ class ReloadResult:
     message: str
 
 
-class PolicyWatcher:
+class Hangup:
+    """SIGHUP as a flag: the handler only sets `_hup` (a signal handler does nothing else); the owner's
+    `poll()`, called from the event loop, acts on it."""
+
+    _hup = False
+
+    def install_sighup(self) -> None:
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_hup(self, signum, frame) -> None:
+        self._hup = True
+
+    def request_reload(self) -> None:
+        self._hup = True
+
+
+class PolicyWatcher(Hangup):
     """Holds the live policy; `poll()` reloads it after SIGHUP or when the file changed.
 
     Signals only set a flag; call `poll()` from the event loop (e.g. once a second). A failed reload keeps
@@ -248,15 +264,6 @@ class PolicyWatcher:
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def install_sighup(self) -> None:
-        signal.signal(signal.SIGHUP, self._on_hup)
-
-    def _on_hup(self, signum, frame) -> None:
-        self._hup = True
-
-    def request_reload(self) -> None:
-        self._hup = True
 
     def poll(self) -> ReloadResult:
         stamp = self._stat()
