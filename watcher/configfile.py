@@ -1,7 +1,8 @@
-"""What the configuration loaders share (watcher.config, watcher.chain.config, watcher.breaker.config):
-reading the TOML file, a path written in it being relative to its folder, and turning a validation error
-into one ConfigError that lists every problem, each under its dotted key, with where its value came from
-(the file, an environment variable, a command-line option) and the fix there."""
+"""What the configuration loaders share (watcher.config, watcher.chain.config, watcher.breaker.config;
+watcher.detect.policy for the last): reading the TOML file, a path written in it being relative to its
+folder, and turning a validation error into one ConfigError that lists every problem, each under its dotted
+key, with where its value came from (the file, an environment variable, a command-line option) and the fix
+there."""
 
 from __future__ import annotations
 
