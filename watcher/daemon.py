@@ -278,7 +278,7 @@ class Daemon:
         self.counters.dead_lettered += 1
         self.dlq_reasons[reason] += 1
         log.warning("dead-lettered %s[%d]@%d: %s: %s", m.topic, m.partition, m.offset, reason, detail[:200])
-        dl = make_dead_letter(reason, detail, m.topic, m.partition, m.offset, m.key, m.value)
+        dl = make_dead_letter(reason, detail, m.topic, m.partition, m.offset, m.key, m.value, m.headers)
         return (self.k.dead_letter_topic, dead_letter_key(m.key), dead_letter_value(dl), dead_letter_headers(dl))
 
     async def _send(self, records: list["Outgoing"]) -> None:

@@ -4,7 +4,10 @@ restart. Then the first bytes are kept, with the whole size and where the record
 
 from __future__ import annotations
 
-from watcher.sources.deadletter import (MAX_RAW_BYTES, decode_dead_letter, dead_letter_value,
+import msgspec
+import pytest
+
+from watcher.sources.deadletter import (MAX_HEADER_BYTES, MAX_RAW_BYTES, decode_dead_letter, dead_letter_value,
                                         make_dead_letter)
 
 KAFKA_DEFAULT_MAX_MESSAGE = 1_048_588
@@ -35,7 +38,42 @@ def test_the_dead_letters_kafka_key_is_cut_too():
     from watcher.daemon import Daemon
 
     daemon = Daemon(load_settings())
-    m = SimpleNamespace(topic="x402.payments", partition=0, offset=9, key=b"k" * 120_000, value=b"v" * 700_000)
+    m = SimpleNamespace(topic="x402.payments", partition=0, offset=9, key=b"k" * 120_000, value=b"v" * 700_000,
+                        headers=[("h", b"x" * 100_000)] * 3)
     topic, key, value, headers = daemon._dead_letter("too_large", "big", m)
     assert len(key) + len(value) + sum(len(h) + len(v) for h, v in headers) < KAFKA_DEFAULT_MAX_MESSAGE
     assert key == m.key[:len(key)] and decode_dead_letter(value).offset == 9
+    assert decode_dead_letter(value).keySize == 120_000
+
+
+def test_the_source_records_headers_are_kept_in_order():
+    """They were dropped: a re-published record lost its trace ids, content types, producer metadata."""
+    from types import SimpleNamespace
+
+    from watcher.config import load_settings
+    from watcher.daemon import Daemon
+
+    hdrs = [("trace-id", b"t-1"), ("content-type", b"application/json"), ("null", None), ("trace-id", b"\xff")]
+    m = SimpleNamespace(topic="x402.payments", partition=2, offset=4, key=b"0xabc", value=b"{oops", headers=hdrs)
+    _, _, value, _ = Daemon(load_settings())._dead_letter("bad_json", "truncated", m)
+    dl = decode_dead_letter(value)
+    assert dl.source_headers() == hdrs and dl.key() == b"0xabc" and dl.cut() == []
+    assert dl.headersSize is None and dl.keySize is None
+
+
+def test_headers_past_the_bound_keep_the_whole_ones_that_fit_and_say_so():
+    hdrs = [("a", b"1" * 10_000), ("b", b"2" * 10_000), ("c", b"3")]
+    dl = decode_dead_letter(dead_letter_value(make_dead_letter("too_large", "big", "t", 0, 1, None, b"x", hdrs)))
+    assert dl.source_headers() == hdrs[:1]                    # c would fit, but comes after the cut
+    assert dl.headersSize == 20_004 and dl.headersSize > MAX_HEADER_BYTES
+    assert dl.cut() == ["headers (10001 of 20004 bytes kept)"]
+
+
+def test_a_dead_letter_written_before_headers_were_kept_still_decodes():
+    old = (b'{"reason":"bad_json","detail":"d","topic":"x402.payments","partition":1,"offset":7,'
+           b'"key_b64":null,"raw_b64":"e29vcHM=","deadLetteredAt":"2026-11-20T10:00:00Z","rawSize":null}')
+    dl = decode_dead_letter(old)
+    assert dl.headers is None and dl.source_headers() == [] and dl.raw() == b"{oops" and dl.cut() == []
+    with pytest.raises(msgspec.DecodeError):
+        decode_dead_letter(b'{"reason": "bad_json"}')
+

@@ -1,23 +1,29 @@
 """The dead-letter topic: every record that cannot be used, with why and where it came from.
 
 Value (JSON): {"reason", "detail", "topic", "partition", "offset", "key_b64", "raw_b64", "deadLetteredAt",
-"rawSize"}. The same reason, topic, partition and offset also travel as headers, so tools can filter without
-parsing. The raw bytes are kept whole (base64), so a fixed record can be re-published; except that a record
-over MAX_RAW_BYTES (or a key over MAX_KEY_BYTES) keeps only its first bytes, with `rawSize` its whole size:
-whole, its dead letter would pass Kafka's default 1 MB message limit, be refused, and stop the daemon at
-the same offset after every restart. The whole record stays at its source offset.
+"rawSize", "headers", "keySize", "headersSize"}. The same reason, topic, partition and offset also travel as
+Kafka headers, so tools can filter without parsing. The key, raw bytes and the source record's Kafka headers
+(`headers`: [name, base64 value or null] pairs, in order) are kept whole, so a fixed record can be re-published
+as it was (`spendwatch deadletters --redrive`); except that a record over MAX_RAW_BYTES, a key over
+MAX_KEY_BYTES, or headers over MAX_HEADER_BYTES (names and values summed) keep only their first bytes (whole
+headers, in order, while they fit), with `rawSize`, `keySize` or `headersSize` their whole size: whole, the
+dead letter would pass Kafka's default 1 MB message limit, be refused, and stop the daemon at the same offset
+after every restart. The whole record stays at its source offset. Dead letters written before headers were
+kept have no `headers` (None): they still decode.
 """
 
 from __future__ import annotations
 
 import base64
 from datetime import datetime, timezone
+from typing import Sequence
 
 import msgspec
 
 
 MAX_RAW_BYTES = 700_000     # base64 makes it 933 KB: below the broker's default message limit with the rest
 MAX_KEY_BYTES = 4_096
+MAX_HEADER_BYTES = 16_384   # names and values summed; base64 makes the values at most 22 KB
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -30,9 +36,29 @@ class DeadLetter(msgspec.Struct, frozen=True):
     raw_b64: str
     deadLetteredAt: str
     rawSize: int | None = None   # the record's whole size when raw_b64 holds only its first MAX_RAW_BYTES
+    headers: list[tuple[str, str | None]] | None = None   # the source record's headers; None: not recorded
+    keySize: int | None = None       # the key's whole size when key_b64 holds only its first MAX_KEY_BYTES
+    headersSize: int | None = None   # the headers' whole size when `headers` holds only those that fit
 
     def raw(self) -> bytes:
         return base64.b64decode(self.raw_b64)
+
+    def key(self) -> bytes | None:
+        return base64.b64decode(self.key_b64) if self.key_b64 is not None else None
+
+    def source_headers(self) -> list[tuple[str, bytes | None]]:
+        return [(n, base64.b64decode(v) if v is not None else None) for n, v in self.headers or ()]
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+    def cut(self) -> list[str]:
+        """What of the source record this dead letter does not hold whole (empty when it holds all)."""
+        return [f"{what} ({kept} of {size} bytes kept)" for what, kept, size in (
+            ("record", MAX_RAW_BYTES, self.rawSize), ("key", MAX_KEY_BYTES, self.keySize),
+            ("headers", sum(len(n.encode()) + len(v or b"") for n, v in self.source_headers()),
+             self.headersSize)) if size is not None]
 
 
 _enc = msgspec.json.Encoder()
@@ -44,16 +70,37 @@ def dead_letter_key(key: bytes | None) -> bytes | None:
     return key[:MAX_KEY_BYTES] if key is not None else None
 
 
+def _b64(b: bytes | None) -> str | None:
+    return base64.b64encode(b).decode() if b is not None else None
+
+
+def _kept_headers(headers: Sequence[tuple[str, bytes | None]]) -> tuple[list[tuple[str, str | None]], int | None]:
+    """The headers that fit MAX_HEADER_BYTES (whole, in order, up to the first that does not) and, when some
+    do not, the whole headers' size."""
+    kept: list[tuple[str, str | None]] = []
+    used = total = 0
+    full = False
+    for name, value in headers:
+        size = len(name.encode()) + len(value or b"")
+        total += size
+        full = full or used + size > MAX_HEADER_BYTES
+        if not full:
+            kept.append((name, _b64(value)))
+            used += size
+    return kept, (total if full else None)
+
+
 def make_dead_letter(reason: str, detail: str, topic: str, partition: int, offset: int, key: bytes | None,
-                     raw: bytes | None) -> DeadLetter:
+                     raw: bytes | None, headers: Sequence[tuple[str, bytes | None]] = ()) -> DeadLetter:
     raw = raw or b""
     cut = len(raw) > MAX_RAW_BYTES
     detail = detail[:500] + (f"; only the first {MAX_RAW_BYTES} of {len(raw)} bytes are kept here (the whole "
                              f"record is at {topic}[{partition}]@{offset})" if cut else "")
-    return DeadLetter(reason, detail, topic, partition, offset,
-                      base64.b64encode(dead_letter_key(key)).decode() if key is not None else None,
+    kept, headers_size = _kept_headers(headers)
+    return DeadLetter(reason, detail, topic, partition, offset, _b64(dead_letter_key(key)),
                       base64.b64encode(raw[:MAX_RAW_BYTES]).decode(),
-                      datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"), len(raw) if cut else None)
+                      datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"), len(raw) if cut else None,
+                      kept, len(key) if key is not None and len(key) > MAX_KEY_BYTES else None, headers_size)
 
 
 def decode_dead_letter(raw: bytes) -> DeadLetter:
@@ -67,3 +114,4 @@ def dead_letter_value(dl: DeadLetter) -> bytes:
 def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
     return [("reason", dl.reason.encode()), ("source-topic", dl.topic.encode()),
             ("source-partition", str(dl.partition).encode()), ("source-offset", str(dl.offset).encode())]
+
