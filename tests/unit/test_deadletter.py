@@ -7,8 +7,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from watcher.sources.deadletter import (MAX_HEADER_BYTES, MAX_RAW_BYTES, decode_dead_letter, dead_letter_value,
-                                        make_dead_letter)
+from watcher.sources.deadletter import (MAX_HEADER_BYTES, MAX_RAW_BYTES, DeadLetter, decode_dead_letter,
+                                        dead_letter_value, make_dead_letter, plan_redrive, summarize)
 
 KAFKA_DEFAULT_MAX_MESSAGE = 1_048_588
 
@@ -77,3 +77,47 @@ def test_a_dead_letter_written_before_headers_were_kept_still_decodes():
     with pytest.raises(msgspec.DecodeError):
         decode_dead_letter(b'{"reason": "bad_json"}')
 
+
+def _dl(reason: str, topic: str, offset: int, at: str, **kw) -> DeadLetter:
+    return DeadLetter(reason, "d", topic, 0, offset, None, "", at, **kw)
+
+
+def test_summary_counts_by_reason_and_source_topic_oldest_and_newest():
+    letters = [_dl("bad_json", "pay", 1, "2026-11-20T10:00:00.5Z"), _dl("bad_json", "pay", 2, "2026-11-20T10:00:00Z"),
+               _dl("too_large", "chain", 3, "2026-11-21T09:00:00Z", rawSize=800_000)]
+    assert summarize(letters, unreadable=1) == {
+        "total": 3, "unreadable": 1, "byReason": {"bad_json": 2, "too_large": 1},
+        "bySourceTopic": {"pay": 2, "chain": 1}, "oldest": "2026-11-20T10:00:00Z",   # by time, not by text
+        "newest": "2026-11-21T09:00:00Z", "cut": 1}
+
+
+def test_a_redrive_sends_each_source_record_once_and_refuses_cut_ones():
+    a = _dl("too_large", "pay", 5, "2026-11-20T10:00:00Z")
+    again = _dl("too_large", "pay", 5, "2026-11-20T10:05:00Z")     # dead-lettered twice (a crash before commit)
+    cut = _dl("too_large", "pay", 6, "2026-11-20T10:01:00Z", rawSize=900_000)
+    key_cut = _dl("too_large", "pay", 7, "2026-11-20T10:02:00Z", keySize=5_000)
+    plan = plan_redrive([again, cut, a, key_cut])
+    assert plan.send == [a] and plan.cut == [cut, key_cut] and plan.repeats == 1
+    assert cut.cut() == ["record (700000 of 900000 bytes kept)"] and key_cut.cut() == ["key (4096 of 5000 bytes kept)"]
+
+
+def test_deadletters_help_says_what_it_reads_writes_and_exits_with(capsys):
+    from watcher.cli.main import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["deadletters", "--help"])
+    out = capsys.readouterr().out
+    for word in ("--bootstrap", "--config", "--list", "--reason", "--limit", "--redrive", "--dry-run", "--json",
+                 "exit status", "examples", "dedupe", "consumer group", "source offset"):
+        assert word in out, word
+
+
+@pytest.mark.parametrize("argv, complaint", [(["--redrive"], "--redrive needs --reason"),
+                                             (["--dry-run"], "--dry-run goes with --redrive"),
+                                             (["--limit", "3"], "--limit goes with --list")])
+def test_deadletters_wrong_usage_exits_2_before_connecting(argv, complaint, capsys):
+    from watcher.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["deadletters", "--bootstrap", "127.0.0.1:1", *argv])
+    assert exc.value.code == 2 and complaint in capsys.readouterr().err

@@ -15,7 +15,7 @@ from watcher.errors import SpendwatchError
 
 # modules that add subcommands; optional ones may be absent while a feature is being built
 COMMANDS = ["watcher.cli.run", "watcher.cli.simulate", "watcher.cli.demo", "watcher.cli.checkconfig",
-            "watcher.cli.bench"]
+            "watcher.cli.deadletters", "watcher.cli.bench"]
 OPTIONAL = ["watcher.chain.cli", "watcher.detect.cli", "watcher.observe.cli", "watcher.breaker.cli",
             "watcher.tap.cli"]
 

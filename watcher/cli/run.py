@@ -23,9 +23,9 @@ windows, decides with the policy file (detect.policy_file; without one no cap, c
 so spend alone never freezes an agent) and trips per-agent breakers: a freeze is a signed webhook to
 webhook.url.
 
-Writes: watcher.decisions, watcher.findings, watcher.deadletter (bad records, with the reason),
-watcher.breaker (audit trail and webhook outbox), watcher.statements, watcher.checkpoints (state with the
-input offsets it covers; restored after a restart or when partitions move). Listens on 127.0.0.1:9464
+Writes: watcher.decisions, watcher.findings, watcher.deadletter (bad records, with the reason: see `spendwatch
+deadletters`), watcher.breaker (audit trail and webhook outbox), watcher.statements, watcher.checkpoints
+(state with the input offsets it covers; restored after a restart or when partitions move). Listens on 127.0.0.1:9464
 (/metrics, /healthz; metrics.host/port) and 127.0.0.1:8742 (admin.host/port: the admin API of `spendwatch
 breaker`; needs admin.token or SPENDWATCH_ADMIN_TOKEN). Run N copies with the same configuration to share
 the partitions.

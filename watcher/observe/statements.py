@@ -224,20 +224,10 @@ def latest(records) -> dict[str, Statement]:
 async def read_statements(bootstrap: str, topic: str, day: str, *, timeout_s: float = 30.0) -> list[Statement]:
     """Every statement row of `day` (YYYY-MM-DD) in `topic`, the highest-ranked row of each id (most
     `changes`, then final, then revision: see `rank`), sorted."""
-    from aiokafka.errors import KafkaConnectionError
+    from watcher.sources.kafka import read_whole
 
-    from watcher.errors import BrokerError
-    from watcher.sources.kafka import read_to_end
-
-    try:
-        records, complete = await read_to_end(bootstrap, topic, timeout_s=timeout_s,
-                                              client_id="spendwatch-statement")
-    except KafkaConnectionError as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap!r} ({exc}); check --bootstrap / kafka.bootstrap") \
-            from None
-    if not complete:  # a partial statement would look whole to whoever reads it: refuse
-        raise BrokerError(f"{topic} was not read to the end of every partition within {timeout_s:.0f} s; "
-                          "nothing was exported: raise --timeout or check the brokers")
+    records = await read_whole(bootstrap, topic, timeout_s=timeout_s, client_id="spendwatch-statement",
+                               otherwise="nothing was exported")
     rows: list[Statement] = []
     for m in records:
         try:

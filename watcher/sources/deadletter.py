@@ -10,13 +10,17 @@ headers, in order, while they fit), with `rawSize`, `keySize` or `headersSize` t
 dead letter would pass Kafka's default 1 MB message limit, be refused, and stop the daemon at the same offset
 after every restart. The whole record stays at its source offset. Dead letters written before headers were
 kept have no `headers` (None): they still decode.
+
+The summary and re-drive selection of `spendwatch deadletters` are here too, as plain functions.
 """
 
 from __future__ import annotations
 
 import base64
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import msgspec
 
@@ -115,3 +119,51 @@ def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
     return [("reason", dl.reason.encode()), ("source-topic", dl.topic.encode()),
             ("source-partition", str(dl.partition).encode()), ("source-offset", str(dl.offset).encode())]
 
+
+# -- reading the topic back (spendwatch deadletters) -------------------------------------------------------
+
+def _when(dl: DeadLetter) -> datetime:
+    try:
+        return datetime.fromisoformat(dl.deadLetteredAt)
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def in_order(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
+    """Oldest first (then by source position): the order of --list and of a re-drive."""
+    return sorted(letters, key=lambda d: (_when(d), d.topic, d.partition, d.offset))
+
+
+def summarize(letters: Sequence[DeadLetter], unreadable: int = 0) -> dict:
+    """Counts by reason and by source topic (most first), the oldest and newest, how many are cut."""
+    ordered = in_order(letters)
+    return {"total": len(letters), "unreadable": unreadable,
+            "byReason": dict(Counter(d.reason for d in letters).most_common()),
+            "bySourceTopic": dict(Counter(d.topic for d in letters).most_common()),
+            "oldest": ordered[0].deadLetteredAt if ordered else None,
+            "newest": ordered[-1].deadLetteredAt if ordered else None,
+            "cut": sum(1 for d in letters if d.cut())}
+
+
+def list_line(dl: DeadLetter) -> str:
+    """One line: when, reason, source topic[partition]@offset, detail."""
+    return f"{dl.deadLetteredAt}  {dl.reason}  {dl.where}  {' '.join(dl.detail.split())}"
+
+
+@dataclass
+class RedrivePlan:
+    """Which dead letters to re-publish: each source record once, and none that is not whole."""
+    send: list[DeadLetter] = field(default_factory=list)
+    cut: list[DeadLetter] = field(default_factory=list)
+    repeats: int = 0    # further dead letters of a source record already in `send` or `cut`
+
+
+def plan_redrive(letters: Iterable[DeadLetter]) -> RedrivePlan:
+    plan, seen = RedrivePlan(), set()
+    for dl in in_order(letters):
+        if (dl.topic, dl.partition, dl.offset) in seen:
+            plan.repeats += 1
+            continue
+        seen.add((dl.topic, dl.partition, dl.offset))
+        (plan.cut if dl.cut() else plan.send).append(dl)
+    return plan

@@ -183,3 +183,19 @@ async def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
                 return out, False
     finally:
         await consumer.stop()
+
+
+async def read_whole(bootstrap: str, topic: str, *, timeout_s: float, client_id: str, otherwise: str) -> list:
+    """`read_to_end`, or BrokerError when Kafka cannot be reached or the topic was not read to its end (a
+    partial read would look whole to whoever reads what is made of it). `otherwise` says what was not done."""
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        records, complete = await read_to_end(bootstrap, topic, timeout_s=timeout_s, client_id=client_id)
+    except KafkaConnectionError as exc:
+        raise BrokerError(f"cannot reach Kafka at {bootstrap!r} ({exc}); check --bootstrap / kafka.bootstrap") \
+            from None
+    if not complete:
+        raise BrokerError(f"{topic} was not read to the end of every partition within {timeout_s:.0f} s; "
+                          f"{otherwise}: raise --timeout or check the brokers")
+    return records
