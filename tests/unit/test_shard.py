@@ -160,3 +160,43 @@ def test_restore_keeps_removed_renamed_and_reordered_windows_exact_under_the_con
     # and it goes on counting exactly under the new layout
     sh.apply([settle(100, amount=1_000, ts=T + 1_000)])
     assert sh.agent_totals(A)[0] == [s24h + 1_000, s1h + 1_000]
+
+
+# -- agents with nothing left in any window are forgotten -----------------------------------------------------
+def _wallet(i: int) -> str:
+    from watcher.events.addresses import eip55
+    return eip55("0x" + f"{i + 1:040x}")
+
+
+def _settle_by(i: int, payer: str, ts: int, amount: int = 100):
+    return D.decode(encode(settle_record(event_id=f"w{i}", ts_ms=ts, payer=payer, pay_to=M, amount=amount,
+                                         tx=fake_hash("w", i))))
+
+
+def test_checkpoints_forget_agents_with_nothing_left_in_any_window():
+    """Every wallet ever seen kept its window rows forever: memory, checkpoints and restores grew with all
+    wallets ever, not the active ones."""
+    cfg = ShardConfig(windows=(WindowSpec("1m", 60, 6), WindowSpec("1h", 3600, 6)))
+    sh = Shard(cfg, categorize=lambda merchant, resource: "data")
+    idle = [_wallet(i) for i in range(20)]
+    sh.apply([_settle_by(i, w, T) for i, w in enumerate(idle)])
+    later = T + 2 * 3_600_000  # past the longest window: the 20 have nothing left anywhere
+    sh.apply([_settle_by(100, A, later - 30_000, amount=7), _settle_by(101, A, later, amount=5)])
+    sh.advance(later)
+    snap = msgspec.msgpack.decode(msgspec.msgpack.encode(sh.snapshot()))
+    assert len(snap["agents"]["keys"]) == 1 and len(snap["categories"]["keys"]) == 1
+    assert len(sh.agents) == len(sh.categories) == 1
+    for s in (sh, Shard.restore(snap, cfg)):
+        assert s.agent_totals(A) == ([12, 12], [2, 2]) and s.category_totals(A, "data") == ([12, 12], [2, 2])
+        assert s.agent_totals(idle[0]) == ([0, 0], [0, 0])
+        s.apply([_settle_by(200, idle[0], later + 1_000, amount=3)])   # a forgotten agent pays again
+        assert s.agent_totals(idle[0]) == ([3, 3], [1, 1]) and s.agent_totals(A)[0] == [12, 12]
+
+
+def test_agents_with_spend_in_some_window_are_kept():
+    cfg = ShardConfig(windows=(WindowSpec("1m", 60, 6), WindowSpec("1h", 3600, 6)))
+    sh = Shard(cfg)
+    sh.apply([_settle_by(i, _wallet(i), T) for i in range(20)])
+    sh.advance(T + 30 * 60_000)  # out of the 1m window, still in the 1h one
+    sh.snapshot()
+    assert len(sh.agents) == 20 and sh.agent_totals(_wallet(3)) == ([0, 100], [0, 1])

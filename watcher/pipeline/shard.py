@@ -62,6 +62,8 @@ def category_key(address: str, category: str) -> bytes:
 
 
 class Shard:
+    IDLE_FRACTION = 8  # forget_idle waits for one row in this many to be idle (it rebuilds the index)
+
     def __init__(self, config: ShardConfig = ShardConfig(), categorize: Categorize | None = None) -> None:
         self.config = config
         self.categorize = categorize or (lambda merchant, resource: None)
@@ -172,8 +174,20 @@ class Shard:
     def category_totals(self, address: str, category: str, now_ms: int | None = None):
         return self.categories.total(category_key(address, category), now_ms)
 
+    def forget_idle(self) -> int:
+        """Drop the window rows of agents (and agent+category pairs) with nothing left in any window, once
+        they are at least IDLE_FRACTION of the rows: else every wallet ever seen keeps its rows, and memory,
+        checkpoints and restores grow with all wallets ever instead of the active ones. Call it between
+        batches only (`snapshot` does): a batch's outcome refers to its agents' rows until its stages ran."""
+        dropped = 0
+        for win in (self.agents, self.categories):
+            dropped += win.compact(min_dropped=max(1, len(win) // self.IDLE_FRACTION))
+        return dropped
+
     # -- checkpoint ----------------------------------------------------------------------------
     def snapshot(self) -> dict:
+        """The state to checkpoint (idle agents forgotten first: see `forget_idle`)."""
+        self.forget_idle()
         return {"v": 1, "watermark_ms": self.watermark_ms, "seen": self.seen.snapshot(),
                 "join": self.join.snapshot(), "agents": self.agents.snapshot(),
                 "categories": self.categories.snapshot(), "stats": msgspec.to_builtins(self.stats)}

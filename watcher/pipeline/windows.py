@@ -230,15 +230,16 @@ class Windows:
         s, c = self.totals(np.array([r]), now_ms)
         return [int(x) for x in s[0]], [int(x) for x in c[0]]
 
-    def compact(self, now_ms: int | None = None) -> int:
-        """Forget keys with nothing left in any window. Returns how many were dropped."""
+    def compact(self, now_ms: int | None = None, min_dropped: int = 1) -> int:
+        """Forget keys with nothing left in any window (no payment and no amount), if at least `min_dropped`
+        of them. Returns how many were dropped. Rows are renumbered: callers find keys through `index`."""
         size = len(self.keys)
         if size == 0:
             return 0
-        _, counts = self.totals(now_ms=now_ms)
-        live = np.nonzero(counts.any(axis=1))[0]
+        sums, counts = self.totals(now_ms=now_ms)
+        live = np.nonzero(counts.any(axis=1) | sums.any(axis=1))[0]
         dropped = size - len(live)
-        if dropped == 0:
+        if dropped == 0 or dropped < min_dropped:
             return 0
         self.sums[: len(live)] = self.sums[live]
         self.counts[: len(live)] = self.counts[live]
