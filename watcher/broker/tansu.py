@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib.resources
 import logging
 import os
@@ -17,10 +18,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 from watcher.errors import BrokerError, ClosedError
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def tansu_binary() -> Path:
@@ -35,6 +38,24 @@ def tansu_binary() -> Path:
     if not os.access(path, os.X_OK):
         path.chmod(0o755)
     return path
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGKILL the child when the process that started it dies, however it dies:
+    a `spendwatch run` killed with SIGKILL (or by the OOM killer) ran no cleanup, and its memory-only broker
+    lived on as an orphan holding its port and every record. None off Linux (the broker then outlives it)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -71,20 +92,32 @@ class TansuBroker:
         return self._proc.pid if self._proc else None
 
     def start(self) -> "TansuBroker":
+        """Start the broker and wait until it listens. It is killed when the thread that started it ends
+        (Linux): start it from the thread that outlives its use (`async with` does, from the loop's)."""
+        if self._spawn():
+            self._wait()
+        return self
+
+    def _spawn(self) -> bool:
+        """Start the child process (quick); False if it is already running."""
         if self._closed:
             raise ClosedError("this TansuBroker was stopped; make a new one")
         if self._proc is not None:
-            return self
+            return False
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL
         try:
             self._proc = subprocess.Popen(
                 [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                preexec_fn=_die_with_parent())
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
+        return True
+
+    def _wait(self) -> None:
         try:
             _wait_listening(self.port, self._proc, self._timeout)
         except BrokerError:
@@ -92,7 +125,6 @@ class TansuBroker:
             raise
         log.info("embedded Kafka-protocol broker (Tansu, memory-only: nothing survives its restart) "
                  "listening on %s, pid %s", self.bootstrap, self._proc.pid)
-        return self
 
     def stop(self) -> None:
         """Idempotent. SIGINT stops Tansu in ~20 ms; SIGKILL after 5 s."""
@@ -110,7 +142,9 @@ class TansuBroker:
         log.info("embedded broker on %s stopped", self.bootstrap)
 
     async def __aenter__(self) -> "TansuBroker":
-        await asyncio.get_running_loop().run_in_executor(None, self.start)
+        # spawned from the loop's thread, not an executor's: the child dies with the thread that forked it
+        if self._spawn():
+            await asyncio.get_running_loop().run_in_executor(None, self._wait)
         return self
 
     async def __aexit__(self, *exc) -> None:
