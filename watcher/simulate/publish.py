@@ -50,6 +50,11 @@ async def run_simulator(k: KafkaSettings, fleet: Fleet, *, rate_per_s: float, du
                     await asyncio.wait_for(stop.wait(), delay)
                 except asyncio.TimeoutError:
                     pass
+        # the chain goes on after the last payment: its transfers still waiting for their block are mined,
+        # else a watcher left running reports the last seconds' settles `unsettled` an hour later
+        later = fleet.flush()
+        await publish_records(k, later, producer)
+        sent += len(later)
     finally:
         await producer.stop()
         log.info("simulator published %d records", sent)
