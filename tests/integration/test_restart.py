@@ -57,15 +57,20 @@ def stop(proc: subprocess.Popen, logpath) -> None:
     assert rc == 0, f"exit code {rc}:\n" + logpath.read_text()[-3000:]
 
 
-async def test_sigterm_mid_stream_then_restart_is_exact(kafka_bootstrap, unique, tmp_path):
-    s = make_settings(kafka_bootstrap, unique, partitions=4)
+async def stage(bootstrap, unique, tmp_path, fleet: Fleet, payments: tuple[int, ...], rate_per_s: float):
+    """Topics and a config file for a 4-partition `spendwatch run`, and the fleet's records in rounds of about
+    `payments` payments (an hour ago). Returns settings, config path, rounds, record count, log path."""
+    s = make_settings(bootstrap, unique, partitions=4)
     await ensure_topics(s.kafka)
     cfg = write_config(tmp_path / "spendwatch.toml", s)
-    fleet = Fleet(agents=150, seed=5, runaway_after_s=10_000)
     t0 = int(time.time() * 1000) - 3_600_000
-    rounds = [fleet.events(n, t0, rate_per_s=400) for n in (3_000, 6_000, 9_000)]
-    total = sum(len(r) for r in rounds)
-    logpath = tmp_path / "daemon.log"
+    rounds = [fleet.events(n, t0, rate_per_s=rate_per_s) for n in payments]
+    return s, cfg, rounds, sum(len(r) for r in rounds), tmp_path / "daemon.log"
+
+
+async def test_sigterm_mid_stream_then_restart_is_exact(kafka_bootstrap, unique, tmp_path):
+    fleet = Fleet(agents=150, seed=5, runaway_after_s=10_000)
+    s, cfg, rounds, total, logpath = await stage(kafka_bootstrap, unique, tmp_path, fleet, (3_000, 6_000, 9_000), 400)
     with open(logpath, "ab") as log:
         await publish_records(s.kafka, rounds[0])
         proc = start(cfg, log)
@@ -87,14 +92,22 @@ async def test_sigterm_mid_stream_then_restart_is_exact(kafka_bootstrap, unique,
     assert "restored checkpoint" in logpath.read_text()
 
     # what the next owner would restore
+    got, covered = await checkpointed_totals(s, range(4))
+    assert covered == total
+    assert got == {a: (fleet.truth.spend[a], fleet.truth.payments[a]) for a in fleet.truth.spend}
+
+
+async def checkpointed_totals(s, partitions) -> tuple[dict[str, tuple[int, int]], int]:
+    """Per agent (sum, count) in the last window, as the next owner would restore them from the checkpoints of
+    `partitions` (all must have one), and the sum of the input offsets those checkpoints cover."""
     producer = kafka_io.producer(s.kafka)
     await producer.start()
     try:
-        store = CheckpointStore(producer, kafka_bootstrap, s.kafka.checkpoint_topic, s.kafka.group)
-        restored = await store.read_latest(set(range(4)))
+        store = CheckpointStore(producer, s.kafka.bootstrap, s.kafka.checkpoint_topic, s.kafka.group)
+        restored = await store.read_latest(set(partitions))
     finally:
         await producer.stop()
-    assert set(restored) == {0, 1, 2, 3}
+    assert set(restored) == set(partitions)
     got: dict[str, tuple[int, int]] = {}
     covered = 0
     for r in restored.values():
@@ -103,8 +116,7 @@ async def test_sigterm_mid_stream_then_restart_is_exact(kafka_bootstrap, unique,
         sums, counts = shard.agents.totals()
         for i, key in enumerate(shard.agents.keys):
             got[key_address(key)] = (int(sums[i, -1]), int(counts[i, -1]))
-    assert covered == total
-    assert got == {a: (fleet.truth.spend[a], fleet.truth.payments[a]) for a in fleet.truth.spend}
+    return got, covered
 
 
 async def _gt(coro, n):
