@@ -163,6 +163,26 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
+    def _memory_outlives_windows(self):
+        # a redelivery after the dedupe memory forgot its id is counted again unless it is older than every
+        # window (then it is late, not counted): the memory must span the longest window
+        longest = max(self.windows, key=lambda w: w.seconds)
+        if self.dedupe.horizon_seconds < longest.seconds:
+            raise PydanticCustomError("setting", "{what}", {
+                "what": f"dedupe.horizon_seconds is shorter than the longest window ({longest.name!r}, "
+                        f"{longest.seconds} s), so a record redelivered after the memory forgot it would be "
+                        "counted twice in that window",
+                "key": "dedupe.horizon_seconds",
+                "values": {"dedupe.horizon_seconds": self.dedupe.horizon_seconds,
+                           "windows": f"{longest.name} ({longest.seconds} s)"},
+                "unset": [k for k, model, name in (("dedupe.horizon_seconds", self.dedupe, "horizon_seconds"),
+                                                   ("windows", self, "windows"))
+                          if name not in model.model_fields_set],
+                "fix": f"raise dedupe.horizon_seconds to at least {longest.seconds} (memory grows with it: see "
+                       f"dedupe.max_entries) or shorten the window {longest.name!r}"})
+        return self
+
+    @model_validator(mode="after")
     def _memory_outlives_findings(self):
         # a payment whose finding is still pending must stay in the join's memory (>= the dedupe horizon)
         dedupe, findings = self.dedupe, self.findings

@@ -89,11 +89,12 @@ def test_check_config_command(tmp_path):
 def test_dedupe_horizon_must_outlive_a_held_finding(tmp_path):
     # a payment whose `unsettled` finding is held (up to UNSETTLED_HOLD deadlines) must still be remembered
     f = tmp_path / "c.toml"
-    f.write_text("[dedupe]\nhorizon_seconds = 3000\n[findings]\nunsettled_after_seconds = 300\n")
+    short = '[[windows]]\nname = "1m"\nseconds = 60\nbuckets = 6\n'    # the memory must span the windows too
+    f.write_text(short + "[dedupe]\nhorizon_seconds = 3000\n[findings]\nunsettled_after_seconds = 300\n")
     with pytest.raises(ConfigError) as err:
         load_settings(f)
     assert err.value.key == "dedupe.horizon_seconds" and "at least 3600" in str(err.value)
-    f.write_text("[dedupe]\nhorizon_seconds = 3600\n[findings]\nunsettled_after_seconds = 300\n")
+    f.write_text(short + "[dedupe]\nhorizon_seconds = 3600\n[findings]\nunsettled_after_seconds = 300\n")
     assert load_settings(f).dedupe.horizon_seconds == 3600
     with pytest.raises(ConfigError, match="at least 4000"):
         load_settings(f, findings__shadow_grace_seconds=4000)
@@ -296,3 +297,18 @@ def test_the_horizon_check_names_the_variable_a_finding_delay_came_from(tmp_path
     with pytest.raises(ConfigError) as err:
         load_settings(f)
     assert "dedupe.horizon_seconds=93600 by default" in str(err.value), str(err.value)
+
+
+def test_dedupe_horizon_must_span_the_longest_window(tmp_path):
+    """A 7d window with the default 26 h memory passed check-config: a record redelivered 54 h later was
+    forgotten by dedupe yet still inside the 7d window, so it was counted twice there."""
+    f = tmp_path / "w.toml"
+    f.write_text('[[windows]]\nname = "1m"\nseconds = 60\nbuckets = 6\n'
+                 '[[windows]]\nname = "7d"\nseconds = 604800\nbuckets = 7\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    text = str(err.value)
+    assert err.value.key == "dedupe.horizon_seconds" and "'7d'" in text and "at least 604800" in text, text
+    assert "dedupe.horizon_seconds=93600 by default" in text, text
+    f.write_text(f.read_text() + "[dedupe]\nhorizon_seconds = 604800\n")
+    assert load_settings(f).dedupe.horizon_seconds == 604800
