@@ -51,3 +51,4 @@ class Counters(msgspec.Struct):
     restored_partitions: int = 0
     refetched: int = 0
     not_owned: int = 0
+    skipped_offsets: int = 0   # input offsets never delivered (retention, transaction markers)

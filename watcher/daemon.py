@@ -198,6 +198,15 @@ class Daemon:
                     await res
 
     # -- one batch -----------------------------------------------------------------------------
+    def _gap(self, tp: TopicPartition, covered: int, first: int) -> None:
+        """Offsets [covered, first) never reached us: a transaction marker takes one, retention deletes
+        records a lagging (or long stopped) watcher never read. Counted; said when more than a marker."""
+        self.counters.skipped_offsets += first - covered
+        if first - covered > 1:
+            log.warning("%s[%s]: offsets %s..%s were never delivered (deleted by retention before they were "
+                        "read, or transaction markers): %s record(s) not counted", tp.topic, tp.partition, covered,
+                        first - 1, first - covered)
+
     async def _process(self, batch) -> None:
         pending: list[Outgoing] = []
         commits: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -219,6 +228,8 @@ class Daemon:
                 msgs = fresh
                 if not msgs:
                     continue
+            elif msgs[0].offset > covered >= 0:
+                self._gap(tp, covered, msgs[0].offset)
             obs = []
             decode = self.decoder.decode
             for m in msgs:

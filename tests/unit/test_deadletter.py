@@ -121,3 +121,36 @@ def test_deadletters_wrong_usage_exits_2_before_connecting(argv, complaint, caps
     with pytest.raises(SystemExit) as exc:
         main(["deadletters", "--bootstrap", "127.0.0.1:1", *argv])
     assert exc.value.code == 2 and complaint in capsys.readouterr().err
+
+
+def test_offsets_never_delivered_are_counted_and_logged(caplog):
+    """Records deleted by retention before a lagging watcher read them left no trace: the first fetched
+    offset past the covered one was simply taken. They are now counted and the range logged (a gap of one
+    offset, a transaction marker, is counted only)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from watcher.config import load_settings
+    from watcher.daemon import Daemon
+    from watcher.pipeline import Shard
+    from watcher.simulate.records import encode, fake_hash, settle_record
+
+    d = Daemon(load_settings(), live_clock=False)
+    d.shards[0], d.covered[0] = Shard(), {"x402.payments": 10}
+    tp = TopicPartition("x402.payments", 0)
+
+    def msg(offset):
+        value = encode(settle_record(event_id=f"e{offset}", ts_ms=1_790_000_000_000, payer="0x" + "11" * 20,
+                                     pay_to="0x" + "22" * 20, amount=5, tx=fake_hash(offset)))
+        return SimpleNamespace(topic=tp.topic, partition=0, offset=offset, key=None, value=value, headers=())
+
+    asyncio.run(d._process({tp: [msg(10), msg(11)]}))
+    assert d.counters.skipped_offsets == 0
+    asyncio.run(d._process({tp: [msg(13)]}))                  # one offset: a transaction marker
+    assert d.counters.skipped_offsets == 1 and "never delivered" not in caplog.text
+    asyncio.run(d._process({tp: [msg(500), msg(501)]}))
+    assert d.counters.skipped_offsets == 487 and d.covered[0]["x402.payments"] == 502
+    assert "x402.payments[0]: offsets 14..499 were never delivered" in caplog.text
+    assert d.counters.consumed == 5

@@ -40,7 +40,10 @@ class DaemonCollector:
                 ("spendwatch_processed", "Valid records handed to the shards (duplicates included).", c.processed),
                 ("spendwatch_duplicates", "Redelivered records dropped by dedupe.", c.duplicates),
                 ("spendwatch_checkpoints", "State checkpoints written.", c.checkpoints),
-                ("spendwatch_batches", "Batches committed.", c.batches)):
+                ("spendwatch_batches", "Batches committed.", c.batches),
+                ("spendwatch_skipped_offsets", "Input offsets never delivered after the last one processed: "
+                 "records deleted by retention before they were read, or transaction markers.",
+                 c.skipped_offsets)):
             yield CounterMetricFamily(name, doc, value=value)
         dl = CounterMetricFamily("spendwatch_dead_letters", "Records dead-lettered, by reason.", labels=["reason"])
         reasons = dict.fromkeys(REASONS, 0) | dict(d.dlq_reasons)  # known reasons exist from the start
