@@ -289,3 +289,51 @@ async def test_statement_export_refuses_an_unreachable_or_partial_read(monkeypat
     monkeypatch.setattr(kafka_io, "read_to_end", partial)
     with pytest.raises(BrokerError, match="not read to the end.*raise --timeout"):
         await read_statements("127.0.0.1:9092", "watcher.statements", "2026-11-23", timeout_s=5)
+
+
+def test_a_replay_that_interleaves_settles_and_transfers_otherwise_still_supersedes_the_dead_owner():
+    """The settled amounts differ from the chain's (amount_mismatch): live, each settle came before its
+    transfer (a count, then a correction: two deltas); the new owner's replay fetched the chain topic first
+    (one delta each) and then one more payment. Deltas made the dead owner's row look further along and
+    the statement lost that payment; records folded do not depend on the interleaving."""
+    from watcher.events.decode import Decoder
+    from watcher.pipeline.shard import Shard
+    from watcher.simulate.records import encode, fake_hash, settle_record, transfer_record
+
+    agent, merchant = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+    t0 = DAY + 60_000
+    dec = Decoder(max_future_skew_ms=None)
+
+    def settle(i, amount):
+        return dec.decode(encode(settle_record(event_id=f"s{i}", ts_ms=t0 + i * 1000, payer=agent, pay_to=merchant,
+                                               amount=amount, tx=fake_hash("tx", i))))
+
+    def transfer(i, amount):
+        return dec.decode(encode(transfer_record(ts_ms=t0 + i * 1000 + 500, payer=agent, to=merchant, amount=amount,
+                                                 tx=fake_hash("tx", i), status="confirmed", block_number=10 + i)))
+
+    def run(stage, shard, batches):
+        out = []
+        for obs in batches:
+            ctx = SimpleNamespace(partition=0, shard=shard, outcome=shard.apply(obs), observations=obs,
+                                  now_ms=t0 + 60_000 + len(out), decisions=[], publish=[])
+            stage.on_batch(ctx)
+            out += _records(ctx)
+        return out
+
+    settings = StatementSettings(publish_interval_seconds=0.001)
+    old, old_shard = StatementStage(settings), Shard()
+    old.restore(0, None)
+    roundtrip = lambda x: msgspec.msgpack.decode(msgspec.msgpack.encode(x))  # noqa: E731 (as a checkpoint)
+    checkpoint = roundtrip(old_shard.snapshot()), roundtrip(old.snapshot(0))
+    published = run(old, old_shard, [[settle(1, 100)], [transfer(1, 90)], [settle(2, 100)], [transfer(2, 90)]])
+    assert published[-1].count == 2 and published[-1].amount == "180"            # then SIGKILL
+    new = StatementStage(settings)
+    new.restore(0, checkpoint[1])
+    new_shard = Shard.restore(checkpoint[0], old_shard.config, old_shard.categorize)
+    published += run(new, new_shard, [[transfer(1, 90), transfer(2, 90)],
+                                      [settle(1, 100), settle(2, 100), settle(3, 100)]])
+    (row,) = latest(published).values()
+    assert (row.count, row.amount) == (3, "280")
+    for order in itertools.permutations(published[-3:] + published[:2]):
+        assert [(r.count, r.amount) for r in latest(order).values()] == [(3, "280")]

@@ -13,14 +13,19 @@ published final once `close_after_seconds` have passed after its end (wall clock
 arrive later (a reorg) are republished final with a higher revision while the day is retained
 (`retain_days`). State is part of the partition checkpoint, so a restart neither loses nor doubles a row.
 
-`changes` counts the deltas folded into the row (reorg un-counts included). It, not `revision`, orders the
-rows of one id across owners: after a handoff or crash the new owner restores revision r from an older
-checkpoint and replays the same input in the same order, while the old owner may already have published
-r+1 (or r+2) of its own. Both rows are then the checkpoint plus a prefix of the same sequence of deltas,
-so the one with more `changes` describes more of it; revision numbers of two owners say nothing about
-that, and neither do `count` or `lastAt` (an un-count lowers the count and leaves `lastAt`). A reader
-(`latest`, `spendwatch statement`) keeps per id the row ranked highest by (changes, final, revision,
-lastAt, count), then by its encoded bytes, so the order in which rows arrive never matters.
+`changes` counts the input records folded into the row: every settle and transfer record of the row's
+payments, whether or not it moved the row (reorg un-counts included). It, not `revision`, orders the rows
+of one id across owners: after a handoff or crash the new owner restores revision r from an older
+checkpoint and replays the input after it, while the old owner may already have published r+1 (or r+2)
+of its own. Both rows are then the checkpoint plus a prefix of each input topic, so the one with more
+`changes` describes more of it. The replay may interleave the two topics (settles, transfers) otherwise
+than the first run did, which changes how many deltas a payment makes (a settle then a transfer of
+another amount: a count and a correction; the transfer first: one count), so deltas are not counted:
+records are, and their number does not depend on the interleaving. Revision numbers of two owners say
+nothing about progress, and neither do `count` or `lastAt` (an un-count lowers the count and leaves
+`lastAt`). A reader (`latest`, `spendwatch statement`) keeps per id the row ranked highest by (changes,
+final, revision, lastAt, count), then by its encoded bytes, so the order in which rows arrive never
+matters. (Stages called without a shard, as in unit tests, count deltas instead.)
 """
 
 from __future__ import annotations
@@ -32,9 +37,12 @@ from typing import Annotated
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
+from watcher.events.observation import Kind
+
 log = logging.getLogger("watcher.statements")
 DAY_MS = 86_400_000
 UNCATEGORIZED = "uncategorized"
+SETTLE, VERIFY = Kind.SETTLE, Kind.VERIFY
 
 
 class StatementSettings(BaseModel):
@@ -63,7 +71,7 @@ class Statement(msgspec.Struct, frozen=True, tag_field="type", tag="statement", 
     last_tx: str | None
     revision: int
     final: bool
-    changes: int = 0   # deltas folded into the row; rows published before this field read as 0
+    changes: int = 0   # input records folded into the row; rows published before this field read as 0
 
 
 _enc = msgspec.json.Encoder()
@@ -107,8 +115,11 @@ class StatementStage:
         if st is None:
             st = self.parts[ctx.partition] = _Partition()
         deltas = ctx.outcome.deltas
+        join = getattr(ctx.shard, "join", None)
         if deltas:
-            self._fold(st, deltas, ctx.observations, ctx.now_ms)
+            self._fold(st, deltas, ctx.observations, ctx.now_ms, count_changes=join is None)
+        if join is not None and ctx.observations:
+            self._count_records(st, ctx.observations, join.payments)
         self._publish(st, ctx)
 
     def snapshot(self, partition: int) -> object:
@@ -135,7 +146,7 @@ class StatementStage:
         self.parts.pop(partition, None)
 
     # -- the pure part ---------------------------------------------------------------------------------
-    def _fold(self, st: _Partition, deltas, observations, now_ms: int) -> None:
+    def _fold(self, st: _Partition, deltas, observations, now_ms: int, count_changes: bool = True) -> None:
         by_id = {o.event_id: o for o in observations}
         oldest = now_ms // DAY_MS - self.s.retain_days
         rows = st.rows
@@ -153,7 +164,8 @@ class StatementStage:
                     continue
                 row = rows[key] = [0, 0, d.ts_ms, d.ts_ms, None, None, 0, 0, True]
             row[COUNT] += d.count
-            row[CHANGES] += 1
+            if count_changes:
+                row[CHANGES] += 1
             row[AMOUNT] += d.amount
             if d.count > 0:   # a payment counted: it may be the day's first or last transaction
                 tx = o.tx if o is not None else None
@@ -162,6 +174,21 @@ class StatementStage:
                 if row[LAST_TX] is None or d.ts_ms >= row[LAST]:
                     row[LAST], row[LAST_TX] = d.ts_ms, tx
             row[DIRTY] = True
+
+    @staticmethod
+    def _count_records(st: _Partition, observations, payments) -> None:
+        """One change per settle or transfer record of a row's payment (the join's memory, after the batch,
+        says which payment and so which row), whether it moved the row or not. Read-only on the join."""
+        rows, cur, prev = st.rows, payments.current, payments.previous
+        for o in observations:
+            if o.tx is None or o.kind == VERIFY or (o.kind == SETTLE and o.status != "settled"):
+                continue
+            p = cur.get(o.tx) or prev.get(o.tx)
+            if p is None:   # a 0-value transfer of no payment, or a payment already forgotten
+                continue
+            row = rows.get((p.ts_ms // DAY_MS, p.agent, o.merchant, p.category or UNCATEGORIZED))
+            if row is not None:   # None: the payment's delta was dropped (retention, max_rows)
+                row[CHANGES] += 1
 
     def _publish(self, st: _Partition, ctx) -> None:
         now = ctx.now_ms
