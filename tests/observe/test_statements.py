@@ -337,3 +337,39 @@ def test_a_replay_that_interleaves_settles_and_transfers_otherwise_still_superse
     assert (row.count, row.amount) == (3, "280")
     for order in itertools.permutations(published[-3:] + published[:2]):
         assert [(r.count, r.amount) for r in latest(order).values()] == [(3, "280")]
+
+
+async def test_the_statements_topic_is_created_to_keep_statements_past_a_brokers_default_retention(monkeypatch):
+    """A broker's default retention (7 days on Kafka) would delete a day's statement a week later, and the
+    export of that day would then be empty: spendwatch creates the topic with statements.topic_retention_days."""
+    import aiokafka.admin
+
+    from watcher.observe.statements import ensure_statement_topic
+
+    created = []
+
+    class Admin:
+        def __init__(self, **kwargs):
+            pass
+
+        async def start(self):
+            pass
+
+        async def close(self):
+            pass
+
+        async def list_topics(self):
+            return ["x402.payments"]
+
+        async def create_topics(self, topics):
+            created.extend(topics)
+
+    monkeypatch.setattr(aiokafka.admin, "AIOKafkaAdminClient", Admin)
+    kafka = SimpleNamespace(bootstrap="127.0.0.1:1", client_id="t", create_topics=True, partitions=4,
+                            replication_factor=1)
+    await ensure_statement_topic(kafka, StatementSettings(topic="stm"))
+    (topic,) = created
+    assert (topic.name, topic.num_partitions) == ("stm", 4)
+    assert int(topic.topic_configs["retention.ms"]) == 400 * DAY_MS
+    await ensure_statement_topic(kafka, StatementSettings(topic="stm2", topic_retention_days=31))
+    assert int(created[-1].topic_configs["retention.ms"]) == 31 * DAY_MS

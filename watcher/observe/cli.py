@@ -91,5 +91,6 @@ def cmd_statement(args) -> int:
     if not statements:
         print(f"no statements for {args.day} in {topic} on {bootstrap}: the daemon (`spendwatch run` with "
               f"statements.enabled) publishes each day's rows there every statements.publish_interval_seconds; "
-              f"check --bootstrap, --topic and the day (UTC)", file=sys.stderr)
+              f"check --bootstrap, --topic and the day (UTC), and that the topic's retention still keeps that day",
+              file=sys.stderr)
     return 0

@@ -55,6 +55,10 @@ class StatementSettings(BaseModel):
     close_after_seconds: Annotated[int, Field(ge=0)] = 3600
     retain_days: Annotated[int, Field(ge=1, le=31)] = 2
     max_rows: Annotated[int, Field(ge=1000)] = 2_000_000
+    # how long Kafka keeps the rows (the topic's retention.ms, set when spendwatch creates it): a broker's
+    # default (7 days) would delete a day's statement a week later, and `spendwatch statement` would then
+    # export an empty day
+    topic_retention_days: Annotated[int, Field(ge=1, le=36_500)] = 400
 
 
 class Statement(msgspec.Struct, frozen=True, tag_field="type", tag="statement", rename="camel"):
@@ -268,7 +272,8 @@ async def read_statements(bootstrap: str, topic: str, day: str, *, timeout_s: fl
 
 
 async def ensure_statement_topic(kafka, settings: StatementSettings) -> None:
-    """Create `settings.topic` (as many partitions as the inputs) if it is missing and creation is on."""
+    """Create `settings.topic` (as many partitions as the inputs, kept `topic_retention_days`) if it is missing
+    and creation is on. An existing topic keeps its own retention."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -276,8 +281,10 @@ async def ensure_statement_topic(kafka, settings: StatementSettings) -> None:
     await admin.start()
     try:
         if settings.topic not in set(await admin.list_topics()) and kafka.create_topics:
+            retention = {"retention.ms": str(settings.topic_retention_days * DAY_MS)}
             try:
-                await admin.create_topics([NewTopic(settings.topic, kafka.partitions, kafka.replication_factor)])
+                await admin.create_topics([NewTopic(settings.topic, kafka.partitions, kafka.replication_factor,
+                                                    topic_configs=retention)])
             except TopicAlreadyExistsError:
                 pass
     finally:
