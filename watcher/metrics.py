@@ -11,10 +11,12 @@ families (`spendwatch_chain_*`) live in `watcher.chain.metrics` and are served b
 Label sets are bounded: categories come from the configuration, networks from the known list, merchants
 are capped (`max_merchants`, the rest are "other"), decision rules from the policy. Per-agent series exist
 only for the top `top_n` agents by spend rate plus up to `max_pinned` pinned agents (a breaker that is not
-closed, or a waiting escalation; first come, a freed slot goes to an unpinned one); they are chosen
+closed, or a waiting escalation; open breakers and waiting escalations before held and half-open ones, else
+first come; a freed slot goes to an unpinned one); they are chosen
 with numpy once per `refresh_seconds` and pre-rendered, so a scrape costs the same whatever the number of
 tracked agents. The fleet gauges (`spendwatch_breakers`, `spendwatch_escalations_waiting`) count every
-agent this process owns, pinned or not; `spendwatch_agents_capped` says how many were left unpinned.
+agent this process owns, pinned or not; `spendwatch_agents_capped` says how many open or escalated ones
+were left unpinned.
 The README's metrics table lists every family.
 
 Breaker state arrives three ways: `breaker_state`/`escalation_waiting` (a change, counted as a transition),
@@ -156,8 +158,8 @@ class Metrics:
                                      "series refresh (top-N ranking) (seconds).", registry=r)
         self.ranked = Gauge("spendwatch_agents_ranked", "Agents with per-agent series (top N + pinned).",
                             registry=r)
-        self.capped = Gauge("spendwatch_agents_capped", "Agents left without per-agent series by "
-                            "metrics.max_pinned, by kind: breaker (not closed), escalation (waiting). They "
+        self.capped = Gauge("spendwatch_agents_capped", "Agents an alert needs left without per-agent series "
+                            "by metrics.max_pinned, by kind: breaker (open), escalation (waiting). They "
                             "are still counted in spendwatch_breakers and spendwatch_escalations_waiting.",
                             ["kind"], registry=r)
         for kind in ("unsettled", "shadow_spend", "amount_mismatch"):   # series exist from the start
@@ -272,20 +274,41 @@ class Metrics:
         self._escalation_since[agent] = since
         return True
 
+    def _alerting(self, agent: str) -> bool:
+        """An alert needs this agent's series: its breaker is open (BreakerOpened) or an escalation waits."""
+        return self._breaker_of.get(agent) == "open" or agent in self._escalation_since
+
     def _repin(self, agent: str) -> None:
-        """Pin `agent` if it needs series and there is room; unpin it if not, and give its slot away."""
+        """Pin `agent` if it needs series and there is room; unpin it if not, and give its slot away. Agents
+        an alert needs go first: when the pool is full one takes the slot of a held or half-open agent (whose
+        series only a dashboard shows), so holds and probations never leave a new freeze without its page."""
+        pinned = self._pinned
         if agent in self._breaker_of or agent in self._escalation_since:
-            if agent not in self._pinned and len(self._pinned) < self.settings.max_pinned:
-                self._pinned[agent] = None
-        elif agent in self._pinned:
-            del self._pinned[agent]
-            # an unpinned agent takes the slot (breakers in the order they left closed, then escalations in
-            # the order they started waiting); at most 2 * max_pinned pinned ones are skipped on the way
-            for a in chain(self._breaker_of, self._escalation_since) if self._capped_any() else ():
-                if len(self._pinned) >= self.settings.max_pinned:
-                    break
-                if a not in self._pinned:
-                    self._pinned[a] = None
+            if agent not in pinned:
+                if len(pinned) < self.settings.max_pinned:
+                    pinned[agent] = None
+                elif self._alerting(agent):
+                    spare = next((a for a in pinned if not self._alerting(a)), None)
+                    if spare is not None:
+                        del pinned[spare]
+                        pinned[agent] = None
+                return
+            if self._alerting(agent) or not self._capped_any() or all(
+                    a in pinned or not self._alerting(a) for a in chain(self._breaker_of, self._escalation_since)):
+                return
+            del pinned[agent]   # held or half-open now, and an alerting agent was left out: it takes the slot
+        elif agent in pinned:
+            del pinned[agent]
+        else:
+            return
+        # left-out agents take the free slot: alerting ones first, then the others (breakers in the order they
+        # left closed, then escalations in the order they started waiting)
+        for alerting in (True, False) if self._capped_any() else ():
+            for a in chain(self._breaker_of, self._escalation_since):
+                if len(pinned) >= self.settings.max_pinned:
+                    return
+                if a not in pinned and self._alerting(a) == alerting:
+                    pinned[a] = None
 
     def _capped_any(self) -> bool:
         return len(self._breaker_of) + len(self._escalation_since) > len(self._pinned)
@@ -294,7 +317,8 @@ class Metrics:
         for s in BREAKER_STATES:
             self.breakers.labels(s).set(self._in_state.get(s, 0))
         self.escalations.set(len(self._escalation_since))
-        self.capped.labels("breaker").set(len(self._breaker_of) - sum(a in self._breaker_of for a in self._pinned))
+        self.capped.labels("breaker").set(self._in_state.get("open", 0)
+                                          - sum(self._breaker_of.get(a) == "open" for a in self._pinned))
         self.capped.labels("escalation").set(len(self._escalation_since)
                                              - sum(a in self._escalation_since for a in self._pinned))
         self._agent_text = None
@@ -391,6 +415,6 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_statements_published_total", "counter", "", "daily statement rows published"),
     ("spendwatch_agents_ranked", "gauge", "", "agents with per-agent series"),
     ("spendwatch_metrics_refresh_seconds", "gauge", "", "last top-N refresh duration"),
-    ("spendwatch_agents_capped", "gauge", "kind", "agents left without per-agent series by max_pinned"),
+    ("spendwatch_agents_capped", "gauge", "kind", "open or escalated agents left without series by max_pinned"),
     ("spendwatch_build_info", "gauge", "version", "build information"),
 ]

@@ -126,6 +126,32 @@ def test_fleet_gauges_count_every_agent_and_only_the_agent_series_are_capped():
     assert len(m.pinned()) == 40
 
 
+def test_open_breakers_and_escalations_take_pins_before_held_and_half_open_agents():
+    """Holds and probations fill the pool (nothing pages on them): a new freeze still gets its series, so
+    BreakerOpened pages for it, and agents_capped counts only agents an alert needs."""
+    m = _metrics(max_pinned=3)
+    g = m.registry.get_sample_value
+    held = [f"0x{i:040x}" for i in range(3)]
+    for a in held:
+        m.breaker_state(a, "held")
+    runaway, other, asking = "0x" + "ab" * 20, "0x" + "cd" * 20, "0x" + "ef" * 20
+    m.breaker_state(runaway, "open")
+    m.escalation_waiting(asking, 1_700_000_000_000)
+    text = m.render().decode()
+    assert f'spendwatch_agent_breaker_state{{agent="{runaway}",state="open"}} 1.0' in text
+    assert f'spendwatch_agent_escalation_waiting_since_timestamp_seconds{{agent="{asking}"}}' in text
+    capped = {k: g("spendwatch_agents_capped", {"kind": k}) for k in ("breaker", "escalation")}
+    assert capped == {"breaker": 0, "escalation": 0}
+    assert g("spendwatch_breakers", {"state": "held"}) == 3          # every one still counted
+    m.breaker_state(other, "open")                                  # the pool is held[2], runaway, asking: full
+    assert g("spendwatch_agents_capped", {"kind": "breaker"}) == 0 and other in m.pinned()
+    m.breaker_state(held[0], "open")                                # alerting agents only now: one is left out
+    assert g("spendwatch_agents_capped", {"kind": "breaker"}) == 1 and held[0] not in m.pinned()
+    m.breaker_state(runaway, "half_open")                           # its slot goes to the one left out
+    assert held[0] in m.pinned() and runaway not in m.pinned()
+    assert g("spendwatch_agents_capped", {"kind": "breaker"}) == 0
+
+
 def test_restore_and_forget_move_agents_without_transitions():
     m = _metrics(max_pinned=2)
     g = m.registry.get_sample_value
