@@ -52,22 +52,28 @@ def base(title: str, uid: str, desc: str) -> Dashboard:
             .refresh("10s").time("now-1h", "now").timezone("utc").editable())
 
 
+def net_spend(by: str = "") -> str:
+    """Spend counted minus spend un-counted (USDC/s): a payment counted, un-counted by a reorg and counted
+    again is in spendwatch_spend_usdc_total twice (the reversal in spendwatch_spend_reversed_usdc_total)."""
+    agg = f"sum by ({by}) " if by else "sum"
+    return (f"{agg}(rate(spendwatch_spend_usdc_total[$__rate_interval])) - "
+            f"{agg}(rate(spendwatch_spend_reversed_usdc_total[$__rate_interval]))")
+
+
 # -- the dashboards --------------------------------------------------------------------------------------
 def fleet() -> Dashboard:
     return (
         base("spendwatch / fleet spend", "spendwatch-fleet",
              "Live spend of the whole agent fleet over x402 (USDC), by category, network and merchant.")
         .with_row(Row("Now"))
-        .with_panel(st("Fleet spend rate", "currencyUSD", q("sum(rate(spendwatch_spend_usdc_total[$__rate_interval]))"),
-                       desc="USDC per second, counted once per payment"))
+        .with_panel(st("Fleet spend rate", "currencyUSD", q(net_spend()),
+                       desc="USDC per second, net of reorgs and corrections (counted minus un-counted)"))
         .with_panel(st("Payments / s", "reqps", q("sum(rate(spendwatch_payments_total[$__rate_interval]))")))
         .with_panel(st("Agents frozen", "short", q('sum(spendwatch_breakers{state="open"})')))
         .with_panel(st("Escalations waiting", "short", q("sum(spendwatch_escalations_waiting)")))
         .with_row(Row("Spend"))
-        .with_panel(ts("Spend by category (USDC/s)", "currencyUSD",
-                       q("sum by (category) (rate(spendwatch_spend_usdc_total[$__rate_interval]))", "{{category}}")))
-        .with_panel(ts("Spend by network (USDC/s)", "currencyUSD",
-                       q("sum by (network) (rate(spendwatch_spend_usdc_total[$__rate_interval]))", "{{network}}")))
+        .with_panel(ts("Spend by category (USDC/s)", "currencyUSD", q(net_spend("category"), "{{category}}")))
+        .with_panel(ts("Spend by network (USDC/s)", "currencyUSD", q(net_spend("network"), "{{network}}")))
         .with_panel(ts("Top merchants (USDC/s)", "currencyUSD",
                        q("topk(10, sum by (merchant) (rate(spendwatch_merchant_spend_usdc_total[$__rate_interval])))",
                          "{{merchant}}")))

@@ -117,8 +117,9 @@ class Metrics:
         check_series_budget(settings, len(self.windows))
         r = registry
         # -- fleet spend ---------------------------------------------------------------------------
-        self.spend = Counter("spendwatch_spend_usdc", "Spend counted once per payment (USDC), by merchant "
-                             "category and network.", ["category", "network"], registry=r)
+        self.spend = Counter("spendwatch_spend_usdc", "Spend counted (USDC), by merchant category and network; "
+                             "net spend is this minus spendwatch_spend_reversed_usdc.", ["category", "network"],
+                             registry=r)
         self.payments = Counter("spendwatch_payments", "Payments counted, by category and network.",
                                 ["category", "network"], registry=r)
         self.reversed = Counter("spendwatch_spend_reversed_usdc", "Spend un-counted after a reorg or a "
@@ -381,7 +382,7 @@ class Metrics:
 # The README's metrics table is generated from this list (tests check it names every family).
 FAMILIES: list[tuple[str, str, str, str]] = [
     # (name, type, labels, what it says)
-    ("spendwatch_spend_usdc_total", "counter", "category, network", "fleet spend, counted once per payment"),
+    ("spendwatch_spend_usdc_total", "counter", "category, network", "fleet spend counted (net: minus reversed)"),
     ("spendwatch_payments_total", "counter", "category, network", "payments counted"),
     ("spendwatch_spend_reversed_usdc_total", "counter", "category, network", "spend un-counted (reorg, correction)"),
     ("spendwatch_merchant_spend_usdc_total", "counter", "merchant", "spend by merchant (capped, rest `other`)"),

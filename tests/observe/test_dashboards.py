@@ -62,3 +62,36 @@ def test_dashboards_cover_what_the_issue_asks():
         for p in d["panels"]:
             if p["type"] != "row":
                 assert p["datasource"] == {"type": "prometheus", "uid": "prometheus"}
+
+
+def test_fleet_spend_panels_show_net_spend(tmp_path):
+    """A payment counted, un-counted by a reorg (or a corrected amount) and counted again adds to
+    spendwatch_spend_usdc_total twice and to spendwatch_spend_reversed_usdc_total once: the fleet spends the
+    difference. Each spend panel's query, evaluated by promtool over such counters, shows the net rate."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    panels = {t: e for n, t, e in generate.panel_queries() if n == "fleet.json" and "spendwatch_spend_usdc" in e}
+    assert set(panels) == {"Fleet spend rate", "Spend by category (USDC/s)", "Spend by network (USDC/s)"}
+    series = []
+    for cat, gross, reversed_ in (("data", 120, 60), ("compute", 60, 0)):   # USDC per minute
+        labels = f'category="{cat}",network="eip155:8453",job="spendwatch"'
+        series += [{"series": f"spendwatch_spend_usdc_total{{{labels}}}", "values": f"0+{gross}x15"},
+                   {"series": f"spendwatch_spend_reversed_usdc_total{{{labels}}}", "values": f"0+{reversed_}x15"}]
+    want = {"Fleet spend rate": [("{}", 2)],
+            "Spend by category (USDC/s)": [('{category="data"}', 1), ('{category="compute"}', 1)],
+            "Spend by network (USDC/s)": [('{network="eip155:8453"}', 2)]}
+    tests = [{"expr": panels[t].replace("$__rate_interval", "5m"), "eval_time": "10m",
+              "exp_samples": [{"labels": lab, "value": v} for lab, v in want[t]]} for t in panels]
+    (tmp_path / "rules.yml").write_text("groups: []\n")
+    (tmp_path / "t.yml").write_text(yaml.safe_dump({
+        "rule_files": ["rules.yml"], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}]}))
+    r = subprocess.run([promtool, "test", "rules", "t.yml"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
