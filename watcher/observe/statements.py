@@ -25,7 +25,7 @@ records are, and their number does not depend on the interleaving. Revision numb
 nothing about progress, and neither do `count` or `lastAt` (an un-count lowers the count and leaves
 `lastAt`). A reader (`latest`, `spendwatch statement`) keeps per id the row ranked highest by (changes,
 final, revision, lastAt, count), then by its encoded bytes, so the order in which rows arrive never
-matters. (Stages called without a shard, as in unit tests, count deltas instead.)
+matters. (Stages called without a shard, as in unit tests, count only the records that moved a row.)
 """
 
 from __future__ import annotations
@@ -118,12 +118,12 @@ class StatementStage:
         st = self.parts.get(ctx.partition)
         if st is None:
             st = self.parts[ctx.partition] = _Partition()
-        deltas = ctx.outcome.deltas
+        out, obs = ctx.outcome, ctx.observations
+        if out.deltas:
+            self._fold(st, out.deltas, obs, ctx.now_ms)
         join = getattr(ctx.shard, "join", None)
-        if deltas:
-            self._fold(st, deltas, ctx.observations, ctx.now_ms, count_changes=join is None)
-        if join is not None and ctx.observations:
-            self._count_records(st, ctx.observations, join.payments)
+        if join is not None and len(obs) > len(out.stream_positions):
+            self._count_quiet(st, obs, out.stream_positions, join.payments)
         self._publish(st, ctx)
 
     def snapshot(self, partition: int) -> object:
@@ -150,7 +150,7 @@ class StatementStage:
         self.parts.pop(partition, None)
 
     # -- the pure part ---------------------------------------------------------------------------------
-    def _fold(self, st: _Partition, deltas, observations, now_ms: int, count_changes: bool = True) -> None:
+    def _fold(self, st: _Partition, deltas, observations, now_ms: int) -> None:
         by_id = {o.event_id: o for o in observations}
         oldest = now_ms // DAY_MS - self.s.retain_days
         rows = st.rows
@@ -168,8 +168,7 @@ class StatementStage:
                     continue
                 row = rows[key] = [0, 0, d.ts_ms, d.ts_ms, None, None, 0, 0, True]
             row[COUNT] += d.count
-            if count_changes:
-                row[CHANGES] += 1
+            row[CHANGES] += 1   # one per record that moved the row (each delta has one); _count_quiet adds the rest
             row[AMOUNT] += d.amount
             if d.count > 0:   # a payment counted: it may be the day's first or last transaction
                 tx = o.tx if o is not None else None
@@ -180,14 +179,17 @@ class StatementStage:
             row[DIRTY] = True
 
     @staticmethod
-    def _count_records(st: _Partition, observations, payments) -> None:
-        """One change per settle or transfer record of a row's payment (the join's memory, after the batch,
-        says which payment and so which row), whether it moved the row or not. Read-only on the join."""
-        rows, cur, prev = st.rows, payments.current, payments.previous
-        for o in observations:
-            if o.tx is None or o.kind == VERIFY or (o.kind == SETTLE and o.status != "settled"):
+    def _count_quiet(st: _Partition, observations, moved_or_signal: list[int], payments) -> None:
+        """One change per settle or transfer record of a row's payment that did not move the row (a transfer
+        confirming what was settled, a redelivery); the join's memory, after the batch, says which payment
+        and so which row. Read-only on the join."""
+        rows, in_cur, in_prev = st.rows, payments.current.get, payments.previous.get
+        for i in set(range(len(observations))).difference(moved_or_signal):
+            o = observations[i]
+            tx, kind = o.tx, o.kind
+            if tx is None or kind == VERIFY or (kind == SETTLE and o.status != "settled"):
                 continue
-            p = cur.get(o.tx) or prev.get(o.tx)
+            p = in_cur(tx) or in_prev(tx)
             if p is None:   # a 0-value transfer of no payment, or a payment already forgotten
                 continue
             row = rows.get((p.ts_ms // DAY_MS, p.agent, o.merchant, p.category or UNCATEGORIZED))
