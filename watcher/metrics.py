@@ -149,8 +149,8 @@ class Metrics:
         self.latency = BulkHistogram("spendwatch_event_latency_seconds", "From an event's own time to its "
                                      "processing by the watcher (seconds).", LATENCY_BUCKETS)
         r.register(self.latency)
-        self.webhooks = Counter("spendwatch_webhooks", "Freeze/unfreeze webhook attempts, by outcome (ok, "
-                                "http_error, timeout, connection_error, gave_up).", ["outcome"], registry=r)
+        self.webhooks = Counter("spendwatch_webhooks", "Freeze/unfreeze webhook attempts, by outcome (ok, 4xx, "
+                                "5xx, error, timeout).", ["outcome"], registry=r)
         self.webhook_seconds = Histogram("spendwatch_webhook_duration_seconds", "Webhook request latency "
                                          "(seconds).", buckets=WEBHOOK_BUCKETS, registry=r)
         self.statements = Counter("spendwatch_statements_published", "Daily statement rows published.",

@@ -290,3 +290,28 @@ def test_bridge_heartbeats_count_as_chain_events_with_no_spend_and_no_latency():
     behind.apply([progress(3_000)])
     fam = bridge_confirmed([sh, behind, Shard()])                       # the oldest of the partitions that know
     assert [(s.labels, s.value) for s in fam.samples] == [({"network": "eip155:8453"}, 3.0)]
+
+
+def test_readme_metrics_table_names_every_family_the_daemon_serves():
+    """What `spendwatch run` serves on /metrics (the metrics module, the breaker's families, the daemon's
+    counters) is each named in README's metrics table (in full, or as `_suffix` after a full name)."""
+    import re
+    from pathlib import Path
+
+    from watcher.batch import Counters
+    from watcher.breaker.metrics import BreakerMetrics
+    from watcher.observe.server import DaemonCollector
+
+    m = _metrics()
+    BreakerMetrics(m.registry, fleet=m)
+    daemon = SimpleNamespace(counters=Counters(), dlq_reasons={}, shards={}, covered={}, consumer=None,
+                             tracked_agents=lambda: 0)
+    m.registry.register(DaemonCollector(daemon))
+    served = {f.name for f in text_string_to_metric_families(m.render().decode())}
+    assert {"spendwatch_consumer_lag_records", "spendwatch_webhook_attempts", "spendwatch_spend_usdc"} <= served
+    readme = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
+    table = readme.split("**Metrics**", 1)[1].split("**Dashboards**", 1)[0]
+    named = set(re.findall(r"`(spendwatch_[a-z_]+)(?:\{[a-z_, ]*\})?`", table))
+    named |= {"spendwatch" + s for s in re.findall(r"`(_[a-z_]+)(?:\{[a-z_, ]*\})?`", table)}
+    missing = sorted(n for n in served if n not in named and f"{n}_total" not in named)
+    assert not missing, f"README's metrics table does not name {missing}"
