@@ -241,8 +241,9 @@ def test_daemon_collector_exports_late_payments_and_forced_rotations():
     sh = Shard(ShardConfig(dedupe_max_entries=3))
     sh.apply([settle(i, ts=T + i) for i in range(5)])                   # 5 keys > 3: rotated early
     sh.apply([settle(99, ts=T - 3 * 86_400_000)])                       # older than every window
-    daemon = SimpleNamespace(counters=SimpleNamespace(consumed=6, processed=6, duplicates=0, checkpoints=0,
-                                                      batches=2),
+    from watcher.batch import Counters
+
+    daemon = SimpleNamespace(counters=Counters(consumed=6, processed=6, batches=2),
                              dlq_reasons={}, shards={0: sh}, tracked_agents=lambda: 1, consumer=None, covered={},
                              k=None)
     reg = CollectorRegistry()
