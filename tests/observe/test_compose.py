@@ -69,3 +69,24 @@ def test_deploy_prometheus_config_checks(tmp_path):
     tmp.write_text(yaml.safe_dump(cfg))
     r = subprocess.run([promtool, "check", "config", str(tmp)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_named_volumes_hold_the_state_and_are_writable(compose):
+    """The kafka-data volume stored nothing (apache/kafka writes to /tmp/kraft-combined-logs unless
+    KAFKA_LOG_DIRS says otherwise), and the chain bridge's volume was root's while the image runs as uid
+    10001: the bridge could not write its checkpoint."""
+    kafka = compose["services"]["kafka"]
+    data = next(v.split(":")[1] for v in kafka["volumes"] if v.startswith("kafka-data:"))
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == data
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "USER spendwatch" in dockerfile
+    for name, svc in compose["services"].items():
+        if svc.get("image") != "spendwatch:latest":
+            continue
+        for vol in svc.get("volumes", []):
+            source, target = vol.split(":")[:2]
+            if source.startswith((".", "/")):
+                continue   # a bind mount of a file, read-only
+            assert f"mkdir -p {target}" in dockerfile and f"chown spendwatch {target}" in dockerfile, (name, target)
+            state = {k: v for k, v in svc["environment"].items() if k.endswith("CHECKPOINT_PATH")}
+            assert all(str(v).startswith(target + "/") for v in state.values()), state
