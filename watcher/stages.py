@@ -134,7 +134,12 @@ class DetectStage:
                                      else Detector(self.policy, score_sink=sink))
 
     def drop(self, partition: int) -> None:
-        self.detectors.pop(partition, None)
+        """The partition went to another replica: so do its agents' caps (its breaker state sets them again
+        if it comes back; kept here, a reload would apply caps a person has cleared elsewhere since)."""
+        det = self.detectors.pop(partition, None)
+        if det is not None:
+            for agent in [a for a in self.cap_overrides if a in det.index]:
+                del self.cap_overrides[agent]
 
 
 Reloads = PolicyWatcher | NoPolicyFile  # what SIGHUP acts on, from the reload loop

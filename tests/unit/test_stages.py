@@ -49,6 +49,19 @@ def test_person_set_caps_freeze_earlier_and_clear_back_to_policy():
     assert A not in probation.cap_overrides
 
 
+def test_a_dropped_partitions_caps_go_with_it():
+    """A revoked partition's person-set caps stayed in cap_overrides: cleared meanwhile on the replica that
+    took it, they came back at the next policy reload after the partition returned."""
+    stage = DetectStage(POLICY, "dec")
+    stage.restore(0, None)
+    stage.set_caps(0, A, {"1m": 3_000_000})
+    stage.drop(0)
+    assert A not in stage.cap_overrides
+    stage.restore(0, None)                      # back, with no caps in its breaker state
+    stage.set_policy(POLICY)
+    assert [d.rule for d in run(stage, 8, 1_000_000) if d.kind == "freeze"] == []    # the policy's 10 USDC
+
+
 def test_the_daemons_detection_stage_learns_a_payee_from_a_settle_that_follows_its_transfer():
     """The settle of a transfer already counted makes no delta, and the stage skipped the detector for such a
     batch: the payee was never learnt, and every later payment to it warned `unknown_payee` again."""
