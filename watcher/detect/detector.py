@@ -2,8 +2,9 @@
 
     outcome of Shard.apply ─► candidates (rule, event, observed, threshold) ─► per-agent state ─► Decisions
 
-Every candidate names the event that triggered it; candidates are ordered by that event's position in
-the batch and passed through a small per-agent state machine:
+Candidates come from the builders in watcher/detect/candidates.py (policy rules, models, refused
+verifications, findings). Every candidate names the event that triggered it; candidates are ordered by that
+event's position in the batch and passed through a small per-agent state machine (watcher/detect/verdicts.py):
   frozen      a freeze was decided: nothing more is said about the agent until `release(agent)`
   escalation  one question to a person at a time; `approve(agent)` answers it and silences further
               escalations for `escalation.approval_ttl_seconds`; `tick(now)` freezes unanswered ones
@@ -21,34 +22,27 @@ with a numpy array (the daemon passes `Metrics.anomaly_scores`; replay, eval and
 
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 import numpy as np
 
-from watcher.detect.baselines import NEVER, Baselines, merchant_hash
+from watcher.detect.baselines import NEVER, Baselines
+from watcher.detect.candidates import FAIL_SLOTS, KNOWN_MERCHANTS_MAX, Candidates
 from watcher.detect.decision import Decision
 from watcher.detect.fleet import FleetModel
 from watcher.detect.policy import Policy
 from watcher.detect.policyfile import SEVERITY
 from watcher.detect.verdicts import Candidate, Verdicts
 from watcher.detect.ratecard import RateCard
-from watcher.detect.rules import (CAP_WINDOWS, NO_LIMIT, PolicyTable, first_crossings, in_window,
-                                  merchant_verdict)
+from watcher.detect.rules import PolicyTable
 from watcher.events.observation import Kind, Observation
-from watcher.money import fmt_usdc
 
-log = logging.getLogger("watcher.detect")
-
-USDC = "usdc_base_units"
-FAIL_SLOTS = 64
-KNOWN_MERCHANTS_MAX = 200_000
 SCORE_MODELS = ("fleet.hst", "agent.rate_z", "agent.size_z")
 
 ScoreSink = Callable[[str, np.ndarray, int], None]   # (model, scores of one batch, how many flagged)
 
 
-class Detector(Verdicts):
+class Detector(Candidates, Verdicts):
     def __init__(self, policy: Policy | None = None, *, fleet_interval_ms: int = 300_000,
                  fleet_max_per_batch: int = 64, seed: int = 7, score_sink: ScoreSink | None = None) -> None:
         self.policy = policy or Policy.default()
@@ -148,241 +142,6 @@ class Detector(Verdicts):
                 if len(known) >= KNOWN_MERCHANTS_MAX:
                     break
                 known[o.merchant] = None
-
-    def _payments(self, deltas, shard, batch, cands: list[Candidate]) -> None:
-        n = len(deltas)
-        index, new_row = self.index, self._new_row
-        rows = np.fromiter(((index.get(d.agent) if d.agent in index else new_row(d.agent)) for d in deltas),
-                           np.int64, n)
-        ts = np.fromiter((d.ts_ms for d in deltas), np.int64, n)
-        amt = np.fromiter((d.amount for d in deltas), np.int64, n)
-        cnt = np.fromiter((d.count for d in deltas), np.int64, n)
-        live = ~self.frozen[rows]
-        if not live.any():
-            return
-        self._windows(deltas, shard, rows, ts, amt, live, cands)
-        self._categories(deltas, shard, rows, ts, amt, live, cands)
-        ni = np.nonzero((cnt > 0) & live)[0]
-        if len(ni):
-            self._new_payments(deltas, ni, rows, ts, amt, batch, cands)
-
-    def _windows(self, deltas, shard, rows, ts, amt, live, cands) -> None:
-        aw = shard.agents
-        u_rows, keys = np.unique(rows, return_inverse=True)
-        srows = np.fromiter((aw.index[bytes.fromhex(self.agents[r][2:])] for r in u_rows), np.int64, len(u_rows))
-        sums, _ = aw.totals(srows)
-        now = aw.watermark_ms
-        cols = {s.name: (i, s) for i, s in enumerate(aw.specs)}
-        checks = [(rule, wname, self.table.caps[rows, k]) for k, (rule, wname, _) in enumerate(CAP_WINDOWS)]
-        esc = self.table.esc_window[rows]
-        on = esc < NO_LIMIT
-        if on.any():  # each agent's own escalation window (a team or agent may override the default's)
-            wins = np.array([self.table.limits[r].escalation.window for r in u_rows.tolist()])[keys]
-            for w in np.unique(wins[on]).tolist():
-                checks.append(("escalate_window", w, np.where(wins == w, esc, NO_LIMIT)))
-        monotone = bool((amt >= 0).all())
-        for rule, wname, limits in checks:
-            if wname not in cols:
-                if (limits < NO_LIMIT).any():
-                    self._unwindowed_rule(rule, wname)
-                continue
-            col, spec = cols[wname]
-            if monotone and not (sums[keys, col] > limits).any():
-                continue            # running totals only grow within the batch: nobody can cross
-            inw = in_window(ts, now, spec.granularity_ms, spec.buckets) & live
-            idx, run = first_crossings(keys, amt, inw, sums[:, col], limits)
-            for i, total in zip(idx.tolist(), run.tolist()):
-                d = deltas[i]
-                cands.append(Candidate(i, d.ts_ms, int(rows[i]), rule, "policy", total, int(limits[i]), USDC,
-                                       wname, [d.event_id],
-                                       f"spent {fmt_usdc(total)} USDC in {wname}, limit {fmt_usdc(int(limits[i]))}",
-                                       category=d.category))
-
-    def _categories(self, deltas, shard, rows, ts, amt, live, cands) -> None:
-        hb = self.table.has_budgets[rows] & live
-        if not hb.any():
-            return
-        idx = np.nonzero(hb)[0]
-        limits_of = self.table.limits
-        sel, lims, ckeys = [], [], []
-        for i in idx.tolist():
-            d = deltas[i]
-            if d.category is None:
-                continue
-            budget = limits_of[rows[i]].category_budgets_usdc.get(d.category)
-            if budget:
-                sel.append(i)
-                lims.append(int(round(budget * 1_000_000)))
-                ckeys.append(bytes.fromhex(d.agent[2:]) + b"|" + d.category.encode())
-        if not sel:
-            return
-        cw = shard.categories
-        local: dict[bytes, int] = {}
-        keys = np.fromiter((local.setdefault(k, len(local)) for k in ckeys), np.int64, len(ckeys))
-        srows = np.fromiter((cw.index[k] for k in local), np.int64, len(local))
-        found = [(i, s) for i, s in enumerate(cw.specs) if s.name == "24h"]
-        if not found:
-            self._unwindowed_rule("category_budget", "24h")
-            return
-        col, spec = found[0]
-        sums, _ = cw.totals(srows)
-        sel_a = np.array(sel)
-        inw = in_window(ts[sel_a], cw.watermark_ms, spec.granularity_ms, spec.buckets)
-        hit, run = first_crossings(keys, amt[sel_a], inw, sums[:, col], np.array(lims, np.int64))
-        for j, total in zip(hit.tolist(), run.tolist()):
-            i = sel[j]
-            d = deltas[i]
-            cands.append(Candidate(i, d.ts_ms, int(rows[i]), "category_budget", "policy", total, lims[j], USDC,
-                                   "24h", [d.event_id], f"spent {fmt_usdc(total)} USDC on {d.category} in 24h, "
-                                   f"budget {fmt_usdc(lims[j])}", category=d.category))
-
-    def _unwindowed_rule(self, rule: str, window: str) -> None:
-        if (rule, window) not in self._unwindowed:
-            self._unwindowed.add((rule, window))
-            log.error("%s needs the rolling window %r, which the configuration's [[windows]] lacks: the rule is "
-                      "not applied; add a [[windows]] entry named %r, or turn the limit off in the policy",
-                      rule, window, window)
-
-    def _new_payments(self, deltas, ni, rows, ts, amt, batch, cands) -> None:
-        have = bool(batch)  # the merchant and resource of each payment are known (the deltas carry them)
-        t = self.table
-        lookup = self.ratecard.lookup
-        known, card_known = self.known_merchants, self.ratecard.known
-        merchants: list[str] = []
-        ceil, escp, lists = t.ceiling, t.esc_payment, t.has_lists
-        for i in ni.tolist():
-            d = deltas[i]
-            m = d.merchant if have else ""
-            merchants.append(m)
-            r = int(rows[i])
-            a = d.amount
-            if a > ceil[r]:
-                cands.append(Candidate(i, d.ts_ms, r, "payment_ceiling", "policy", a, int(ceil[r]), USDC, "payment",
-                                       [d.event_id], f"one payment of {fmt_usdc(a)} USDC, ceiling "
-                                       f"{fmt_usdc(int(ceil[r]))}", m or None, d.category))
-            if a > escp[r]:
-                cands.append(Candidate(i, d.ts_ms, r, "escalate_payment", "policy", a, int(escp[r]), USDC,
-                                       "payment", [d.event_id], f"payment of {fmt_usdc(a)} USDC needs approval "
-                                       f"above {fmt_usdc(int(escp[r]))}", m or None, d.category))
-            if not have:
-                continue
-            if lists[r]:
-                rule = merchant_verdict(t.limits[r], m, d.resource, d.category)
-                if rule is not None:
-                    cands.append(Candidate(i, d.ts_ms, r, rule, "policy", a, 0, USDC, "payment", [d.event_id],
-                                           f"paid {m} ({d.resource or 'no resource'}, category "
-                                           f"{d.category or 'none'}): {rule.replace('_', ' ')}", m, d.category))
-            if d.kind == Kind.SETTLE:
-                if m not in known and len(known) < KNOWN_MERCHANTS_MAX:
-                    known[m] = None
-            elif m not in known and not card_known(m):
-                cands.append(Candidate(i, d.ts_ms, r, "unknown_payee", "policy", a, 0, USDC, "payment",
-                                       [d.event_id], f"on-chain transfer of {fmt_usdc(a)} USDC to {m}, an "
-                                       "address no facilitator has reported and no rate card lists", m, None,
-                                       f"{d.event_id}|{m}"))
-            rate = lookup(m, d.resource)
-            if rate is not None and rate.price is not None and not rate.low <= a <= rate.high:
-                cands.append(Candidate(i, d.ts_ms, r, "price_drift", "policy", a, rate.price, USDC, "payment",
-                                       [d.event_id], f"charged {fmt_usdc(a)} USDC, card {rate.version} says "
-                                       f"{fmt_usdc(rate.price)} (allowed {fmt_usdc(rate.low)}..{fmt_usdc(rate.high)})",
-                                       m, rate.category, f"{d.event_id}|{m}|{rate.version}"))
-        self._models(deltas, ni, rows, ts, amt, merchants, cands)
-
-    def _models(self, deltas, ni, rows, ts, amt, merchants, cands) -> None:
-        t = self.table
-        r, tt, a = rows[ni], ts[ni], amt[ni]
-        have_m = any(merchants)
-        mh = merchant_hash(merchants) if have_m else np.ones(len(ni), np.uint64)
-        sc = self.base.observe(r, tt, a, mh, t.params)
-        p = t.params
-        sink = self.score_sink
-        if sink is not None and sc.warm.any():
-            # a baseline judges only once warm: a fresh agent's z-scores are noise, not scores
-            sink("agent.rate_z", np.maximum(sc.z_rate[sc.warm], 0.0), int(sc.rate_flag.sum()))
-            sink("agent.size_z", np.maximum(sc.z_size[sc.warm], 0.0), int(sc.size_flag.sum()))
-        flagged = np.nonzero(sc.rate_flag | sc.size_flag | (sc.warm & (sc.newm_count >= 2)))[0]
-        for j in flagged.tolist():
-            i = int(ni[j])
-            d = deltas[i]
-            row = int(r[j])
-            m = merchants[j] or None
-            if sc.rate_flag[j]:
-                cands.append(Candidate(i, d.ts_ms, row, "baseline.spend_rate", "model", round(float(sc.ratio[j]), 3),
-                                       float(p.ratio[row]), "ratio", "30m", [d.event_id],
-                                       f"spending {sc.ratio[j]:.1f}x its own 6h baseline (z {sc.z_rate[j]:.1f}, "
-                                       f"{fmt_usdc(int(sc.spend_m[j]))} USDC in ~30 min)", m, d.category))
-            if sc.size_flag[j]:
-                cands.append(Candidate(i, d.ts_ms, row, "baseline.payment_size", "model",
-                                       round(float(sc.z_size[j]), 3), float(p.size_z[row]), "z", "payment",
-                                       [d.event_id], f"payment of {fmt_usdc(int(a[j]))} USDC is {sc.z_size[j]:.1f} "
-                                       "sd above its usual size", m, d.category))
-            if have_m and sc.warm[j] and sc.newm_count[j] >= t.limits[row].anomaly.new_merchants:
-                win = t.limits[row].anomaly.new_merchants_window_seconds
-                cands.append(Candidate(i, d.ts_ms, row, "new_merchant_burst", "model", int(sc.newm_count[j]),
-                                       t.limits[row].anomaly.new_merchants, "count", f"{win}s", [d.event_id],
-                                       f"{int(sc.newm_count[j])} first-time merchants within {win} s", m,
-                                       d.category, f"{d.event_id}|burst"))
-        if not self.policy.defaults.anomaly.fleet:
-            return
-        warm_rows = r[sc.warm]
-        if not len(warm_rows):
-            return
-        now = int(tt.max())
-        due = self.fleet.due(warm_rows, now)
-        if not len(due):
-            return
-        feats, z_rate, spent = self.base.features(due, now)
-        scores, flags = self.fleet.score(due, feats, now)
-        if sink is not None:
-            sink("fleet.hst", scores, int(flags.sum()))
-        if not flags.any():
-            return
-        last_pos = {int(row): int(ni[j]) for j, row in enumerate(r.tolist())}
-        thr = self.fleet.threshold()
-        for k in np.nonzero(flags)[0].tolist():
-            row = int(due[k])
-            # corroborated by the agent's own spend rate, and worth a person's time (the spend-rate rule's floor)
-            if z_rate[k] < t.limits[row].anomaly.fleet_corroborate_z or spent[k] < p.min_spend[row]:
-                continue
-            i = last_pos[row]
-            d = deltas[i]
-            cands.append(Candidate(i, d.ts_ms, row, "fleet.hst", "model", round(float(scores[k]), 4),
-                                   round(thr, 4), "score", "fleet", [d.event_id],
-                                   f"fleet model score {scores[k]:.3f} above its {self.fleet.quantile} quantile "
-                                   f"{thr:.3f}, spend-rate z {z_rate[k]:.1f}, "
-                                   f"{fmt_usdc(int(spent[k]))} USDC in ~30 min",
-                                   None, d.category, f"{d.event_id}|fleet"))
-
-    def _signals(self, signals: list[Observation], base_pos: int, cands) -> None:
-        for k, o in enumerate(signals):
-            if o.reason is None or o.status not in ("invalid", "failed"):
-                continue
-            if o.reason not in self.policy.limits(o.agent).findings.failed_reasons:
-                continue  # before a row is made: a bad signature's `from` is anyone's choice
-            r = self.row(o.agent)  # recorded even while frozen, so the ring does not depend on batching
-            p = int(self.fail_ptr[r])
-            self.fail_ring[r, p % FAIL_SLOTS] = o.ts_ms
-            self.fail_ptr[r] = p + 1
-            window = int(self.table.fail_window_ms[r])
-            count = int((self.fail_ring[r] > o.ts_ms - window).sum())
-            need = int(self.table.fail_n[r])
-            if count >= need:
-                cands.append(Candidate(base_pos + k, o.ts_ms, r, "failed_verifications", "policy", count, need,
-                                       "count", f"{window // 1000}s", [o.event_id],
-                                       f"{count} payments refused ({o.reason}) within {window // 1000} s",
-                                       o.merchant, None))
-
-    def _findings(self, findings, base_pos: int, cands) -> None:
-        for k, f in enumerate(findings):
-            r = self.row(f.agent)
-            ms = int(f.observedAt.timestamp() * 1000)
-            settled = int(f.settledAmount) if f.settledAmount is not None else None
-            moved = int(f.transferredAmount) if f.transferredAmount is not None else None
-            observed = moved if moved is not None else (settled or 0)
-            threshold = settled if f.kind == "amount_mismatch" and settled is not None else 0
-            cands.append(Candidate(base_pos + k, ms, r, f"finding.{f.kind}", "finding", observed, threshold, USDC,
-                                   None, list(f.eventIds)[:20], f"{f.kind.replace('_', ' ')} on {f.tx}: {f.detail}",
-                                   f.merchant, None, f.id))
 
     # -- checkpoint ---------------------------------------------------------------------------
     def snapshot(self) -> dict:
