@@ -117,7 +117,7 @@ def test_new_merchant_burst_after_warmup(harness):
     h.feed([h.settle(T0 + i * 20_000, 1000) for i in range(10)])
     burst = [h.settle(T0 + 900_000 + i * 1000, 1000, merchant="0x" + f"{0x40 + i:02x}" * 20) for i in range(5)]
     ds = h.feed(burst)
-    assert [(d.rule, d.observed, d.event_ids) for d in ds] == [("new_merchant_burst", 4, ["e14"])]
+    assert [(d.rule, d.observed, d.event_ids) for d in ds] == [("new_merchant_burst", 4, ["e11", "e12", "e13", "e14"])]
 
 
 def test_slow_drain_warns_from_baseline(harness):

@@ -1,6 +1,7 @@
 """Per-agent baselines as numpy struct-of-arrays: exponentially weighted statistics turned into scores.
 
-Per agent row (about 500 bytes: 14 float64 state columns, a 32-slot merchant ring, a 16-slot ring):
+Per agent row (about 500 bytes: 14 float64 state columns, a 32-slot merchant ring, a 16-slot ring; plus,
+for an agent that paid a first-time merchant, a 16-slot ring of those payments' event ids):
   size     EW mean/variance of ln(payment amount), weight 0.02 per payment
   gap      EW mean/variance of ln(seconds since the agent's previous payment), weight 0.02 per payment
   rate     two time-decayed spend sums, medium (tau 30 min) and long (tau 6 h); their ratio is the
@@ -8,7 +9,9 @@ Per agent row (about 500 bytes: 14 float64 state columns, a 32-slot merchant rin
            by elapsed time (tau 2 h, so a burst of payments cannot drag the baseline), give a z-score (a
            daily cycle or a bursty habit widens the variance and lowers the z)
   novelty  a ring of the agent's last 32 merchants (64-bit hashes), an EW fraction of payments to a
-           merchant not in the ring, and a ring of the times of the last 16 first-time merchants
+           merchant not in the ring, and a ring of the times of the last 16 first-time merchants (with
+           their payments' event ids, `IdRings`: a warm payment whose count reaches the row's `newm_n`
+           gets the ids of the payments counted, `Scores.newm_ids`, for `new_merchant_burst`)
 
 EW update for a value x with weight a: d = x - m; m += a*d; v = (1 - a)*(v + a*d*d); the first value
 sets m = x, v = 0. Scores are computed before the update. A payment flagged anomalous (rate or size
@@ -24,8 +27,11 @@ formulas in plain Python floats, which is cheaper than a numpy call per formula 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
+
+from watcher.detect.evidence import IdRings
 
 TAU_M_S = 1800.0
 TAU_L_S = 6 * 3600.0
@@ -54,7 +60,7 @@ class RowParams:
     """Per-row thresholds (filled by the detector from the resolved policy of each agent)."""
 
     FIELDS = ("enabled", "warm_n", "warm_ms", "ratio", "z_rate", "min_spend", "size_z", "min_payment",
-              "newm_window_ms")
+              "newm_window_ms", "newm_n")
 
     def __init__(self, capacity: int = 0) -> None:
         self.enabled = np.zeros(capacity, bool)
@@ -66,6 +72,7 @@ class RowParams:
         self.size_z = np.zeros(capacity, np.float64)
         self.min_payment = np.zeros(capacity, np.float64)
         self.newm_window_ms = np.zeros(capacity, np.int64)
+        self.newm_n = np.zeros(capacity, np.int64)     # new_merchant_burst's count: its payments' ids are kept
 
     def grow(self, capacity: int) -> None:
         for f in self.FIELDS:
@@ -76,7 +83,9 @@ class RowParams:
 
 
 class Scores:
-    """Per-payment results, aligned with the input arrays."""
+    """Per-payment results, aligned with the input arrays; `newm_ids` maps the index of a warm payment
+    whose first-time-merchant count reached `newm_n` to the ids of the payments counted (time order, it
+    last), when `observe` was given the event ids."""
 
     NAMES = ("ratio", "z_rate", "spend_m", "z_size", "z_gap", "new", "newm_count", "warm", "rate_flag",
              "size_flag")
@@ -92,6 +101,7 @@ class Scores:
         self.warm = np.zeros(n, bool)
         self.rate_flag = np.zeros(n, bool)
         self.size_flag = np.zeros(n, bool)
+        self.newm_ids: dict[int, list[str]] = {}
 
 
 def merchant_hash(merchants: list[str]) -> np.ndarray:
@@ -105,6 +115,7 @@ class Baselines:
         self.state = np.zeros((0, len(COLS)))
         self.mtab = np.zeros((0, MERCHANT_SLOTS), np.uint64)
         self.newm = np.zeros((0, NEWM_SLOTS), np.int64)
+        self.newm_ids = IdRings(NEWM_SLOTS)
         self.grow(capacity)
 
     def grow(self, capacity: int) -> None:
@@ -126,11 +137,14 @@ class Baselines:
         self.state[rows] = 0
         self.mtab[rows] = 0
         self.newm[rows] = NEVER
+        self.newm_ids.clear(np.atleast_1d(rows).tolist())
 
     # -- folding ------------------------------------------------------------------------------
     def observe(self, rows: np.ndarray, ts_ms: np.ndarray, amounts: np.ndarray, mhash: np.ndarray,
-                p: RowParams) -> Scores:
-        """Score then learn a batch of payments (rows may repeat; order within a row is kept)."""
+                p: RowParams, event_id: Callable[[int], str] | None = None) -> Scores:
+        """Score then learn a batch of payments (rows may repeat; order within a row is kept).
+        `event_id(j)` gives payment j's event id; it is called only for payments to a first-time merchant,
+        whose ids are kept (without it, none are)."""
         n = len(rows)
         out = Scores(n)
         if n == 0:
@@ -142,7 +156,7 @@ class Baselines:
         starts[0] = True
         starts[1:] = rs[1:] != rs[:-1]
         if starts.all() and n >= VECTOR_MIN:
-            self._round(idx, rows, ts_ms, amounts, mhash, p, out)
+            self._round(idx, rows, ts_ms, amounts, mhash, p, out, event_id)
             return out
         first_pos = np.maximum.accumulate(np.where(starts, idx, 0))
         rank = np.empty(n, np.int64)
@@ -152,7 +166,7 @@ class Baselines:
         k = 0
         while k < len(bounds) - 1 and k < VECTOR_ROUNDS and bounds[k + 1] - bounds[k] >= VECTOR_MIN:
             sel = by_round[bounds[k]: bounds[k + 1]]
-            self._round(sel, rows[sel], ts_ms[sel], amounts[sel], mhash[sel], p, out)
+            self._round(sel, rows[sel], ts_ms[sel], amounts[sel], mhash[sel], p, out, event_id)
             k += 1
         # the rest, row by row in order: cheaper in plain Python than a numpy round of a few rows
         rest = by_round[bounds[k]:]
@@ -161,10 +175,11 @@ class Baselines:
             rr = rows[rest]
             cut = np.nonzero(rr[1:] != rr[:-1])[0] + 1
             for part in np.split(rest, cut):
-                self._scalar_row(int(rows[part[0]]), part, ts_ms, amounts, mhash, p, out)
+                self._scalar_row(int(rows[part[0]]), part, ts_ms, amounts, mhash, p, out, event_id)
         return out
 
-    def _scalar_row(self, row: int, part: np.ndarray, ts_ms, amounts, mhash, p: RowParams, out: Scores) -> None:
+    def _scalar_row(self, row: int, part: np.ndarray, ts_ms, amounts, mhash, p: RowParams, out: Scores,
+                    event_id) -> None:
         """The same fold as `_round`, for one row's payments in order, with Python floats."""
         S = self.state[row].tolist()
         tab = self.mtab[row].tolist()
@@ -172,6 +187,7 @@ class Baselines:
         enabled, warm_n, warm_ms = bool(p.enabled[row]), int(p.warm_n[row]), int(p.warm_ms[row])
         p_ratio, p_z, min_spend = float(p.ratio[row]), float(p.z_rate[row]), float(p.min_spend[row])
         p_size, min_pay, win = float(p.size_z[row]), float(p.min_payment[row]), int(p.newm_window_ms[row])
+        burst_n = int(p.newm_n[row])
         floor = max(min_spend, 1.0) / TAU_L_S
         exp, log, sqrt, expm1 = math.exp, math.log, math.sqrt, math.expm1
         for i, t, amt, h in zip(part.tolist(), ts_ms[part].tolist(), amounts[part].tolist(), mhash[part].tolist()):
@@ -216,7 +232,12 @@ class Baselines:
                 ring[q % NEWM_SLOTS] = t
                 S[NPTR] = q + 1
                 lo = t - win
-                out.newm_count[i] = sum(1 for v in ring if v > lo)
+                count = sum(1 for v in ring if v > lo)
+                out.newm_count[i] = count
+                if event_id is not None:
+                    self.newm_ids.put(row, q, event_id(i))
+                    if warm and count >= burst_n:
+                        out.newm_ids[i] = self.newm_ids.counted(row, ring, q + 1, lo)
             out.ratio[i] = ratio
             out.z_rate[i] = z_rate
             out.spend_m[i] = sm
@@ -230,7 +251,7 @@ class Baselines:
         self.mtab[row] = np.array(tab, np.uint64)
         self.newm[row] = ring
 
-    def _round(self, sel, r, t, amt, h, p: RowParams, out: Scores) -> None:
+    def _round(self, sel, r, t, amt, h, p: RowParams, out: Scores, event_id) -> None:
         S = self.state[r]
         tf = t.astype(np.float64)
         a = amt.astype(np.float64)
@@ -279,8 +300,11 @@ class Baselines:
             self.newm[rn, np_ % NEWM_SLOTS] = tn
             S[new, NPTR] = np_ + 1
             newm_count = np.zeros(len(r), np.int64)
-            newm_count[new] = (self.newm[rn] > (tn - p.newm_window_ms[rn])[:, None]).sum(axis=1)
+            lo = tn - p.newm_window_ms[rn]
+            newm_count[new] = (self.newm[rn] > lo[:, None]).sum(axis=1)
             out.newm_count[sel] = newm_count
+            if event_id is not None:
+                self._keep_ids(sel[new], rn, np_, lo, warm[new] & (newm_count[new] >= p.newm_n[rn]), event_id, out)
         self.state[r] = S
 
         out.ratio[sel] = ratio
@@ -292,6 +316,17 @@ class Baselines:
         out.warm[sel] = warm
         out.rate_flag[sel] = rate_flag
         out.size_flag[sel] = size_flag
+
+    def _keep_ids(self, sel, rn, seq, lo, burst, event_id, out: Scores) -> None:
+        """After a round's first-time-merchant payments were written to the rings (one per row): their ids,
+        and for those that reached the burst count, the ids counted."""
+        put = self.newm_ids.put
+        for i, row, q in zip(sel.tolist(), rn.tolist(), seq.tolist()):
+            put(row, q, event_id(i))
+        for k in np.nonzero(burst)[0].tolist():
+            row = int(rn[k])
+            out.newm_ids[int(sel[k])] = self.newm_ids.counted(row, self.newm[row].tolist(), int(seq[k]) + 1,
+                                                              int(lo[k]))
 
     # -- features for the fleet model ---------------------------------------------------------
     def features(self, rows: np.ndarray, now_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -314,7 +349,7 @@ class Baselines:
     # -- checkpoint ---------------------------------------------------------------------------
     def snapshot(self, size: int) -> dict:
         return {"cols": list(COLS), "state": self.state[:size].tobytes(), "mtab": self.mtab[:size].tobytes(),
-                "newm": self.newm[:size].tobytes(), "size": size}
+                "newm": self.newm[:size].tobytes(), "newm_ids": self.newm_ids.snapshot(size), "size": size}
 
     @classmethod
     def restore(cls, snap: dict) -> "Baselines":
@@ -327,6 +362,7 @@ class Baselines:
         self.state[:size] = np.frombuffer(snap["state"], np.float64).reshape(size, len(COLS))
         self.mtab[:size] = np.frombuffer(snap["mtab"], np.uint64).reshape(size, MERCHANT_SLOTS)
         self.newm[:size] = np.frombuffer(snap["newm"], np.int64).reshape(size, NEWM_SLOTS)
+        self.newm_ids = IdRings.restore(NEWM_SLOTS, snap.get("newm_ids"))   # absent before the ids were kept
         return self
 
 

@@ -11,10 +11,14 @@
     _findings      the join's findings (`finding.<kind>`)
 
 A candidate names the events behind it (`Candidate.event_ids`): the payment or signal that crossed the
-threshold, or for the count rules every event counted (see `watcher.detect.evidence`).
+threshold; for the count rules, every event counted, in time order, the crossing one last
+(`failed_verifications`: the refused verifications in its window, at most FAIL_SLOTS = 64, the rule's
+largest count; `new_merchant_burst`: the payments to first-time merchants in its window, at most
+NEWM_SLOTS = 16, its largest count; see watcher/detect/evidence.py).
 
 `Candidates` is a mixin of `Detector` (watcher/detect/detector.py), which owns the state it reads and
-writes: `index`, `agents`, `table`, `base`, `fleet`, `frozen`, `fail_ring`, `fail_ptr`, `known_merchants`,
+writes: `index`, `agents`, `table`, `base`, `fleet`, `frozen`, `fail_ring`, `fail_ptr`, `fail_ids`,
+`known_merchants`,
 `ratecard`, `policy`, `score_sink`.
 """
 
@@ -182,7 +186,7 @@ class Candidates:
         r, tt, a = rows[ni], ts[ni], amt[ni]
         have_m = any(merchants)
         mh = merchant_hash(merchants) if have_m else np.ones(len(ni), np.uint64)
-        sc = self.base.observe(r, tt, a, mh, t.params)
+        sc = self.base.observe(r, tt, a, mh, t.params, lambda j: deltas[ni[j]].event_id)
         p = t.params
         sink = self.score_sink
         if sink is not None and sc.warm.any():
@@ -208,7 +212,8 @@ class Candidates:
             if have_m and sc.warm[j] and sc.newm_count[j] >= t.limits[row].anomaly.new_merchants:
                 win = t.limits[row].anomaly.new_merchants_window_seconds
                 cands.append(Candidate(i, d.ts_ms, row, "new_merchant_burst", "model", int(sc.newm_count[j]),
-                                       t.limits[row].anomaly.new_merchants, "count", f"{win}s", [d.event_id],
+                                       t.limits[row].anomaly.new_merchants, "count", f"{win}s",
+                                       sc.newm_ids.get(j) or [d.event_id],
                                        f"{int(sc.newm_count[j])} first-time merchants within {win} s", m,
                                        d.category, f"{d.event_id}|burst"))
         if not self.policy.defaults.anomaly.fleet:
@@ -252,12 +257,14 @@ class Candidates:
             p = int(self.fail_ptr[r])
             self.fail_ring[r, p % FAIL_SLOTS] = o.ts_ms
             self.fail_ptr[r] = p + 1
+            self.fail_ids.put(r, p, o.event_id)
             window = int(self.table.fail_window_ms[r])
             count = int((self.fail_ring[r] > o.ts_ms - window).sum())
             need = int(self.table.fail_n[r])
             if count >= need:
+                ids = self.fail_ids.counted(r, self.fail_ring[r].tolist(), p + 1, o.ts_ms - window)
                 cands.append(Candidate(base_pos + k, o.ts_ms, r, "failed_verifications", "policy", count, need,
-                                       "count", f"{window // 1000}s", [o.event_id],
+                                       "count", f"{window // 1000}s", ids,
                                        f"{count} payments refused ({o.reason}) within {window // 1000} s",
                                        o.merchant, None))
 

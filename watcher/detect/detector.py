@@ -29,6 +29,7 @@ import numpy as np
 from watcher.detect.baselines import NEVER, Baselines
 from watcher.detect.candidates import FAIL_SLOTS, KNOWN_MERCHANTS_MAX, Candidates
 from watcher.detect.decision import Decision
+from watcher.detect.evidence import IdRings
 from watcher.detect.fleet import FleetModel
 from watcher.detect.policy import Policy
 from watcher.detect.policyfile import SEVERITY
@@ -58,6 +59,7 @@ class Detector(Candidates, Verdicts):
         self.frozen = np.zeros(0, bool)
         self.fail_ring = np.zeros((0, FAIL_SLOTS), np.int64)
         self.fail_ptr = np.zeros(0, np.int64)
+        self.fail_ids = IdRings(FAIL_SLOTS)          # the refused verifications' event ids, beside fail_ring
         self.cooldown: dict[tuple[int, str, str], int] = {}
         self.pending: dict[int, tuple[int, str, str]] = {}      # row -> (deadline ms, decision id, rule)
         self.approved_until: dict[int, int] = {}
@@ -150,7 +152,7 @@ class Detector(Candidates, Verdicts):
             "v": 1, "agents": list(self.agents), "now_ms": self.now_ms, "policy_version": self.policy.version,
             "base": self.base.snapshot(n), "fleet": self.fleet.snapshot(n),
             "frozen": self.frozen[:n].tobytes(), "fail_ring": self.fail_ring[:n].tobytes(),
-            "fail_ptr": self.fail_ptr[:n].tobytes(),
+            "fail_ptr": self.fail_ptr[:n].tobytes(), "fail_ids": self.fail_ids.snapshot(n),
             "cooldown": [[r, rule, m, t] for (r, rule, m), t in self.cooldown.items()],
             "pending": [[r, dl, did, rule] for r, (dl, did, rule) in self.pending.items()],
             "approved": [[r, t] for r, t in self.approved_until.items()],
@@ -178,6 +180,7 @@ class Detector(Candidates, Verdicts):
         self.frozen[:n] = np.frombuffer(snap["frozen"], bool)
         self.fail_ring[:n] = np.frombuffer(snap["fail_ring"], np.int64).reshape(n, FAIL_SLOTS)
         self.fail_ptr[:n] = np.frombuffer(snap["fail_ptr"], np.int64)
+        self.fail_ids = IdRings.restore(FAIL_SLOTS, snap.get("fail_ids"))   # absent before the ids were kept
         self.cooldown = {(int(r), rule, m): int(t) for r, rule, m, t in snap["cooldown"]}
         self.pending = {int(r): (int(dl), did, rule) for r, dl, did, rule in snap["pending"]}
         self.approved_until = {int(r): int(t) for r, t in snap["approved"]}

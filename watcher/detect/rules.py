@@ -137,7 +137,7 @@ def _vector(lim: Limits) -> tuple:
     m = lim.merchants
     params = (a.enabled, a.warmup_payments, a.warmup_seconds * 1000, a.spend_rate_ratio, a.spend_rate_z,
               float(usdc_units(a.min_spend_usdc)), a.payment_size_z, float(usdc_units(a.min_payment_usdc)),
-              a.new_merchants_window_seconds * 1000)
+              a.new_merchants_window_seconds * 1000, a.new_merchants)
     return (caps, _lim(lim.per_payment_max_usdc), _lim(lim.escalation.payment_above_usdc),
             _lim(lim.escalation.window_above_usdc),
             bool(m.allow or m.block or m.allow_categories or m.block_categories),

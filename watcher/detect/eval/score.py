@@ -29,7 +29,7 @@ TARGETS = {"runaway_loop": 0.95, "slow_drain": 0.95, "compromised_key": 0.95, "p
 
 
 def _spent(payments, onset_ms: int, d: Decision) -> int:
-    ids = set(d.event_ids)
+    ids = set(d.event_ids[-1:])     # the triggering event is the last named (a count rule names all it counted)
     at = d.at_ms
     total = 0
     for ts, amt, sid, tid in payments:
