@@ -88,19 +88,24 @@ def test_vector_and_scalar_paths_agree():
             p.enabled[:] = True
             p.warm_n[:], p.warm_ms[:], p.ratio[:], p.z_rate[:] = 5, 60_000, 3, 1
             p.min_spend[:], p.size_z[:], p.min_payment[:] = 1e3, 2, 1e3
-            t, outs = 1_795_000_000_000, []
-            for _ in range(150):
+            p.newm_n[:] = 3
+            t, outs, ids = 1_795_000_000_000, [], []
+            for k in range(150):
                 n = int(r.integers(1, 40))
                 t += int(r.integers(1000, 60_000))
                 sc = b.observe(r.integers(0, 10, n), t + np.sort(r.integers(0, 5000, n)),
-                               r.integers(100, 100_000, n), r.integers(1, 20, n).astype(np.uint64), p)
+                               r.integers(100, 100_000, n), r.integers(1, 20, n).astype(np.uint64), p,
+                               lambda j, k=k: f"{k}.{j}")
                 outs.append(np.c_[sc.ratio, sc.z_rate, sc.z_size, sc.z_gap, sc.new, sc.newm_count, sc.rate_flag,
                                   sc.size_flag])
-            results.append((b.state.copy(), b.mtab.copy(), np.concatenate(outs)))
+                ids.append(sorted(sc.newm_ids.items()))
+                assert all(len(v) == sc.newm_count[j] and v[-1] == f"{k}.{j}" for j, v in sc.newm_ids.items())
+            results.append((b.state.copy(), b.mtab.copy(), np.concatenate(outs), ids, b.newm_ids.rows))
         finally:
             B.VECTOR_MIN, B.VECTOR_ROUNDS = old
-    (s1, m1, o1), (s2, m2, o2) = results
+    (s1, m1, o1, i1, r1), (s2, m2, o2, i2, r2) = results
     assert np.array_equal(m1, m2)
+    assert i1 == i2 and r1 == r2 and sum(map(len, i1)) > 10   # the burst evidence too, from either path
     assert np.allclose(s1, s2, rtol=1e-12) and np.allclose(o1, o2, rtol=1e-12)
     assert o1[:, 6].any()                   # some payments were flagged, so gating was exercised
 

@@ -1,7 +1,7 @@
 """Per-agent baselines as numpy struct-of-arrays: exponentially weighted statistics turned into scores.
 
 Per agent row (about 500 bytes: 14 float64 state columns, a 32-slot merchant ring, a 16-slot ring; plus,
-for an agent that paid a first-time merchant, a 16-slot ring of those payments' event ids):
+for an agent that paid a first-time merchant, a ring of up to 16 of those payments' event ids):
   size     EW mean/variance of ln(payment amount), weight 0.02 per payment
   gap      EW mean/variance of ln(seconds since the agent's previous payment), weight 0.02 per payment
   rate     two time-decayed spend sums, medium (tau 30 min) and long (tau 6 h); their ratio is the

@@ -6,11 +6,12 @@ is inside its window. `IdRings` keeps the event ids beside those times, slot for
 can name every event it counted:
 
     times  (numpy, every row)      [t5 t6 t7 t3 t4]   k-th event in slot k % 5, `ptr` = 8 events so far
-    ids    (IdRings, rows with ≥1) [e5 e6 e7 e3 e4]
+    ids    (IdRings, rows that had one) [e5 e6 e7 e3 e4]
 
-Rings are made only for rows that had such an event (a list of `slots` ids each, None where an id is not
-known: an empty slot, or one written before the ids were kept, e.g. restored from an older checkpoint), so
-the cost is per event counted and per agent that had one, never per payment.
+Rings are made only for rows that had such an event: a list of at most `slots` ids, as long as the highest
+slot written so far (an agent that paid three first-time merchants holds three), None where an id is not
+known (one written before the ids were kept, e.g. restored from an older checkpoint). The cost is per
+event counted and per agent that had one, never per payment.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ class IdRings:
         """The row's `seq`-th event (counting from 0, the same count as its time ring's pointer)."""
         ring = self.rows.get(row)
         if ring is None:
-            ring = self.rows[row] = [None] * self.slots
-        ring[seq % self.slots] = event_id
+            ring = self.rows[row] = []
+        slot = seq % self.slots
+        if slot >= len(ring):
+            ring.extend([None] * (slot + 1 - len(ring)))
+        ring[slot] = event_id
 
     def counted(self, row: int, times: list[int], ptr: int, after_ms: int) -> list[str]:
         """The ids of the events in the row's ring whose time is later than `after_ms`, in time order (ties in
@@ -37,13 +41,17 @@ class IdRings:
         ring = self.rows.get(row)
         if ring is None or ptr <= 0:
             return []
-        s = self.slots
-        last = (ptr - 1) % s
-        picked = sorted((times[q % s], q) for q in range(max(0, ptr - s), ptr - 1)
-                        if times[q % s] > after_ms and ring[q % s] is not None)
-        out = [ring[q % s] for _, q in picked]
-        if ring[last] is not None:
-            out.append(ring[last])
+        s, have = self.slots, len(ring)
+
+        def id_of(q: int) -> str | None:
+            return ring[q % s] if q % s < have else None
+
+        last = ptr - 1
+        earlier = sorted((times[q % s], q) for q in range(max(0, ptr - s), last) if times[q % s] > after_ms)
+        out = [i for i in (id_of(q) for _, q in earlier) if i is not None]
+        crossing = id_of(last)
+        if crossing is not None:
+            out.append(crossing)
         return out
 
     def clear(self, rows: Iterable[int]) -> None:
@@ -52,7 +60,7 @@ class IdRings:
 
     # -- checkpoint ---------------------------------------------------------------------------
     def snapshot(self, size: int) -> list:
-        """[[row, [id or None, ...]], ...] for the rows below `size`."""
+        """[[row, [id or None, ...]], ...] for the rows below `size` (each list as long as in memory)."""
         return [[r, list(ring)] for r, ring in self.rows.items() if r < size]
 
     @classmethod
@@ -61,10 +69,10 @@ class IdRings:
         self = cls(slots)
         for r, ring in data or ():
             ring = list(ring)
-            if len(ring) != slots:
+            if len(ring) > slots:
                 from watcher.errors import CheckpointError
 
                 raise CheckpointError(f"an event-id ring of the checkpoint has {len(ring)} slots, this version "
-                                      f"keeps {slots}")
+                                      f"keeps at most {slots}")
             self.rows[int(r)] = ring
         return self
