@@ -222,3 +222,28 @@ async def test_a_restart_after_a_gap_vouches_only_for_blocks_read_again(chain, r
         covering = [g for g in reader.progress
                     if g.partition == t.partition and g.record.blockNumber >= t.record.blockNumber]
         assert covering and min(g.offset for g in covering) > t.offset, (t.record.id, t.partition)
+
+
+async def test_progress_names_the_token_and_the_first_block_read_across_a_restart(chain, reader, settings_for,
+                                                                                   tmp_path, kafka_bootstrap,
+                                                                                   kafka_topic):
+    """The watcher judges no settle older than the first block the bridge read, and keys what a heartbeat says
+    by its token: both travel in every chain.progress record, the same after a restart (from the checkpoint)."""
+    await chain.mine(3)                                         # history the bridge will skip
+    settings = settings_for(chain, tmp_path, kafka_bootstrap, kafka_topic, confirmations=2,
+                            progress_interval_seconds=0)
+    async with _bridge(settings) as first:
+        read_from = first.head_seen + 1                         # started after the head: the next block is the first
+        head = await chain.mine(3)
+        await _progress_everywhere(reader, head - 2, f"progress for block {head - 2}")
+    await chain.mine(1)                                         # a block to read at once after the restart
+    async with _bridge(settings) as again:
+        head = await chain.mine(2)
+        await _progress_everywhere(reader, head - 2, f"progress for block {head - 2} after the restart")
+    assert first.failed is None and again.failed is None
+    block = await chain.rpc.call("eth_getBlockByNumber", hex(read_from), False)
+    assert {(g.record.token, g.record.readFrom, int(g.record.readFromTime.timestamp())) for g in reader.progress} \
+        == {(settings.token, read_from, int(block["timestamp"], 16))}
+    assert settings.token.lower() == chain.token.address.lower()
+    assert {(g.obs.asset, g.obs.read_from_ms) for g in reader.progress} == {(settings.token,
+                                                                           int(block["timestamp"], 16) * 1000)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 import pytest
 from x402.schemas import PaymentPayload, PaymentRequirements, ResourceInfo, SettleResponse, VerifyResponse
@@ -187,6 +189,28 @@ def test_chain_progress_is_an_observation_of_no_agent_and_no_money():
     assert obs.event_id == "8453:123" and obs.block_hash == "0x" + "ab" * 32
 
 
+def test_chain_progress_names_its_bridge_token_and_first_block_read_and_older_records_still_decode():
+    obs = dec().decode(encode(_progress(token=BASE_USDC.lower(), read_from=(100, T - 46_000))))
+    assert obs.asset == BASE_USDC and obs.read_from_ms == T - 46_000          # the token checksummed
+    old = dec().decode(encode(_progress(token=None)))                           # a bridge from before them
+    assert old.asset == "" and old.read_from_ms is None and old.ts_ms == T
+
+
+class OldChainProgress(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="chain.progress"):
+    """The record type of the release before tokens, as it was: it forbids no unknown field."""
+    id: str
+    observedAt: datetime
+    chainId: int
+    blockNumber: int
+    blockHash: str
+    blockTime: datetime
+
+
+def test_an_older_reader_skips_the_new_progress_fields():
+    rec = msgspec.json.decode(encode(_progress(read_from=(100, T - 46_000))), type=OldChainProgress)
+    assert rec.blockNumber == 123 and rec.chainId == 8453
+
+
 @pytest.mark.parametrize("mutate, reason, detail", [
     (lambda r: r.update(blockHash="0xdead"), "bad_hash", "blockHash"),
     (lambda r: r.update(blockHash="0x" + "zz" * 32), "bad_hash", "blockHash"),
@@ -198,6 +222,11 @@ def test_chain_progress_is_an_observation_of_no_agent_and_no_money():
     (lambda r: r.update(blockTime=None), "bad_schema", "$.blockTime"),     # the time is what the watcher reads
     (lambda r: r.pop("blockHash"), "bad_schema", "blockHash"),
     (lambda r: r.update(blockNumber="123"), "bad_schema", "$.blockNumber"),
+    (lambda r: r.update(token="0x1234"), "bad_address", "token"),
+    (lambda r: r.update(readFrom=124, readFromTime=r["blockTime"]), "bad_schema", "readFrom 124 is above"),
+    (lambda r: r.update(readFrom=-1), "bad_schema", "readFrom"),
+    (lambda r: r.update(readFrom=120, readFromTime="2099-01-01T00:00:00Z"), "bad_time", "readFromTime is after"),
+    (lambda r: r.update(readFrom=120, readFromTime="2026-09-21T10:00:00"), "bad_time", "readFromTime"),
 ])
 def test_bad_progress_records_are_refused_with_a_reason(mutate, reason, detail):
     rec = _progress()

@@ -16,7 +16,9 @@ progress_interval_seconds and only for an N above the last one sent, transfers i
 each partition it lands after the transfers it vouches for, so the watcher may take the block's time as
 "confirmed up to here" (`watcher.pipeline.join`). Blocks the bridge never read (before its first start's
 head without start_block, or before start_block) are never vouched for, after a restart too: the first
-block read is kept in the checkpoint (`readFrom`).
+block read is kept in the checkpoint (`readFrom`). The record names the token and that first block and its
+time (`readFrom`, `readFromTime`: the watcher judges no settle older than it), unless the checkpoint is from
+a bridge before `readFrom` (unknown: then none is named).
 
 Progress (head, lag, records by status, reorgs, errors) goes to `ChainMetrics` (`watcher.chain.metrics`),
 which `spendwatch chain` serves on /metrics.
@@ -90,6 +92,7 @@ class ChainBridge:
         self._committed: Checkpoint | None = None
         self._resume_from: int | None = None
         self._read_from: int | None = None  # the first block read: never vouch below it (kept in the checkpoint)
+        self._read_from_header: Header | None = None   # its header, once asked (for its time)
         self._backoff = settings.reconnect_min_seconds
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -325,12 +328,25 @@ class ChainBridge:
                 or time.monotonic() - self._progress_at < self.settings.progress_interval_seconds):
             return
         header = tracker.headers.get(number) or await node.header(number)   # after a ranged read: asked
-        if header is None:
+        first = await self._first_read(node)
+        if header is None or (self._read_from is not None and first is None):
             return
-        await self.sink.progress(progress_to_wire(self.settings.chain_id, header, datetime.now(timezone.utc)))
+        s = self.settings
+        await self.sink.progress(progress_to_wire(s.chain_id, s.token, header, first, datetime.now(timezone.utc)))
         self.progress_sent, self._progress_at = number, time.monotonic()
         self.stats["progress"] += 1
         self.metrics.progress(number)
+
+    async def _first_read(self, node: Node) -> Header | None:
+        """The header of the first block read (None: unknown, or the node has none). A heartbeat covers it only
+        once it is `confirmations` deep, so it is asked once per run."""
+        n = self._read_from
+        if n is None:
+            return None
+        h = self._read_from_header
+        if h is None or h.number != n:
+            h = self._read_from_header = self.tracker.headers.get(n) or await node.header(n)
+        return h
 
     async def _reorg(self, node: Node) -> None:
         tracker = self.tracker

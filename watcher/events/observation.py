@@ -18,7 +18,9 @@ class Observation(Struct, frozen=True, gc=False):
     """A validated record. Money in integer token base units; time in UTC epoch milliseconds.
 
     `status`: settle -> settled|failed; verify -> valid|invalid; transfer -> pending|confirmed|reverted;
-    progress -> "progress" (`agent`, `merchant` and `asset` empty, `amount` 0, `ts_ms` the block's time).
+    progress -> "progress" (`agent` and `merchant` empty, `asset` the bridge's token or empty from an older
+    bridge, `amount` 0, `ts_ms` the block's time, `read_from_ms` the time of the first block the bridge read
+    or None).
     `dedupe_key` is the same for a redelivery of the same record and different for a new fact
     (a transfer's status update has the id of the transfer but another dedupe key).
     """
@@ -43,6 +45,7 @@ class Observation(Struct, frozen=True, gc=False):
     log_index: int | None = None
     nonce: str | None = None
     required_amount: int | None = None
+    read_from_ms: int | None = None
 
     @property
     def is_spend(self) -> bool:

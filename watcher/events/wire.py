@@ -19,12 +19,17 @@ parser, so newer SDKs with extra fields still decode and decoding stays cheap.
 `chain.progress` (topic x402.chain) is the bridge's heartbeat, published to every partition:
 
     {"type": "chain.progress", "id": "8453:<blockNumber>", "observedAt": "...Z", "chainId": 8453,
-     "blockNumber": 123, "blockHash": "0x...", "blockTime": "...Z"}
+     "blockNumber": 123, "blockHash": "0x...", "blockTime": "...Z",
+     "token": "0x...", "readFrom": 120, "readFromTime": "...Z"}
 
-It says "every confirmed transfer of a watched wallet in blocks <= blockNumber has been published (and
-acknowledged) before this record": the block is `confirmations` deep. It names no agent and moves no money;
-the watcher's join uses `blockTime` as how far the chain is known to be confirmed (see
-`watcher.pipeline.join`), so an `unsettled` finding on a quiet partition need not wait for other traffic.
+It says "every confirmed transfer of `token` from a watched wallet in blocks readFrom..blockNumber has been
+published (and acknowledged) before this record": the block is `confirmations` deep, `readFrom` the first
+block the bridge read (blocks before it it never read: not vouched for). It names no agent and moves no
+money; the watcher's join uses `blockTime` as how far that bridge is known to have confirmed, for settles
+from `readFromTime` on (see `watcher.pipeline.join`), so an `unsettled` finding on a quiet partition need not
+wait for other traffic. `token`, `readFrom` and `readFromTime` are optional: a bridge from before them sent
+none (and a bridge whose checkpoint predates `readFrom` sends no `readFrom`). No record type here forbids
+unknown fields: an older reader skips the ones it does not know.
 """
 
 from __future__ import annotations
@@ -142,6 +147,9 @@ class ChainProgress(Struct, frozen=True, gc=False, tag_field="type", tag="chain.
     blockNumber: int
     blockHash: Hex
     blockTime: datetime
+    token: Hex | None = None                # absent: a bridge from before tokens in chain.progress
+    readFrom: int | None = None             # absent: unknown (a bridge checkpoint from before readFrom)
+    readFromTime: datetime | None = None    # the time of block readFrom
 
 
 WireRecord = SettleRecord | VerifyRecord | ChainTransfer | ChainProgress

@@ -108,12 +108,20 @@ def transfer_record(*, ts_ms: int, payer: str, to: str, amount: int, tx: str, lo
 
 
 def progress_record(*, ts_ms: int, block_number: int, chain_id: int = 8453, block_hash: str | None = None,
-                    observed_ms: int | None = None) -> dict:
-    """The chain bridge's heartbeat: every confirmed transfer up to `block_number` (mined at `ts_ms`) is out."""
-    return {"type": "chain.progress", "id": chain_progress_id(chain_id, block_number),
-            "observedAt": iso(ts_ms if observed_ms is None else observed_ms), "chainId": chain_id,
-            "blockNumber": block_number, "blockHash": block_hash or fake_hash("block", block_number),
-            "blockTime": iso(ts_ms)}
+                    observed_ms: int | None = None, token: str | None = BASE_USDC,
+                    read_from: tuple[int, int] | None = None) -> dict:
+    """The chain bridge's heartbeat: every confirmed transfer of `token` up to `block_number` (mined at `ts_ms`)
+    is out, from block `read_from` = (number, time in ms) on. `token` None, `read_from` None: as a bridge from
+    before them (no such field)."""
+    rec = {"type": "chain.progress", "id": chain_progress_id(chain_id, block_number),
+           "observedAt": iso(ts_ms if observed_ms is None else observed_ms), "chainId": chain_id,
+           "blockNumber": block_number, "blockHash": block_hash or fake_hash("block", block_number),
+           "blockTime": iso(ts_ms)}
+    if token is not None:
+        rec["token"] = token
+    if read_from is not None:
+        rec["readFrom"], rec["readFromTime"] = read_from[0], iso(read_from[1])
+    return rec
 
 
 _enc = msgspec.json.Encoder()
