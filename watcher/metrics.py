@@ -404,13 +404,15 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_dead_letters_total", "counter", "reason", "records dead-lettered"),
     ("spendwatch_consumer_lag_records", "gauge", "topic, partition", "high watermark - next offset to process"),
     ("spendwatch_partitions_owned", "gauge", "", "input partitions this process owns"),
-    ("spendwatch_bridge_confirmed_timestamp_seconds", "gauge", "network", "how far the chain bridge confirmed, "
-     "as the owned partitions know it (oldest of them)"),
+    ("spendwatch_bridge_confirmed_timestamp_seconds", "gauge", "network, token", "how far each chain bridge "
+     "confirmed, as the owned partitions know it (oldest of them)"),
     ("spendwatch_tracked_agents", "gauge", "", "agents with rolling windows"),
     ("spendwatch_checkpoints_total", "counter", "", "state checkpoints written"),
     ("spendwatch_late_payments", "gauge", "", "payments older than every window (owned partitions)"),
     ("spendwatch_window_saturations", "gauge", "", "window sums held at the int64 limit (owned partitions)"),
     ("spendwatch_dedupe_forced_rotations", "gauge", "", "dedupe memory rotated early (owned partitions)"),
+    ("spendwatch_join_held_dropped", "gauge", "", "settles held for the bridge dropped by dedupe.max_entries "
+     "(owned partitions)"),
     ("spendwatch_webhooks_total", "counter", "outcome", "webhook attempts"),
     ("spendwatch_webhook_duration_seconds", "histogram", "", "webhook latency"),
     ("spendwatch_statements_published_total", "counter", "", "daily statement rows published"),

@@ -21,6 +21,7 @@ from watcher.observe.stage import MetricsStage
 from watcher.pipeline.join import Delta
 from watcher.pipeline.shard import Outcome, Shard
 from watcher.pipeline.windows import DEFAULT_WINDOWS, WindowSpec
+from watcher.simulate.records import BASE_USDC
 
 A1 = "0x" + "11" * 20
 M1 = "0x" + "22" * 20
@@ -219,7 +220,8 @@ def test_render_at_scale_is_bounded_and_promtool_clean(capsys):
     daemon_side = {"spendwatch_consumed", "spendwatch_duplicates", "spendwatch_dead_letters",
                    "spendwatch_consumer_lag_records", "spendwatch_partitions_owned", "spendwatch_tracked_agents",
                    "spendwatch_checkpoints", "spendwatch_late_payments", "spendwatch_window_saturations",
-                   "spendwatch_dedupe_forced_rotations", "spendwatch_bridge_confirmed_timestamp_seconds"}
+                   "spendwatch_dedupe_forced_rotations", "spendwatch_bridge_confirmed_timestamp_seconds",
+                   "spendwatch_join_held_dropped"}
     assert documented - daemon_side <= names
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -290,7 +292,7 @@ def test_bridge_heartbeats_count_as_chain_events_with_no_spend_and_no_latency():
     behind = Shard()
     behind.apply([progress(3_000)])
     fam = bridge_confirmed([sh, behind, Shard()])                       # the oldest of the partitions that know
-    assert [(s.labels, s.value) for s in fam.samples] == [({"network": "eip155:8453"}, 3.0)]
+    assert [(s.labels, s.value) for s in fam.samples] == [({"network": "eip155:8453", "token": BASE_USDC}, 3.0)]
 
 
 def test_readme_metrics_table_names_every_family_the_daemon_serves():

@@ -9,7 +9,7 @@ from watcher.detect.replay import Replay
 from watcher.events import Kind
 from watcher.pipeline.join import UNSETTLED_HOLD
 from watcher.pipeline.shard import Shard, ShardConfig
-from watcher.simulate.records import encode, fake_hash, progress_record
+from watcher.simulate.records import BASE_USDC, encode, fake_hash, progress_record
 
 AFTER = 60_000
 STRANGER = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
@@ -48,7 +48,7 @@ def test_progress_makes_no_agent_no_spend_no_signal_and_no_dedupe_entry():
     assert out.processed == 3 and out.duplicates == 0
     assert out.deltas == [] and out.signals == [] and out.findings == []
     assert len(sh.seen) == 0 and len(sh.join) == 0 and len(sh.agents.index) == 0
-    assert sh.join.chains_seen == {8453} and sh.join.confirmed_upto == {8453: T + 2_000}
+    assert sh.join.chains_seen == {8453} and sh.join.confirmed_upto == {(8453, BASE_USDC): T + 2_000}
     assert sh.watermark_ms == T + 2_000                        # chain time moves the clock like any record
     assert det.on_batch(out, sh, T + 2_000, batch) == [] and det.agents == []
     assert all(o.kind == Kind.PROGRESS and not o.is_spend for o in batch)
@@ -57,7 +57,7 @@ def test_progress_makes_no_agent_no_spend_no_signal_and_no_dedupe_entry():
 def test_progress_never_moves_back():
     sh = Shard()
     sh.apply([progress(T + 5_000), progress(T)])
-    assert sh.join.confirmed_upto == {8453: T + 5_000}
+    assert sh.join.confirmed_upto == {(8453, BASE_USDC): T + 5_000}
 
 
 def test_a_held_settle_survives_a_checkpoint_and_old_checkpoints_restore():
@@ -80,11 +80,11 @@ def test_held_memory_is_bounded_by_the_payment_memory():
     sh.apply([settle(100, ts=T - 40_000), transfer(100, status="confirmed", ts=T - 40_000), progress(T - 30_000)])
     sh.apply([settle(i, ts=T + i * 1000) for i in range(20)])
     sh.advance(T + AFTER + 30_000)
-    assert len(sh.join.held[8453]) > 0
+    assert len(sh.join.bridges.held[(8453, BASE_USDC)]) > 0
     sh.advance(T + 3 * 3_600_000 + 30_000)                     # the bridge never came back
-    assert sh.join.held[8453] == []
+    assert sh.join.bridges.held[(8453, BASE_USDC)] == []
     sh.advance(T + 5 * 3_600_000 + 30_000)
-    assert len(sh.join.bridged) == 0                           # the agent is forgotten too, later
+    assert len(sh.join.bridges.bridged) == 0                           # the agent is forgotten too, later
 
 
 # -- heartbeats vouch for the bridge's watched wallets only -------------------------------------------
@@ -134,7 +134,7 @@ def test_replay_uses_progress_lines_like_the_daemon():
     decisions = list(rp.run(lines, drain_ms=AFTER))
     assert rp.stats.events == 5 and rp.stats.rejected == {"bad_schema": 1}
     assert [d.rule for d in decisions] == ["finding.unsettled"]
-    assert rp.shard.join.confirmed_upto == {8453: T + 5_000} and rp.detector.agents == [A]
+    assert rp.shard.join.confirmed_upto == {(8453, BASE_USDC): T + 5_000} and rp.detector.agents == [A]
 
 
 def test_progress_of_one_chain_decides_nothing_on_another():
@@ -156,6 +156,6 @@ def test_progress_of_one_chain_decides_nothing_on_another():
     sh.apply([settle(1), eth_settle(1, T)])                    # neither is mined
     found = sh.apply([progress(T + 4_000)]).findings + sh.advance(T + AFTER + 1)   # Base's bridge only
     assert [(f.kind, f.chainId) for f in found] == [("unsettled", 8453)]
-    assert sh.join.confirmed_upto == {8453: T + 4_000, 1: T - 40_000}
-    eth_progress = D.decode(encode(progress_record(ts_ms=T + 6_000, block_number=7, chain_id=1)))
+    assert sh.join.confirmed_upto == {(8453, BASE_USDC): T + 4_000, (1, eth_usdc): T - 40_000}
+    eth_progress = D.decode(encode(progress_record(ts_ms=T + 6_000, block_number=7, chain_id=1, token=eth_usdc)))
     assert [(f.kind, f.chainId) for f in sh.apply([eth_progress]).findings] == [("unsettled", 1)]

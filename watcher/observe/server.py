@@ -61,7 +61,11 @@ class DaemonCollector:
                 ("spendwatch_dedupe_forced_rotations", "Dedupe/join memory rotations forced by "
                  "dedupe.max_entries (memory shorter than dedupe.horizon_seconds), in the partitions this "
                  "process owns.", sum(sh.seen.gens.forced_rotations + sh.join.payments.forced_rotations
-                                      for sh in shards))):
+                                      for sh in shards)),
+                ("spendwatch_join_held_dropped", "Settles held for the chain bridge that dedupe.max_entries made "
+                 "the join drop from its held list (decided at the end of their hold, not as soon as the bridge "
+                 "confirms past them), in the partitions this process owns.",
+                 sum(sh.join.bridges.held_dropped for sh in shards))):
             yield GaugeMetricFamily(name, doc, value=value)
         yield bridge_confirmed(shards)
         yield GaugeMetricFamily("spendwatch_partitions_owned", "Input partitions this process owns.",
@@ -85,19 +89,20 @@ class DaemonCollector:
 
 
 def bridge_confirmed(shards) -> GaugeMetricFamily:
-    """How far the chain bridge has confirmed each chain, as the partitions of this process know it (their
-    `chain.progress` heartbeats and confirmed transfers): the oldest over the partitions that heard of the
-    chain. One series per chain (a known network), none before the first chain record."""
+    """How far each chain bridge (a token on a chain) has confirmed, as the partitions of this process know it
+    (their `chain.progress` heartbeats and confirmed transfers): the oldest over the partitions that heard of
+    the bridge. One series per network and token, none before the first chain record; token "" is a whole
+    chain's, restored from a checkpoint written before tokens (until a bridge of that chain passes it)."""
     g = GaugeMetricFamily("spendwatch_bridge_confirmed_timestamp_seconds", "How far the chain bridge has "
                           "confirmed, as seen by this process: the oldest, over the owned partitions, of the "
                           "newest confirmed block time (chain.progress or a confirmed transfer) (Unix seconds).",
-                          labels=["network"])
-    oldest: dict[int, int] = {}
+                          labels=["network", "token"])
+    oldest: dict[tuple[int, str], int] = {}
     for sh in shards:
-        for chain_id, upto_ms in sh.join.confirmed_upto.items():
-            oldest[chain_id] = min(upto_ms, oldest.get(chain_id, upto_ms))
-    for chain_id, upto_ms in sorted(oldest.items()):
-        g.add_metric([f"eip155:{chain_id}"], upto_ms / 1000)
+        for stream, upto_ms in sh.join.confirmed_upto.items():
+            oldest[stream] = min(upto_ms, oldest.get(stream, upto_ms))
+    for (chain_id, token), upto_ms in sorted(oldest.items()):
+        g.add_metric([f"eip155:{chain_id}", token], upto_ms / 1000)
     return g
 
 

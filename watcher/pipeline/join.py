@@ -11,25 +11,35 @@ Findings, each reported once per payment:
   amount_mismatch  a settled amount differs from the confirmed transferred amount
   shadow_spend     a confirmed transfer no facilitator reported within `shadow_grace_ms`
   unsettled        a successful settle with no confirmed transfer within `unsettled_after_ms`
-                   (only for chains whose bridge is running, i.e. that sent any chain record).
+                   (only for a chain and token whose bridge is running, i.e. sent a transfer record
+                   here, and from the first block that bridge read on).
 
-How far the bridge has confirmed, per chain (`confirmed_upto`, event time), comes from two sources on
-this partition: the newest confirmed transfer, and the bridge's `chain.progress` heartbeat (`progress()`:
-"every confirmed transfer up to a block of this time has been published before me"), which the bridge
-sends to every partition as blocks get confirmed, with transfers or without (at most once per
-`chain.progress_interval_seconds`). An `unsettled` finding is due at its deadline only if the bridge has
-confirmed up to the settle's time; until then it is held (the bridge may be down or behind, not the
-payment) and released as soon as `confirmed_upto` passes the settle, or reported anyway after
-UNSETTLED_HOLD deadlines: a bridge outage is one ChainBridgeStalled page, not a warning per payment. Per
-partition, so replicas decide alike; with a running bridge a quiet partition learns how far it confirmed
-from the heartbeat, not from other agents' transfers.
+Each bridge follows one token on one chain: what the join knows of it is keyed by that stream, (chain id,
+token contract), the settle's `asset` or the transfer's `token` (`watcher.pipeline.bridges`, which also
+covers checkpoints and heartbeats from before tokens). How far a bridge has confirmed (`confirmed_upto`,
+event time) comes from two sources on this partition: its newest confirmed transfer, and its
+`chain.progress` heartbeat (`progress()`: "every confirmed transfer up to a block of this time has been
+published before me, from the block of time `read_from` on"), which the bridge sends to every partition as
+blocks get confirmed, with transfers or without (at most once per `chain.progress_interval_seconds`). An
+`unsettled` finding is due at its deadline only if the bridge has confirmed up to the settle's time; until
+then it is held (the bridge may be down or behind, not the payment) and released as soon as
+`confirmed_upto` passes the settle, or reported anyway after UNSETTLED_HOLD deadlines: a bridge outage is
+one ChainBridgeStalled page, not a warning per payment. Per partition, so replicas decide alike; with a
+running bridge a quiet partition learns how far it confirmed from the heartbeat, not from other agents'
+transfers. Two bridges on one chain (two tokens) never vouch for each other's settles.
 
 A heartbeat vouches only for the wallets the bridge watches, and the join does not know that list: it
-applies heartbeats only to agents the bridge has published a transfer of on that chain (any status) within
-the payment memory (`bridged`). Any other agent (one the bridge does not watch, or has not seen pay yet) is
-judged as if no heartbeat existed: only on chains with transfer records on this partition, held until a
-confirmed transfer passes the settle (`transfer_upto`) or the hold ends. So a heartbeat never turns the
-settle of an unwatched agent into `unsettled`.
+applies heartbeats only to agents the bridge has published a transfer of (any status) within the payment
+memory (`bridged`). Any other agent's settle (one the bridge does not watch, or has not seen pay yet) is
+judged as if no heartbeat existed: only for streams with transfer records on this partition, held until a
+confirmed transfer of the stream passes the settle (`transfer_upto`) or the hold ends. So a heartbeat never
+turns the settle of an unwatched agent into `unsettled`. A settle older than the first block the bridge read
+(`read_from`, named by its heartbeats) is not judged at all: the bridge never read the settle's block, so
+neither its heartbeats nor its transfers say anything about it (holding it would only delay a false finding
+to the end of the hold).
+
+Held settles are bounded by `max_entries` in all, like the payments (the oldest goes first, counted in
+`held_dropped` and logged: it is still decided at the end of its hold), and forgotten when their hold ends.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import msgspec
 
 from watcher.events.finding import Finding
 from watcher.events.observation import Kind, Observation
+from watcher.pipeline.bridges import Bridges, release
 from watcher.pipeline.dedupe import Generations
 
 MISMATCH, SHADOW, UNSETTLED = 1, 2, 4
@@ -63,6 +74,7 @@ class Payment(msgspec.Struct, array_like=True, gc=False):
     settle_id: str | None = None
     transfers: tuple[tuple[int, int, str, str], ...] = ()   # (log index, amount, status, event id)
     reported: int = 0                    # bitmask of findings already emitted
+    token: str = ""                      # the token contract (settle asset / transfer token); "": older checkpoint
 
 
 class Delta(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -90,13 +102,7 @@ class Join:
         self.shadow_grace_ms = shadow_grace_ms
         self.unsettled_after_ms = unsettled_after_ms
         self.deadlines: list[tuple[int, str]] = []  # a heap: settles and transfers wait different times
-        self.confirmed_upto: dict[int, int] = {}   # chain id -> how far the bridge confirmed (event time)
-        self.held: dict[int, list[tuple[int, str]]] = {}  # chain id -> heap of (settle time, tx) held back
-        # without heartbeats (agents the bridge is not known to watch): chains with a transfer record -> the
-        # newest confirmed transfer's time (-1: none confirmed yet), and the settles held on it
-        self.transfer_upto: dict[int, int] = {}
-        self.held_t: dict[int, list[tuple[int, str]]] = {}
-        self.bridged: Generations[int] = Generations(horizon_ms, max_entries)   # "chain:agent" with a transfer
+        self.bridges = Bridges(horizon_ms, max_entries, UNSETTLED_HOLD * unsettled_after_ms)
 
     def apply(self, obs: Observation, categorize: Callable[[str, str | None], str | None],
               now_ms: int) -> tuple[Delta | None, list[Finding]]:
@@ -107,7 +113,7 @@ class Join:
         p = payments.current.get(key) or payments.get(key)
         if p is None:
             category = categorize(obs.merchant, obs.resource)
-            p = Payment(obs.agent, obs.merchant, obs.ts_ms, obs.chain_id, key, category)
+            p = Payment(obs.agent, obs.merchant, obs.ts_ms, obs.chain_id, key, category, token=obs.asset)
             payments.put(key, p)
             if obs.kind == SETTLE:  # the common case: a new payment, reported by its facilitator
                 p.settle_amount, p.settle_id = obs.amount, obs.event_id
@@ -123,25 +129,26 @@ class Join:
                 if not p.transfers:
                     heapq.heappush(self.deadlines, (now_ms + self.unsettled_after_ms, key))
         else:
-            chain, ts = obs.chain_id, obs.ts_ms
-            bridged = f"{chain}:{obs.agent}"
-            if bridged not in self.bridged.current:
-                self.bridged.put(bridged, 1)
-            upto = self.transfer_upto
-            t_upto = upto.get(chain)
+            b, ts, token = self.bridges, obs.ts_ms, obs.asset
+            stream = (obs.chain_id, token)
+            bridged = f"{obs.chain_id}:{token}:{obs.agent}"
+            if bridged not in b.bridged.current:
+                b.bridged.put(bridged, 1)
+            upto = b.transfer_upto
+            t_upto = upto.get(stream)
             if t_upto is None:
-                t_upto = upto[chain] = -1
+                t_upto = upto[stream] = -1
             if obs.status == "confirmed":  # inline: once per transfer (held settles are rare)
                 if ts > t_upto:
-                    upto[chain] = ts
-                    held = self.held_t.get(chain)
+                    upto[stream] = ts
+                    held = b.held_t.get(stream)
                     if held:
-                        self._release(held, ts)
-                if ts > self.confirmed_upto.get(chain, -1):
-                    self.confirmed_upto[chain] = ts
-                    held = self.held.get(chain)
+                        release(held, ts, self.deadlines)
+                if ts > b.confirmed_upto.get(stream, -1):
+                    b.confirmed_upto[stream] = ts
+                    held = b.held.get(stream)
                     if held:
-                        self._release(held, ts)
+                        release(held, ts, self.deadlines)
             li = obs.log_index or 0
             if (not p.transfers and obs.status == "confirmed" and obs.amount == p.settle_amount == p.counted
                     and p.counted_n == 1):
@@ -155,28 +162,22 @@ class Join:
         findings = self._mismatch(p, key, now_ms)
         return self._recount(p, obs), findings
 
-    def progress(self, chain_id: int, upto_ms: int) -> None:
-        """A `chain.progress` heartbeat: every confirmed transfer of `chain_id` up to a block of time `upto_ms`
-        has been published on this partition (before the heartbeat). No payment, no delta."""
-        if upto_ms > self.confirmed_upto.get(chain_id, -1):
-            self._confirmed(chain_id, upto_ms)
+    def progress(self, chain_id: int, upto_ms: int, token: str = "", read_from_ms: int | None = None) -> None:
+        """A `chain.progress` heartbeat of the bridge of `token` on `chain_id`: every confirmed transfer of it
+        up to a block of time `upto_ms` has been published on this partition (before the heartbeat), from the
+        block of time `read_from_ms` on. No payment, no delta. Without a token it is ignored (see
+        `watcher.pipeline.bridges`)."""
+        self.bridges.progress(chain_id, upto_ms, token, read_from_ms, self.deadlines)
 
     @property
     def chains_seen(self) -> set[int]:
         """Chains with any chain record on this partition (a transfer or a heartbeat)."""
-        return set(self.transfer_upto) | set(self.confirmed_upto)
+        return self.bridges.chains_seen
 
-    def _confirmed(self, chain_id: int, upto_ms: int) -> None:
-        """The bridge has confirmed `chain_id` up to `upto_ms` (newer than before): held settles up to then
-        are due at once (the next sweep decides them)."""
-        self.confirmed_upto[chain_id] = upto_ms
-        self._release(self.held.get(chain_id), upto_ms)
-
-    def _release(self, held: list[tuple[int, str]] | None, upto_ms: int) -> None:
-        if held and held[0][0] <= upto_ms:
-            dl, pop, push = self.deadlines, heapq.heappop, heapq.heappush
-            while held and held[0][0] <= upto_ms:
-                push(dl, (0, pop(held)[1]))
+    @property
+    def confirmed_upto(self) -> dict[tuple[int, str], int]:
+        """(chain id, token) -> how far its bridge confirmed (event time)."""
+        return self.bridges.confirmed_upto
 
     def _recount(self, p: Payment, obs: Observation) -> Delta | None:
         if p.transfers:
@@ -218,20 +219,17 @@ class Join:
             if p.settle_amount is not None:
                 if p.transfers and p.transfers[-1][2] == "confirmed" or not p.settle_amount:
                     continue  # the common case: settled and confirmed (or a 0 settle: nothing to reconcile)
-                if (self._confirmed_amount(p) is None and not p.reported & UNSETTLED
-                        and p.chain_id in self.transfer_upto):
-                    # heartbeats vouch for the bridge's watched wallets only: for an agent none of whose
-                    # transfers the bridge published, only confirmed transfers tell how far it confirmed
-                    if f"{p.chain_id}:{p.agent}" in self.bridged:
-                        upto, held = self.confirmed_upto.get(p.chain_id, -1), self.held
-                    else:
-                        upto, held = self.transfer_upto[p.chain_id], self.held_t
+                if self._confirmed_amount(p) is None and not p.reported & UNSETTLED:
+                    judged = self.bridges.judge(p.chain_id, p.token, p.agent, p.ts_ms)
+                    if judged is None:
+                        continue   # no bridge of its chain and token sent a transfer here: no judgement
+                    upto, held = judged
                     hold_end = p.ts_ms + UNSETTLED_HOLD * self.unsettled_after_ms
                     if upto < p.ts_ms and now_ms < hold_end:
-                        # the bridge has not confirmed up to the settle: wait for it (_confirmed or a
+                        # the bridge has not confirmed up to the settle: wait for it (progress() or a
                         # confirmed transfer releases the payment) or for the end of the hold
                         heapq.heappush(dl, (hold_end, key))
-                        heapq.heappush(held.setdefault(p.chain_id, []), (p.ts_ms, key))
+                        self.bridges.hold(held, p.ts_ms, key)
                         continue
                     p.reported |= UNSETTLED
                     out.append(self._finding("unsettled", p, now_ms,
@@ -255,51 +253,23 @@ class Join:
 
     def tick(self, now_ms: int) -> None:
         self.payments.tick(now_ms)
-        self.bridged.tick(now_ms)
-        # a held settle older than the payment memory is gone (or reported at the end of its hold)
-        cutoff = now_ms - 2 * self.payments.horizon_ms
-        for held in (*self.held.values(), *self.held_t.values()):
-            while held and held[0][0] < cutoff:
-                heapq.heappop(held)
+        self.bridges.tick(now_ms, self.deadlines)
 
     def __len__(self) -> int:
         return len(self.payments)
 
     def snapshot(self) -> dict:
         return {"payments": self.payments.snapshot(), "deadlines": list(self.deadlines),
-                "chains_seen": sorted(self.chains_seen), "confirmed_upto": sorted(self.confirmed_upto.items()),
-                "held": [[c, ts, key] for c, held in sorted(self.held.items()) for ts, key in held],
-                "transfer_upto": sorted(self.transfer_upto.items()),
-                "held_t": [[c, ts, key] for c, held in sorted(self.held_t.items()) for ts, key in held],
-                "bridged": self.bridged.snapshot()}
+                **self.bridges.snapshot()}
 
     def restore(self, snap: dict) -> None:
-        self.payments.restore(snap["payments"], lambda v: msgspec.convert(v, Payment))
+        payments = self.payments
+        payments.restore(snap["payments"], lambda v: msgspec.convert(v, Payment))
         self.deadlines = [(int(a), b) for a, b in snap["deadlines"]]
         heapq.heapify(self.deadlines)
-        seen = {int(c) for c in snap["chains_seen"]}  # still written: older releases read it
-        if "confirmed_upto" in snap:
-            self.confirmed_upto = {int(c): int(t) for c, t in snap["confirmed_upto"]}
-        else:  # a checkpoint from before the hold: take the chain as confirmed up to the newest payment known
-            newest = max((p.ts_ms for p in self.payments.values()), default=0)
-            self.confirmed_upto = {c: newest for c in seen}
-        # a checkpoint from before `held`: its held settles are in `deadlines` (looked at again, then held)
-        self.held, self.held_t = self._heaps(snap.get("held", ())), self._heaps(snap.get("held_t", ()))
-        # from before `transfer_upto`: the chains seen and how far they confirmed, as then known; no agent is
-        # known to the bridge (`bridged`) until its next transfer, so heartbeats decide nothing until then
-        if "transfer_upto" in snap:
-            self.transfer_upto = {int(c): int(t) for c, t in snap["transfer_upto"]}
-        else:
-            self.transfer_upto = {c: self.confirmed_upto.get(c, -1) for c in seen}
-        self.bridged = Generations(self.payments.horizon_ms, self.payments.max_entries)
-        if "bridged" in snap:
-            self.bridged.restore(snap["bridged"])
 
-    @staticmethod
-    def _heaps(rows) -> dict[int, list[tuple[int, str]]]:
-        out: dict[int, list[tuple[int, str]]] = {}
-        for c, ts, key in rows:
-            out.setdefault(int(c), []).append((int(ts), key))
-        for held in out.values():
-            heapq.heapify(held)
-        return out
+        def token_of(tx: str) -> str | None:
+            p = payments.current.get(tx) or payments.previous.get(tx)
+            return None if p is None else p.token
+
+        self.bridges.restore(snap, token_of, lambda: max((p.ts_ms for p in payments.values()), default=0))
