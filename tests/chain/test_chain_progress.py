@@ -247,3 +247,14 @@ async def test_progress_names_the_token_and_the_first_block_read_across_a_restar
     assert settings.token.lower() == chain.token.address.lower()
     assert {(g.obs.asset, g.obs.read_from_ms) for g in reader.progress} == {(settings.token,
                                                                            int(block["timestamp"], 16) * 1000)}
+    assert not any(g.record.watchesAll for g in reader.progress)          # a watch list: only those wallets
+
+
+async def test_a_bridge_watching_every_wallet_says_so_in_its_heartbeats(chain, reader, settings_for, tmp_path,
+                                                                        kafka_bootstrap, kafka_topic):
+    settings = settings_for(chain, tmp_path, kafka_bootstrap, kafka_topic, confirmations=1, watch_all=True,
+                            watched_wallets=[], progress_interval_seconds=0)
+    async with _bridge(settings):
+        head = await chain.mine(2)
+        await _progress_everywhere(reader, head - 1, f"progress for block {head - 1}")
+    assert reader.progress and all(g.record.watchesAll and g.obs.watches_all for g in reader.progress)

@@ -193,7 +193,8 @@ def test_chain_progress_names_its_bridge_token_and_first_block_read_and_older_re
     obs = dec().decode(encode(_progress(token=BASE_USDC.lower(), read_from=(100, T - 46_000))))
     assert obs.asset == BASE_USDC and obs.read_from_ms == T - 46_000          # the token checksummed
     old = dec().decode(encode(_progress(token=None)))                           # a bridge from before them
-    assert old.asset == "" and old.read_from_ms is None and old.ts_ms == T
+    assert old.asset == "" and old.read_from_ms is None and old.ts_ms == T and not old.watches_all
+    assert dec().decode(encode(_progress(watches_all=True))).watches_all
 
 
 class OldChainProgress(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="chain.progress"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 
-from tests.unit.test_join_progress import AFTER, STRANGER
+from tests.unit.test_join_progress import AFTER, STRANGER, _stranger_settle
 from tests.unit.test_shard import A, D, M, T, settle, transfer
 from watcher.pipeline.join import UNSETTLED_HOLD
 from watcher.pipeline.shard import Shard, ShardConfig
@@ -18,9 +18,9 @@ OLD_CHECKPOINT = Path(__file__).parent / "data" / "join_checkpoint_before_tokens
 HOLD_END = (UNSETTLED_HOLD + 2) * AFTER
 
 
-def progress(ts, block=None, token=BASE_USDC, read_from=None):
+def progress(ts, block=None, token=BASE_USDC, read_from=None, watches_all=None):
     return D.decode(encode(progress_record(ts_ms=ts, block_number=block if block is not None else ts // 2000,
-                                           token=token, read_from=read_from)))
+                                           token=token, read_from=read_from, watches_all=watches_all)))
 
 
 def other_settle(i, ts=T, payer=A):
@@ -100,6 +100,28 @@ def test_a_heartbeat_without_a_token_is_ignored():
     sh.apply([settle(1), progress(T + 30_000, token=None)])
     assert sh.advance(T + AFTER + 1) == [] and sh.join.bridges.ignored_progress == 1
     assert [f.kind for f in sh.advance(T + HOLD_END)] == ["unsettled"]    # judged as without heartbeats
+
+
+# -- 4. a bridge that watches every wallet vouches for every agent -------------------------------------------
+
+def test_a_bridge_watching_every_wallet_vouches_for_agents_it_never_published():
+    """chain.watch_all: the stranger's settle is judged by the heartbeat (no transfer of it was ever seen), on a
+    partition where the bridge sent nothing but heartbeats."""
+    sh = Shard(ShardConfig(unsettled_after_ms=AFTER))
+    sh.apply([progress(T - 30_000, watches_all=True), _stranger_settle(1)])
+    found = sh.advance(T + AFTER + 1) + sh.apply([progress(T + 4_000, watches_all=True)]).findings
+    assert [(f.kind, f.agent) for f in found] == [("unsettled", STRANGER)]
+
+
+def test_watching_every_wallet_lasts_until_a_heartbeat_says_otherwise_and_survives_a_checkpoint():
+    sh = Shard(ShardConfig(unsettled_after_ms=AFTER))
+    sh.apply([progress(T - 30_000, watches_all=True)])
+    back = Shard.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(sh.snapshot())),
+                         ShardConfig(unsettled_after_ms=AFTER))
+    assert back.join.bridges.watch_all == {(8453, BASE_USDC)}
+    back.apply([progress(T - 20_000), _stranger_settle(1)])          # restarted with a watch list
+    found = back.apply([progress(T + 4_000)]).findings + back.advance(T + HOLD_END)
+    assert found == []                                                     # as for any unwatched agent
 
 
 # -- 3. held settles are bounded like the rest of the join -----------------------------------------------

@@ -18,7 +18,8 @@ each partition it lands after the transfers it vouches for, so the watcher may t
 head without start_block, or before start_block) are never vouched for, after a restart too: the first
 block read is kept in the checkpoint (`readFrom`). The record names the token and that first block and its
 time (`readFrom`, `readFromTime`: the watcher judges no settle older than it), unless the checkpoint is from
-a bridge before `readFrom` (unknown: then none is named).
+a bridge before `readFrom` (unknown: then none is named), and `watchesAll` with chain.watch_all (the
+heartbeat then vouches for every wallet, not only those the watcher saw the bridge publish).
 
 Progress (head, lag, records by status, reorgs, errors) goes to `ChainMetrics` (`watcher.chain.metrics`),
 which `spendwatch chain` serves on /metrics.
@@ -332,7 +333,8 @@ class ChainBridge:
         if header is None or (self._read_from is not None and first is None):
             return
         s = self.settings
-        await self.sink.progress(progress_to_wire(s.chain_id, s.token, header, first, datetime.now(timezone.utc)))
+        await self.sink.progress(progress_to_wire(s.chain_id, s.token, header, first, datetime.now(timezone.utc),
+                                                  watches_all=self.watched is None))
         self.progress_sent, self._progress_at = number, time.monotonic()
         self.stats["progress"] += 1
         self.metrics.progress(number)

@@ -109,13 +109,14 @@ def to_wire(t: Transfer, status: str, confirmations: int, observed_at: datetime)
 
 
 def progress_to_wire(chain_id: int, token: str, header: Header, read_from: Header | None,
-                     observed_at: datetime) -> ChainProgress:
-    """The heartbeat for a confirmed block: every watched transfer of `token` from block `read_from` (the first
-    the bridge read; None: unknown) up to `header` has been published."""
+                     observed_at: datetime, *, watches_all: bool = False) -> ChainProgress:
+    """The heartbeat for a confirmed block: every watched transfer of `token` (every one: `watches_all`) from
+    block `read_from` (the first the bridge read; None: unknown) up to `header` has been published."""
     return ChainProgress(id=chain_progress_id(chain_id, header.number), observedAt=observed_at, chainId=chain_id,
                          blockNumber=header.number, blockHash=header.hash, blockTime=_utc(header.timestamp),
                          token=token, readFrom=None if read_from is None else read_from.number,
-                         readFromTime=None if read_from is None else _utc(read_from.timestamp))
+                         readFromTime=None if read_from is None else _utc(read_from.timestamp),
+                         watchesAll=watches_all)
 
 
 def from_wire(rec: ChainTransfer) -> Transfer:

@@ -237,7 +237,7 @@ class Decoder:
                                  "before the block vouched for")
         return Observation(Kind.PROGRESS, rec.id, f"{rec.id}|{block_hash}", ts, "", "", 0, chain_id, network,
                            token, "progress", None, None, None, "chain", rec.blockNumber, block_hash,
-                           read_from_ms=read_from_ms)
+                           read_from_ms=read_from_ms, watches_all=rec.watchesAll)
 
 
 def utc_now_ms() -> int:

@@ -20,7 +20,7 @@ class Observation(Struct, frozen=True, gc=False):
     `status`: settle -> settled|failed; verify -> valid|invalid; transfer -> pending|confirmed|reverted;
     progress -> "progress" (`agent` and `merchant` empty, `asset` the bridge's token or empty from an older
     bridge, `amount` 0, `ts_ms` the block's time, `read_from_ms` the time of the first block the bridge read
-    or None).
+    or None, `watches_all` whether the bridge publishes every wallet's transfers).
     `dedupe_key` is the same for a redelivery of the same record and different for a new fact
     (a transfer's status update has the id of the transfer but another dedupe key).
     """
@@ -46,6 +46,7 @@ class Observation(Struct, frozen=True, gc=False):
     nonce: str | None = None
     required_amount: int | None = None
     read_from_ms: int | None = None
+    watches_all: bool = False
 
     @property
     def is_spend(self) -> bool:

@@ -20,15 +20,17 @@ parser, so newer SDKs with extra fields still decode and decoding stays cheap.
 
     {"type": "chain.progress", "id": "8453:<blockNumber>", "observedAt": "...Z", "chainId": 8453,
      "blockNumber": 123, "blockHash": "0x...", "blockTime": "...Z",
-     "token": "0x...", "readFrom": 120, "readFromTime": "...Z"}
+     "token": "0x...", "readFrom": 120, "readFromTime": "...Z", "watchesAll": false}
 
 It says "every confirmed transfer of `token` from a watched wallet in blocks readFrom..blockNumber has been
 published (and acknowledged) before this record": the block is `confirmations` deep, `readFrom` the first
 block the bridge read (blocks before it it never read: not vouched for). It names no agent and moves no
 money; the watcher's join uses `blockTime` as how far that bridge is known to have confirmed, for settles
 from `readFromTime` on (see `watcher.pipeline.join`), so an `unsettled` finding on a quiet partition need not
-wait for other traffic. `token`, `readFrom` and `readFromTime` are optional: a bridge from before them sent
-none (and a bridge whose checkpoint predates `readFrom` sends no `readFrom`). No record type here forbids
+wait for other traffic. `watchesAll` true: the bridge publishes the transfers of every wallet (not only a
+watched list), so the heartbeat vouches for every agent. `token`, `readFrom`, `readFromTime` and
+`watchesAll` are optional: a bridge from before them sent none (and a bridge whose checkpoint predates
+`readFrom` sends no `readFrom`). No record type here forbids
 unknown fields: an older reader skips the ones it does not know.
 """
 
@@ -150,6 +152,7 @@ class ChainProgress(Struct, frozen=True, gc=False, tag_field="type", tag="chain.
     token: Hex | None = None                # absent: a bridge from before tokens in chain.progress
     readFrom: int | None = None             # absent: unknown (a bridge checkpoint from before readFrom)
     readFromTime: datetime | None = None    # the time of block readFrom
+    watchesAll: bool = False                # the bridge publishes every transfer of the token (chain.watch_all)
 
 
 WireRecord = SettleRecord | VerifyRecord | ChainTransfer | ChainProgress

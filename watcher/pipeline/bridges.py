@@ -7,6 +7,8 @@ checksummed), the settle's `asset` or the transfer's `token`. Per stream:
     confirmed_upto  how far the bridge confirmed (event time): its newest confirmed transfer or heartbeat
     read_from       the time of the first block the bridge read (from its heartbeats): an older settle
                     is not judged (the bridge never read its block)
+    watch_all       streams whose bridge publishes every wallet's transfers (its last heartbeat said so):
+                    its heartbeats vouch for every agent, not only the `bridged` ones
     transfer_upto   the newest confirmed transfer (-1: transfer records, none confirmed yet); a stream here
                     is a running bridge
     held, held_t    heaps of (settle time, tx) waiting for confirmed_upto / transfer_upto to pass them
@@ -47,6 +49,7 @@ class Bridges:
         self.hold_ms = hold_ms              # how long a settle is held at most (then its deadline decides it)
         self.confirmed_upto: dict[Stream, int] = {}
         self.read_from: dict[Stream, int] = {}
+        self.watch_all: set[Stream] = set()
         self.transfer_upto: dict[Stream, int] = {}
         self.held: dict[Stream, Held] = {}
         self.held_t: dict[Stream, Held] = {}
@@ -61,7 +64,7 @@ class Bridges:
         return {c for c, _ in (*self.transfer_upto, *self.confirmed_upto)}
 
     def progress(self, chain_id: int, upto_ms: int, token: str, read_from_ms: int | None,
-                 deadlines: list[tuple[int, str]]) -> None:
+                 deadlines: list[tuple[int, str]], watches_all: bool = False) -> None:
         """A heartbeat of the bridge of `token` on `chain_id`: every confirmed transfer of it up to a block of
         time `upto_ms` has been published on this partition, from the block of time `read_from_ms` on (None:
         unknown, from a bridge checkpoint older than `readFrom`). Without a token it is ignored. Released
@@ -72,6 +75,10 @@ class Bridges:
         stream = (chain_id, token)
         if read_from_ms is not None:
             self.read_from[stream] = read_from_ms   # the bridge's current run (a reset one may start later)
+        if watches_all:
+            self.watch_all.add(stream)
+        else:
+            self.watch_all.discard(stream)
         if upto_ms > self.confirmed_upto.get(stream, -1):
             self.confirmed_upto[stream] = upto_ms
             release(self.held.get(stream), upto_ms, deadlines)
@@ -79,16 +86,19 @@ class Bridges:
     def judge(self, chain_id: int, token: str, agent: str, ts_ms: int) -> tuple[int, Held] | None:
         """How far the bridge of `token` on `chain_id` confirmed, as far as it vouches for a settle of `agent`
         at `ts_ms`, and the heap to hold the settle on until then. None: the settle is not judged, as no bridge
-        of them sent a transfer record here, or the settle is older than the first block the bridge read (it
-        never read the settle's block: a transfer it did not publish says nothing)."""
+        of them sent a transfer record here (nor a heartbeat saying it watches every wallet), or the settle is
+        older than the first block the bridge read (it never read the settle's block: a transfer it did not
+        publish says nothing)."""
         streams = self.streams(chain_id, token)
         t_upto = max((self.transfer_upto[s] for s in streams if s in self.transfer_upto), default=None)
-        if t_upto is None or ts_ms < max((self.read_from[s] for s in streams if s in self.read_from), default=-1):
+        every = any(s in self.watch_all for s in streams)    # its heartbeats alone say the bridge runs
+        if (t_upto is None and not every) or ts_ms < max((self.read_from[s] for s in streams if s in self.read_from),
+                                                         default=-1):
             return None
         stream = (chain_id, token)
         # heartbeats vouch for the bridge's watched wallets only: for the others, only confirmed transfers tell
         # how far it confirmed
-        if self.is_bridged(chain_id, token, agent):
+        if every or self.is_bridged(chain_id, token, agent):
             return max(self.confirmed_upto.get(s, -1) for s in streams), self.held.setdefault(stream, [])
         return t_upto, self.held_t.setdefault(stream, [])
 
@@ -169,7 +179,7 @@ class Bridges:
         return {"chains_seen": sorted(self.chains_seen), "confirmed_upto": per_chain(self.confirmed_upto),
                 "transfer_upto": per_chain(self.transfer_upto),
                 "streams": {"confirmed": rows(self.confirmed_upto), "transfer": rows(self.transfer_upto),
-                            "read_from": rows(self.read_from)},
+                            "read_from": rows(self.read_from), "watch_all": sorted(self.watch_all)},
                 "held": [[c, ts, key] for (c, _), held in sorted(self.held.items()) for ts, key in held],
                 "held_t": [[c, ts, key] for (c, _), held in sorted(self.held_t.items()) for ts, key in held],
                 "bridged": self.bridged.snapshot(), "held_dropped": self.held_dropped,
@@ -182,6 +192,7 @@ class Bridges:
         if streams is not None:
             self.confirmed_upto, self.transfer_upto, self.read_from = (
                 {(int(c), t): int(v) for c, t, v in streams[k]} for k in ("confirmed", "transfer", "read_from"))
+            self.watch_all = {(int(c), t) for c, t in streams.get("watch_all", ())}
         else:
             self._restore_per_chain(snap, newest_payment_ms)
         # a checkpoint from before `held`: its held settles are in the deadlines (looked at again, then held)
@@ -207,7 +218,7 @@ class Bridges:
             transfer = {c: confirmed.get(c, -1) for c in seen}
         self.confirmed_upto = {(c, ""): t for c, t in confirmed.items()}
         self.transfer_upto = {(c, ""): t for c, t in transfer.items()}
-        self.read_from = {}
+        self.read_from, self.watch_all = {}, set()
 
     @staticmethod
     def _heaps(rows, token_of) -> dict[Stream, Held]:

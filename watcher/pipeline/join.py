@@ -30,7 +30,8 @@ transfers. Two bridges on one chain (two tokens) never vouch for each other's se
 
 A heartbeat vouches only for the wallets the bridge watches, and the join does not know that list: it
 applies heartbeats only to agents the bridge has published a transfer of (any status) within the payment
-memory (`bridged`). Any other agent's settle (one the bridge does not watch, or has not seen pay yet) is
+memory (`bridged`), or to every agent when the heartbeat says the bridge watches every wallet
+(`watches_all`, chain.watch_all). Any other agent's settle (one the bridge does not watch, or has not seen pay yet) is
 judged as if no heartbeat existed: only for streams with transfer records on this partition, held until a
 confirmed transfer of the stream passes the settle (`transfer_upto`) or the hold ends. So a heartbeat never
 turns the settle of an unwatched agent into `unsettled`. A settle older than the first block the bridge read
@@ -162,12 +163,13 @@ class Join:
         findings = self._mismatch(p, key, now_ms)
         return self._recount(p, obs), findings
 
-    def progress(self, chain_id: int, upto_ms: int, token: str = "", read_from_ms: int | None = None) -> None:
+    def progress(self, chain_id: int, upto_ms: int, token: str = "", read_from_ms: int | None = None,
+                 watches_all: bool = False) -> None:
         """A `chain.progress` heartbeat of the bridge of `token` on `chain_id`: every confirmed transfer of it
-        up to a block of time `upto_ms` has been published on this partition (before the heartbeat), from the
-        block of time `read_from_ms` on. No payment, no delta. Without a token it is ignored (see
-        `watcher.pipeline.bridges`)."""
-        self.bridges.progress(chain_id, upto_ms, token, read_from_ms, self.deadlines)
+        (of a watched wallet, or of any with `watches_all`) up to a block of time `upto_ms` has been published
+        on this partition (before the heartbeat), from the block of time `read_from_ms` on. No payment, no
+        delta. Without a token it is ignored (see `watcher.pipeline.bridges`)."""
+        self.bridges.progress(chain_id, upto_ms, token, read_from_ms, self.deadlines, watches_all)
 
     @property
     def chains_seen(self) -> set[int]:

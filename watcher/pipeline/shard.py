@@ -94,7 +94,7 @@ class Shard:
             if obs.ts_ms > wm:
                 wm = obs.ts_ms
             if obs.kind == PROGRESS:
-                progress(obs.chain_id, obs.ts_ms, obs.asset, obs.read_from_ms)
+                progress(obs.chain_id, obs.ts_ms, obs.asset, obs.read_from_ms, obs.watches_all)
                 continue
             key = obs.dedupe_key
             if key in cur or key in prev:

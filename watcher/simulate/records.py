@@ -109,7 +109,7 @@ def transfer_record(*, ts_ms: int, payer: str, to: str, amount: int, tx: str, lo
 
 def progress_record(*, ts_ms: int, block_number: int, chain_id: int = 8453, block_hash: str | None = None,
                     observed_ms: int | None = None, token: str | None = BASE_USDC,
-                    read_from: tuple[int, int] | None = None) -> dict:
+                    read_from: tuple[int, int] | None = None, watches_all: bool | None = None) -> dict:
     """The chain bridge's heartbeat: every confirmed transfer of `token` up to `block_number` (mined at `ts_ms`)
     is out, from block `read_from` = (number, time in ms) on. `token` None, `read_from` None: as a bridge from
     before them (no such field)."""
@@ -121,6 +121,8 @@ def progress_record(*, ts_ms: int, block_number: int, chain_id: int = 8453, bloc
         rec["token"] = token
     if read_from is not None:
         rec["readFrom"], rec["readFromTime"] = read_from[0], iso(read_from[1])
+    if watches_all is not None:
+        rec["watchesAll"] = watches_all
     return rec
 
 
