@@ -189,6 +189,10 @@ async def test_after_a_reorg_deeper_than_confirmations_progress_waits_for_the_bl
         canonical[n] = (await chain.rpc.call("eth_getBlockByNumber", hex(n), False))["hash"]
     new = [g for g in reader.progress if canonical.get(g.record.blockNumber) == g.record.blockHash]
     assert any(g.record.blockNumber > vouched for g in new)
+    [read_from] = {g.record.readFrom for g in reader.progress}
+    first_block = await chain.rpc.call("eth_getBlockByNumber", hex(read_from), False)
+    assert read_from <= first and all(g.record.readFromTime.timestamp() == int(first_block["timestamp"], 16)
+                                      for g in new if g.record.blockNumber > vouched)   # the new chain's block
     for p in range(PARTITIONS):                                # a partition's heartbeats never go back
         blocks = [g.record.blockNumber for g in sorted(reader.progress, key=lambda g: g.offset) if g.partition == p]
         assert blocks == sorted(set(blocks))

@@ -366,6 +366,7 @@ class ChainBridge:
             log.error("chain bridge: reorg deeper than the %d remembered blocks (below %d); transfers there "
                       "that were already confirmed cannot be reverted", len(tracker.headers), floor)
         emissions = tracker.rewind(n)
+        self._read_from_header = None       # asked again: the reorg may have replaced the first block read
         if tracker.tip is None:
             self._resume_from = n + 1
         self.stats["reorgs"] += 1

@@ -7,8 +7,8 @@ Reason codes (the dead-letter topic's `reason` and the metric label):
 A `chain.progress` record (the bridge's heartbeat) is checked like a transfer's block: a known chain id
 (unknown_network), a non-negative block number and an id of `<chainId>:<blockNumber>` (bad_schema), a
 32-byte block hash (bad_hash), a block time with an offset (bad_time); where present, a token address
-(bad_address), a `readFrom` block not above `blockNumber` (bad_schema) and a `readFromTime` not after
-`blockTime` (bad_time).
+(bad_address), a `readFrom` block not above `blockNumber` (bad_schema), a `readFromTime` with an offset
+(bad_time).
 
 Times must carry an offset and lie in [1970-01-01, 9000-01-01) UTC (bad_time): windows, deadlines, findings
 and decisions count in epoch milliseconds and write dates back, so a time near the year 1 or 9999 would
@@ -229,12 +229,8 @@ class Decoder:
             _index(rec.readFrom, "readFrom")
             if rec.readFrom > rec.blockNumber:
                 raise EventError("bad_schema", f"readFrom {rec.readFrom} is above blockNumber {rec.blockNumber}")
-        read_from_ms = None
-        if rec.readFromTime is not None:
-            read_from_ms = _epoch_ms(rec.readFromTime, "readFromTime")
-            if read_from_ms > ts:
-                raise EventError("bad_time", "readFromTime is after blockTime: the first block read comes "
-                                 "before the block vouched for")
+        # not checked against blockTime: a reorg may give later blocks earlier times
+        read_from_ms = _epoch_ms(rec.readFromTime, "readFromTime") if rec.readFromTime is not None else None
         return Observation(Kind.PROGRESS, rec.id, f"{rec.id}|{block_hash}", ts, "", "", 0, chain_id, network,
                            token, "progress", None, None, None, "chain", rec.blockNumber, block_hash,
                            read_from_ms=read_from_ms, watches_all=rec.watchesAll)
