@@ -3,7 +3,8 @@
 Records (JSON, tagged by "type"):
     change     every breaker change, with the full breaker after it and, when the wallet service must
                hear of it, the webhook body: {"type": "change", "seq", "partition", "id", "agent", "kind",
-               "webhook", "previous", "state", "at_ms", "by", "cause", "reason", "breaker", "body"}
+               "webhook", "previous", "state", "at_ms", "by", "cause", "reason", "breaker", "body",
+               "answered" (kind approved: the escalation's decision id)}
     delivered  how a webhook ended: {"type": "delivered", "id", "partition", "agent", "outcome"
                (delivered | dead | disabled), "attempts", "at_ms", "detail"}. `delivered` and `dead`
                end it; `disabled` (no webhook.url at the time, nothing was sent) is only noted: the
@@ -29,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from watcher.breaker.state import APPLIED_MAX, Breaker, Effect
+from watcher.breaker.state import APPLIED_MAX, Breaker, Effect, answered_key
 from watcher.breaker.webhook import Delivery
 
 log = logging.getLogger("watcher.breaker.outbox")
@@ -51,6 +52,7 @@ class ChangeRecord(msgspec.Struct, tag_field="type", tag="change", frozen=True):
     breaker: Breaker
     body: str | None = None
     created_ms: int = 0
+    answered: str | None = None     # kind approved: the escalation a person answered
 
 
 class DeliveredRecord(msgspec.Struct, tag_field="type", tag="delivered", frozen=True):
@@ -71,8 +73,10 @@ _dec = msgspec.json.Decoder(Record)
 
 
 def change_record(partition: int, e: Effect, body: bytes | None, created_ms: int) -> ChangeRecord:
+    answered = e.evidence.get("escalation") if e.kind == "approved" else None
     return ChangeRecord(e.breaker.seq, partition, e.id, e.agent, e.kind, e.webhook, e.previous, e.state, e.at_ms,
-                        e.by, e.cause, e.reason, e.breaker, body.decode() if body is not None else None, created_ms)
+                        e.by, e.cause, e.reason, e.breaker, body.decode() if body is not None else None, created_ms,
+                        answered)
 
 
 def encode_record(r: Record) -> bytes:
@@ -97,7 +101,13 @@ class PartitionFold:
         self.causes: dict[str, None] = {}
         self.pending: dict[str, Delivery] = {}
         self.done: dict[str, None] = {}
+        self.answered: dict[str, int] = {}    # agent -> seq of its latest approval of an escalation
         self.max_seq = 0
+
+    def _cause(self, cause: str) -> None:
+        self.causes[cause] = None
+        if len(self.causes) > APPLIED_MAX:
+            del self.causes[next(iter(self.causes))]
 
     def add(self, r: Record) -> None:
         if isinstance(r, ChangeRecord):
@@ -105,9 +115,10 @@ class PartitionFold:
             cur = self.latest.get(r.agent)
             if cur is None or r.seq >= cur[0]:
                 self.latest[r.agent] = (r.seq, r.breaker)
-            self.causes[r.cause] = None
-            if len(self.causes) > APPLIED_MAX:
-                del self.causes[next(iter(self.causes))]
+            self._cause(r.cause)
+            if r.answered:
+                self._cause(answered_key(r.answered))
+                self.answered[r.agent] = max(r.seq, self.answered.get(r.agent, 0))
             d = delivery_of(r)
             if d is not None and r.id not in self.done:
                 self.pending[r.id] = d

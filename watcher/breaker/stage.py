@@ -91,8 +91,11 @@ class BreakerStage:
         for d in ctx.decisions:
             if d.kind in ("freeze", "escalate"):
                 self.where[d.agent] = p
-                for e in br.on_decision(d):
+                effects = br.on_decision(d)
+                for e in effects:
                     self._emit(p, e, ctx.publish)
+                if not effects:
+                    self._answered_before(p, br, d)
         for e in br.tick(ctx.now_ms):
             self._emit(p, e, ctx.publish)
 
@@ -109,8 +112,10 @@ class BreakerStage:
         br = Breakers.restore(data.get("breakers"), self.timing)
         box = {d.id: d for d in (msgspec.convert(x, Delivery) for x in data.get("outbox", []))}
         touched: set[str] = set()
+        approved: list[str] = []   # escalations approved after the checkpoint (its detector still waits)
         if self.log is not None:
             fold = self.log.fold(partition)
+            approved = [a for a, seq in fold.answered.items() if seq > br.seq]
             for cause in fold.causes:
                 br._remember(cause)
             for agent, (seq, b) in sorted(fold.latest.items(), key=lambda kv: kv[1][0]):
@@ -136,6 +141,9 @@ class BreakerStage:
             # now, not at the next batch: the detection stage (restored just before this one, in the
             # Assembly's order) judges that batch, and must judge it with a person's caps and probation
             self._reconcile(partition)
+            for agent in approved:
+                if br.get(agent).escalation is None and not br.is_frozen(agent):
+                    self.control.approve(partition, agent)
         if box:
             log.info("partition %d: %d undelivered webhooks re-queued", partition, len(box))
         self._submit_all(partition)
@@ -169,6 +177,28 @@ class BreakerStage:
             self.notifier.on_effect(e)
         if self.control is not None:
             self._tell_detector(p, e)
+
+    def _answered_before(self, p: int, br: Breakers, d) -> None:
+        """A decision the breaker does not apply because the log already answered it (the detector, restored
+        from a checkpoint older than the log, decided it again): bring the detector in line with the breaker.
+        A re-raised escalation a person approved is approved again; a freeze the breaker is past (released
+        since, or the timeout of an approved escalation) leaves the detector judging the agent."""
+        c = self.control
+        if c is None:
+            return
+        try:
+            if d.kind == "escalate" and br.answered(d.id):
+                c.approve(p, d.agent)
+                log.info("agent %s: escalation %s was approved before the restart; approved again in the "
+                         "detector", d.agent, d.id)
+            elif d.kind == "freeze" and not br.is_frozen(d.agent):
+                c.release(p, d.agent)
+                if br.answers_timeout(d):
+                    c.approve(p, d.agent)
+                log.info("agent %s: freeze %s (%s) not applied: the breaker is %s", d.agent, d.id, d.rule,
+                         br.state(d.agent))
+        except Exception:
+            log.exception("detector control failed for %s (%s)", d.agent, d.kind)
 
     def _tell_detector(self, p: int, e: Effect) -> None:
         c = self.control

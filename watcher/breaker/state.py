@@ -7,7 +7,9 @@
     any ──hold──► held (frozen by a person: only a release lets it go) ──release──► half_open
 
 Escalations do not change the state: one question at a time is recorded on the breaker until a person
-approves it or the detector's deadline turns it into a freeze. Every change is an `Effect`, whose `id`
+approves it or the detector's deadline turns it into a freeze. An approved escalation is remembered
+(`answered`), so the detector's timeout of it is refused even when the detector, restored from a
+checkpoint older than the approval, still waits for an answer. Every change is an `Effect`, whose `id`
 is stable (derived from the decision or command that caused it), so replaying the same decisions gives
 the same ids: the webhook idempotency key.
 """
@@ -72,6 +74,11 @@ class Effect(msgspec.Struct, frozen=True):
     breaker: Breaker
 
 
+def answered_key(escalation: str) -> str:
+    """The applied-cause marker of an escalation a person approved."""
+    return f"approved:{escalation}"
+
+
 def effect_id(agent: str, cause: str, kind: str, n: int = 0) -> str:
     return "b-" + hashlib.sha256(f"{agent}|{cause}|{kind}|{n}".encode()).hexdigest()[:24]
 
@@ -107,6 +114,15 @@ class Breakers:
 
     def seen(self, cause: str) -> bool:
         return cause in self.applied
+
+    def answered(self, escalation: str) -> bool:
+        """A person approved this escalation (decision id)."""
+        return answered_key(escalation) in self.applied
+
+    def answers_timeout(self, d: Any) -> bool:
+        """`d` is the detector's escalation timeout of an escalation a person approved."""
+        return d.kind == "freeze" and getattr(d, "rule", None) == "escalation_timeout" and any(
+            self.answered(e) for e in (getattr(d, "event_ids", None) or ()))
 
     # -- changes -------------------------------------------------------------------------------
     def _remember(self, cause: str) -> None:
@@ -145,6 +161,8 @@ class Breakers:
         if d.kind not in ("freeze", "escalate") or d.id in self.applied:
             return []
         self._remember(d.id)
+        if self.answers_timeout(d):  # approved: the detector's deadline is void
+            return []
         b = self.get(d.agent)
         at = d.at_ms
         if d.kind == "freeze":
@@ -213,6 +231,7 @@ class Breakers:
             return None
         self._remember(command)
         esc = b.escalation
+        self._remember(answered_key(esc))
         b.escalation, b.escalation_ms = None, 0
         return self._change(b, "approved", None, b.state, at_ms, by, command, reason or "approved by a person",
                             {"escalation": esc})
