@@ -236,3 +236,28 @@ async def test_without_a_url_nothing_is_sent_and_the_outcome_is_disabled():
         sender.submit(delivery("n-1", wallet(300)))
         await wait_for(lambda: results.got, 10, "the outcome")
     assert results.got == [("n-1", "disabled", 0, "no url")]
+
+
+async def test_a_webhook_queued_after_a_rebalance_is_delivered(receiver):
+    """A rebalance (aiokafka revokes every partition, then assigns them again) while agent A's freeze is
+    being retried: the sender forgets the partition, the restore submits its outbox again, and a new
+    change of A (its unfreeze) is queued behind the freeze in flight. All of them reach the receiver, in
+    order; none is left queued where no worker looks."""
+    a = wallet(400)
+    freeze, unfreeze = delivery("r-freeze", a, seq=1), delivery("r-unfreeze", a, "unfreeze", seq=2)
+    later = delivery("r-freeze-2", a, seq=3)
+    receiver.fail[freeze.id] = 10**6
+    results = Results()
+    async with WebhookSender(settings(receiver.url), results) as sender:
+        assert sender.submit(freeze) and sender.submit(unfreeze)
+        await wait_for(lambda: len(receiver.of(freeze.id)) >= 2, 30, "the freeze refused and retried")
+        sender.forget_partition(0)              # revoked ...
+        sender.submit(freeze)                   # ... assigned again: the restored outbox is submitted
+        sender.submit(unfreeze)
+        assert sender.submit(later)             # and a new change of the agent
+        receiver.fail[freeze.id] = 0
+        await wait_for(lambda: len(results.got) == 3, 30, "the three webhooks delivered",
+                       show=lambda: (results.got, sender.pending()))
+    assert [g[:2] for g in results.got] == [(freeze.id, "delivered"), (unfreeze.id, "delivered"),
+                                             (later.id, "delivered")]
+    assert [r.key for r in receiver.reqs if r.status == 200] == [freeze.id, unfreeze.id, later.id]

@@ -143,13 +143,16 @@ class WebhookSender:
     def forget_partition(self, partition: int) -> int:
         """Stop sending what belongs to a partition this process no longer owns (its new owner will)."""
         n = 0
-        for agent, q in self.queues.items():
-            keep = deque(d for d in q if d.partition != partition or d is q[0])
-            n += len(q) - len(keep)
+        for q in self.queues.values():
+            # in place: the agent's worker holds this deque (a new one would be popped, unsent, when it ends)
+            head = q[0] if q else None
+            keep = [d for d in q if d.partition != partition or d is head]
             for d in q:
-                if d not in keep:
+                if not any(d is k for k in keep):
                     self.known.discard(d.id)
-            self.queues[agent] = keep
+            n += len(q) - len(keep)
+            q.clear()
+            q.extend(keep)
         return n
 
     # -- delivery ------------------------------------------------------------------------------
