@@ -4,8 +4,10 @@
     (several secrets during a rotation: SPENDWATCH_WEBHOOK_SECRET=new,old)
 
 It verifies `Spendwatch-Signature: t=<unix s>,v1=<hex HMAC-SHA256 of "<t>.<body>">` in constant time,
-refuses timestamps more than five minutes from its clock (401), acts once per Idempotency-Key (a repeat
-gets 200 again without acting), and prints what it would do. Answer 2xx only once the action is durable:
+refuses timestamps more than five minutes from its clock (401), acts once per webhook id (a repeat gets
+200 again without acting), and prints what it would do. The id is read from the signed body, not from the
+Idempotency-Key header (the same value, but unsigned): a request captured and replayed within the five
+minutes under another header value must not act twice. Answer 2xx only once the action is durable:
 spendwatch retries anything else for hours.
 """
 
@@ -43,10 +45,10 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         if not verify(body, self.headers.get("Spendwatch-Signature", ""), self.secrets):
             return self._answer(401, {"error": "bad or stale signature"})
-        key = self.headers.get("Idempotency-Key", "")
+        event = json.loads(body)
+        key = event["id"]               # signed; equals the Idempotency-Key header, which is not
         if key in self.seen:
             return self._answer(200, {"ok": True, "repeat": True})
-        event = json.loads(body)
         # here: freeze / unfreeze the wallet in your wallet service, durably, then remember the key
         print(f"{event['type']:<8} {event['wallet']} breaker={event['breaker']['state']} reason={event['reason']}",
               flush=True)

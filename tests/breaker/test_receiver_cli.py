@@ -51,6 +51,18 @@ def test_example_receiver_verifies(receiver):
     assert post(body, "").status_code == 401
 
 
+def test_example_receiver_acts_once_on_a_replay_under_another_key(receiver):
+    """A signed request captured and replayed within the five minutes, its (unsigned) Idempotency-Key
+    header changed: the receiver de-duplicates on the signed body's id and does not act again."""
+    body = b'{"id":"b-2","type":"unfreeze","wallet":"0x1","reason":"r","breaker":{"state":"half_open"}}'
+    signature = sign(body, [SECRET.encode()])
+    first = httpx.post(receiver, content=body, headers={"Spendwatch-Signature": signature, "Idempotency-Key": "b-2"})
+    assert first.status_code == 200 and "repeat" not in first.json()
+    replay = httpx.post(receiver, content=body, headers={"Spendwatch-Signature": signature,
+                                                         "Idempotency-Key": "replayed-key"})
+    assert replay.status_code == 200 and replay.json().get("repeat") is True
+
+
 class FakeProducer:
     def __init__(self):
         self.sent = []
