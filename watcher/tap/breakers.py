@@ -350,6 +350,15 @@ class Gate:
         if fresh is not None:  # computed at scrape time: right also while no payment comes through
             self.metrics.view_stale.set_function(lambda: 0.0 if fresh() and not self._broken else 1.0)
 
+    def check_all(self, payers: list[str], where: str = "verify") -> tuple[str | None, Refusal | None]:
+        """The first of `payers` (every wallet a payload names) that is refused, and why; else (the paying
+        one or None, None)."""
+        for payer in payers:
+            refusal = self.check(payer, where)
+            if refusal is not None:
+                return payer, refusal
+        return (payers[0] if payers else None), None
+
     def check(self, payer: str | None, where: str = "verify") -> Refusal | None:
         if not payer:
             return None

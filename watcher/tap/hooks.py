@@ -24,7 +24,7 @@ from typing import Any
 from x402.schemas import AbortResult, PaymentAbortedError
 
 from watcher.tap.breakers import BreakerView, FailMode, Gate
-from watcher.tap.records import payer_of, settle_record, verify_record
+from watcher.tap.records import payers_of, settle_record, verify_record
 
 log = logging.getLogger("watcher.tap.hooks")
 
@@ -67,10 +67,10 @@ class FacilitatorTap:
         if self.gate is None:
             return None
         try:
-            payer = payer_of(_dump(ctx.payment_payload))
+            payers = payers_of(_dump(ctx.payment_payload))
         except Exception:
             return None
-        refusal = self.gate.check(payer, where)
+        payer, refusal = self.gate.check_all(payers, where)
         if refusal is None:
             return None
         log.info("refused %s for %s: %s", where, payer, refusal.reason)

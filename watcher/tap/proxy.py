@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from watcher.tap.breakers import Gate
 from watcher.tap.metrics import TapMetrics
-from watcher.tap.records import network_of, payer_of, settle_record, verify_record
+from watcher.tap.records import network_of, payers_of, settle_record, verify_record
 
 log = logging.getLogger("watcher.tap.proxy")
 _HOP = frozenset({"host", "content-length", "connection", "keep-alive", "transfer-encoding", "upgrade",
@@ -124,10 +124,10 @@ class TapProxy:
         self.metrics.requests.labels(call, str(status)).inc()
         return web.Response(status=status, body=data, headers={"Content-Type": ctype})
 
-    def _refuse(self, call: str, body: dict, pp: dict, req: dict, payer: str | None) -> web.Response | None:
+    def _refuse(self, call: str, body: dict, pp: dict, req: dict) -> web.Response | None:
         if self.gate is None:
             return None
-        refusal = self.gate.check(payer, call)
+        payer, refusal = self.gate.check_all(payers_of(pp), call)
         if refusal is None:
             return None
         self.counts["refused"] += 1
@@ -148,8 +148,7 @@ class TapProxy:
         parts = self._split(raw)
         if parts is not None:
             body, pp, req = parts
-            payer = payer_of(pp)
-            refused = self._refuse(call, body, pp, req, payer)
+            refused = self._refuse(call, body, pp, req)
             if refused is not None:
                 return refused
         status, data, ctype = await self._forward(request, call, raw)

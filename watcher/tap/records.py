@@ -37,16 +37,35 @@ def _checksum(addr: str) -> str:
         return addr
 
 
-def authorization(payload: dict) -> dict | None:
-    """The EIP-3009 authorization (or a permit2 authorization) inside a PaymentPayload dict."""
+# the x402 SDK's exact EVM facilitator pays from `permit2Authorization` whenever a payload has one
+# (x402.mechanisms.evm.types.is_permit2_payload), else from the EIP-3009 `authorization`
+AUTH_KEYS = ("permit2Authorization", "authorization")
+
+
+def _authorizations(payload: dict) -> list[dict]:
     inner = payload.get("payload") if isinstance(payload, dict) else None
     if not isinstance(inner, dict):
-        return None
-    for key in ("authorization", "permit2Authorization"):
-        auth = inner.get(key)
-        if isinstance(auth, dict):
-            return auth
-    return None
+        return []
+    return [a for a in (inner.get(k) for k in AUTH_KEYS) if isinstance(a, dict)]
+
+
+def authorization(payload: dict) -> dict | None:
+    """The authorization a facilitator pays from inside a PaymentPayload dict: the permit2 one if there
+    is one, else the EIP-3009 one."""
+    found = _authorizations(payload)
+    return found[0] if found else None
+
+
+def payers_of(payload: dict) -> list[str]:
+    """Every wallet a payload's authorizations name as `from`, checksummed, the paying one first. The
+    agent writes its payload: a frozen payer must not pass behind a decoy authorization of another wallet,
+    whichever of the two an upstream facilitator pays from."""
+    out: list[str] = []
+    for auth in _authorizations(payload):
+        who = auth.get("from")
+        if isinstance(who, str) and who and _checksum(who) not in out:
+            out.append(_checksum(who))
+    return out
 
 
 def payer_of(payload: dict, response: dict | None = None) -> str | None:
