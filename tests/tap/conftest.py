@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from aiohttp import web
 from x402.schemas import SettleResponse, VerifyResponse
 
 from watcher.simulate.records import settle_record as sim_settle
@@ -68,3 +71,16 @@ class ListPublisher:
 @pytest.fixture
 def listpub() -> ListPublisher:
     return ListPublisher()
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application):
+    """Serve `app` on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    finally:
+        await runner.cleanup()

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from tests.polling import wait_for
-from tests.tap.conftest import PAYER
+from tests.tap.conftest import PAYER, serving
 from watcher.breaker.outbox import change_record, encode_record, ensure_topic
 from watcher.breaker.state import Breakers
 from watcher.broker import TansuBroker
@@ -112,19 +112,12 @@ async def test_admin_view_polls_open_and_held_agents():
 
     app = web.Application()
     app.router.add_get("/v1/agents", agents)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        async with AdminBreakerView(f"http://127.0.0.1:{port}", "tok", refresh_seconds=0.1) as view:
+    async with serving(app) as url:
+        async with AdminBreakerView(url, "tok", refresh_seconds=0.1) as view:
             await asyncio.wait_for(view.ready.wait(), 10)
             assert view.state(PAYER) == "open" and view.state(OTHER) == "held"
             assert view.is_blocked("0x" + "11" * 20) is False
         assert seen[0] == "Bearer tok"
-    finally:
-        await runner.cleanup()
     stale = AdminBreakerView("http://127.0.0.1:1", "tok")
     assert stale.is_blocked(PAYER) is None
     await stale._client.aclose()

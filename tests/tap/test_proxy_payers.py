@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 from aiohttp import web
 
-from tests.tap.conftest import PAYER, ListPublisher, body
+from tests.tap.conftest import PAYER, ListPublisher, body, serving
 from watcher.tap.breakers import Gate, StaticBreakerView
 from watcher.tap.proxy import TapProxy
 from watcher.tap.records import payer_of
@@ -47,23 +47,15 @@ async def test_a_frozen_permit2_payer_with_a_decoy_authorization_is_refused():
 
     app = web.Application()
     app.router.add_post("/verify", upstream)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     pub = ListPublisher()
-    try:
-        async with TapProxy(url, pub, Gate(StaticBreakerView({FROZEN}))) as proxy:
-            async with httpx.AsyncClient() as http:
-                r = await http.post(f"{proxy.url}/verify", json=permit2_body_with_decoy())
-        assert r.status_code == 200
-        assert r.json()["isValid"] is False and r.json()["invalidReason"] == "spendwatch_agent_frozen"
-        assert r.json()["payer"] == FROZEN and calls == []          # upstream never asked
-        (rec,) = pub.records
-        assert rec["verifyResponse"]["payer"] == FROZEN
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url, TapProxy(url, pub, Gate(StaticBreakerView({FROZEN}))) as proxy:
+        async with httpx.AsyncClient() as http:
+            r = await http.post(f"{proxy.url}/verify", json=permit2_body_with_decoy())
+    assert r.status_code == 200
+    assert r.json()["isValid"] is False and r.json()["invalidReason"] == "spendwatch_agent_frozen"
+    assert r.json()["payer"] == FROZEN and calls == []          # upstream never asked
+    (rec,) = pub.records
+    assert rec["verifyResponse"]["payer"] == FROZEN
 
 
 def test_the_sdk_hooks_refuse_it_too(listpub):
