@@ -101,3 +101,25 @@ async def test_cli_against_admin_api(monkeypatch, capsys):
         assert await run("approve", agent) == 0
         assert "unchanged" in capsys.readouterr().out
         assert len(stage.producer.sent) == 3 and stage.undelivered() == 2   # no sender: queued in the outbox
+
+
+async def test_a_cap_on_a_window_detection_does_not_cap_is_refused():
+    """The daemon's windows include 5m, but detection holds caps for 1m, 1h and 24h only: a 5m cap would
+    be accepted, shown, and never enforced. It is refused (400) and nothing changes."""
+    from types import SimpleNamespace
+
+    cfg = load_breaker_config(None, admin={"port": 0, "token": TOKEN})
+    stage = BreakerStage(cfg, partitions=1)
+    stage.restore(0, None)
+    stage.producer = FakeProducer()
+    daemon = SimpleNamespace(settings=SimpleNamespace(windows=[SimpleNamespace(name=n)
+                                                               for n in ("1m", "5m", "1h", "24h")]), shards={})
+    agent = wallet(6)
+    async with AdminServer(cfg.admin, stage, daemon) as server:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            r = await http.put(f"/v1/agents/{agent}/caps", json={"caps": {"5m": 1_000_000}})
+            assert r.status_code == 400 and "5m" in r.json()["error"] and "1m" in r.json()["error"]
+            assert stage.view(agent).get("caps") is None and stage.producer.sent == []
+            r = await http.put(f"/v1/agents/{agent}/caps", json={"caps": {"1m": 1_000_000}})
+            assert r.status_code == 200 and stage.view(agent)["caps"] == {"1m": 1_000_000}

@@ -6,6 +6,7 @@
     POST /v1/agents/{agent}/release         {"reason": "..."}  open/held -> half_open; half_open -> closed
     POST /v1/agents/{agent}/approve         {"reason": "..."}  answer the pending escalation
     PUT  /v1/agents/{agent}/caps            {"caps": {"1m": 2000000, "24h": 50000000} | null}  base units
+                                            (windows 1m, 1h, 24h: the ones detection holds caps for)
 
 Every /v1 request needs `Authorization: Bearer <admin.token>`; without a configured token every request
 is refused. Refused requests get 401 and change nothing. `Idempotency-Key` on a POST makes a retried
@@ -24,6 +25,9 @@ from aiohttp import web
 from watcher.breaker.config import AdminSettings
 from watcher.breaker.openapi import openapi_document
 from watcher.breaker.stage import BreakerStage, NotOwnedError, _canon
+from watcher.detect.rules import CAP_WINDOWS
+
+CAPPABLE = tuple(w for _, w, _ in CAP_WINDOWS)   # the windows detection holds caps for (1m, 1h, 24h)
 
 log = logging.getLogger("watcher.breaker.admin")
 ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -199,4 +203,8 @@ class AdminServer:
                                    'e.g. {"caps": {"1m": 2000000, "24h": 50000000}}')
             if windows and not set(caps) <= windows:
                 return _json_error(400, f"unknown windows {sorted(set(caps) - windows)}; known: {sorted(windows)}")
+            cappable = [w for w in CAPPABLE if not windows or w in windows]
+            if not set(caps) <= set(cappable):
+                return _json_error(400, f"windows {sorted(set(caps) - set(cappable))} cannot be capped: detection "
+                                   f"enforces caps on {cappable} only", 'e.g. {"caps": {"1m": 2000000}}')
         return await self._act(request, "caps", caps=caps, body=body)

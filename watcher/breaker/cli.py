@@ -61,13 +61,14 @@ def register(sub) -> None:
         a.add_argument("agent", help="wallet address 0x...")
         a.add_argument("--reason", default="", help="why (kept in the audit trail and sent in the webhook)")
     c = bsub.add_parser("caps", help="set or clear an agent's caps (USDC per window)",
-                        description="Set caps for one agent, in USDC per window (the configured [[windows]] "
-                                    "names), over the policy's; or --clear the caps a person set. Example: "
+                        description="Set caps for one agent, in USDC per window (1m, 1h or 24h: the windows "
+                                    "detection holds caps for), over the policy's; or --clear the caps a person "
+                                    "set. Example: "
                                     "spendwatch breaker caps 0xAbC... --cap 1m=2 --cap 24h=50 --reason 'new budget'")
     _common(c)
     c.add_argument("agent", help="wallet address 0x...")
     c.add_argument("--cap", action="append", default=[], metavar="WINDOW=USDC",
-                   help="a cap per window, in USDC (e.g. 1m=2 or 24h=50.5); repeat for several windows")
+                   help="a cap per window (1m, 1h, 24h), in USDC (e.g. 1m=2 or 24h=50.5); repeat for several")
     c.add_argument("--clear", action="store_true", help="remove caps set by a person")
     c.add_argument("--reason", default="", help="why (kept in the audit trail)")
     p.set_defaults(func=cmd_breaker)

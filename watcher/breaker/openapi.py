@@ -54,7 +54,7 @@ def openapi_document() -> dict[str, Any]:
                 "Caps": {"type": "object", "properties": {
                     "reason": {"type": "string"},
                     "caps": {"type": ["object", "null"], "additionalProperties": {"type": "integer", "minimum": 0},
-                             "description": "window name -> cap in USDC base units; null clears"}},
+                             "description": "window name (1m, 1h or 24h) -> cap in USDC base units; null clears"}},
                     "required": ["caps"]},
                 "ActionResult": {"type": "object", "properties": {
                     "agent": {"type": "string"}, "action": {"enum": ["hold", "release", "approve", "caps"]},
