@@ -126,3 +126,21 @@ def test_signature_roundtrip_rotation_tamper_stale():
 def test_backoff_grows_with_jitter_and_cap():
     assert backoff(0, 0.2, 10, lambda: 0.0) == 0.1 and backoff(0, 0.2, 10, lambda: 1.0) == 0.2
     assert backoff(3, 0.2, 10, lambda: 1.0) == 1.6 and backoff(30, 0.2, 10, lambda: 1.0) == 10
+
+
+def test_a_hold_answers_the_pending_escalation():
+    """Escalated, then held instead of approved, then released: the next escalation is asked again (an
+    escalation left on the breaker swallowed every later one: no escalate webhook, yet a freeze at its
+    timeout); PagerDuty resolves the answered one."""
+    from watcher.breaker.notify import pagerduty_events
+
+    br = Breakers(Timing(cooldown_ms=1000, probation_ms=5000))
+    br.on_decision(dec("escalate", "d-esc-1"))
+    h = br.hold(A, T0 + 1, "admin:x", "c1", "")
+    assert br.get(A).escalation is None and h.evidence == {"escalation": "d-esc-1"}
+    assert [(ev["event_action"], ev["dedup_key"]) for ev in pagerduty_events(h, "k")][0] == \
+        ("resolve", f"spendwatch/{A}/escalation/d-esc-1")
+    br.release(A, T0 + 2, "admin:x", "c2", "")
+    br.release(A, T0 + 3, "admin:x", "c3", "")
+    [esc] = br.on_decision(dec("escalate", "d-esc-2", at=T0 + 4))
+    assert (esc.kind, esc.webhook) == ("escalated", "escalate") and br.get(A).escalation == "d-esc-2"

@@ -33,8 +33,10 @@ def pagerduty_events(e: Effect, routing_key: str) -> list[dict[str, Any]]:
     if e.kind in ("opened", "held"):
         if e.kind == "opened" and e.evidence.get("rule") == "escalation_timeout":
             esc = (e.evidence.get("event_ids") or [None])[0]
-            if esc:
-                out.append({**base, "event_action": "resolve", "dedup_key": f"spendwatch/{e.agent}/escalation/{esc}"})
+        else:   # a hold answers the pending escalation
+            esc = e.evidence.get("escalation")
+        if esc:
+            out.append({**base, "event_action": "resolve", "dedup_key": f"spendwatch/{e.agent}/escalation/{esc}"})
         out.append({**base, "event_action": "trigger", "dedup_key": trip, "payload": {
             "summary": f"spendwatch froze agent {e.agent}: {e.reason}"[:1024], "source": "spendwatch",
             "severity": "critical", "component": e.agent, "group": "breaker", "class": e.kind,

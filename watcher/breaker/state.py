@@ -208,7 +208,11 @@ class Breakers:
             return None
         hook = None if b.state == OPEN else "freeze"
         b.reopen_ms = b.probation_until_ms = 0
-        return self._change(b, "held", hook, HELD, at_ms, by, command, reason or "held by a person", {})
+        # a hold answers a pending escalation (as a freeze does): left on the breaker, it would swallow
+        # every later escalation of the agent after the release
+        esc, b.escalation, b.escalation_ms = b.escalation, None, 0
+        return self._change(b, "held", hook, HELD, at_ms, by, command, reason or "held by a person",
+                            {"escalation": esc} if esc else {})
 
     def release(self, agent: str, at_ms: int, by: str, command: str, reason: str) -> Effect | None:
         """open/held -> half_open (probation); half_open -> closed. None if there is nothing to release."""
