@@ -261,3 +261,15 @@ async def test_a_webhook_queued_after_a_rebalance_is_delivered(receiver):
     assert [g[:2] for g in results.got] == [(freeze.id, "delivered"), (unfreeze.id, "delivered"),
                                              (later.id, "delivered")]
     assert [r.key for r in receiver.reqs if r.status == 200] == [freeze.id, unfreeze.id, later.id]
+
+
+async def test_a_webhook_older_than_the_budget_still_gets_the_budget(receiver):
+    """A webhook kept undelivered for longer than the retry budget (webhook.url unset for a day, or the
+    daemon down) is retried for the budget from this start, not dead-lettered after one refused attempt."""
+    old = delivery("o-1", wallet(500), created_ms=int(time.time() * 1000) - 86_400_000)
+    receiver.fail[old.id] = 2
+    results = Results()
+    async with WebhookSender(settings(receiver.url, retry_budget_seconds=600), results) as sender:
+        sender.submit(old)
+        await wait_for(lambda: results.got, 30, "the outcome")
+    assert results.got == [("o-1", "delivered", 3, "HTTP 200")]

@@ -16,8 +16,10 @@
 Delivery: at least once; the receiver de-duplicates on Idempotency-Key. Per agent one webhook at a time,
 in order (a freeze is never overtaken by a later unfreeze); across agents at most `max_concurrency` in
 flight. A failed attempt (connection error, timeout, non-2xx) is retried after an exponential back-off
-with full jitter, re-signed each time, until `retry_budget_seconds` have passed since the change; then
-the webhook is dead-lettered (on the breaker topic, and spendwatch_webhook_dead_letters_total rises).
+with full jitter, re-signed each time, until `retry_budget_seconds` have passed since the change, or
+since this sender started if that is later (a webhook kept while webhook.url was unset, or while the
+daemon was down, gets the whole budget, not one attempt); then the webhook is dead-lettered (on the
+breaker topic, and spendwatch_webhook_dead_letters_total rises).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class WebhookSender:
         self.session: aiohttp.ClientSession | None = None
         self.closed = False
         self.sent_at: dict[str, float] = {}   # id -> wall time of the first 2xx (for benches)
+        self.started_ms = int(time.time() * 1000)   # the retry budget runs from here at the earliest
 
     async def __aenter__(self) -> "WebhookSender":
         if self.closed:
@@ -184,7 +187,7 @@ class WebhookSender:
                      "breaker topic until a start with a url", d.id, d.type, d.agent)
             return "disabled", 0, "no url"
         attempt, detail = 0, ""
-        deadline_ms = d.created_ms + self.ws.retry_budget_seconds * 1000
+        deadline_ms = max(d.created_ms, self.started_ms) + self.ws.retry_budget_seconds * 1000
         while True:
             attempt += 1
             async with self.sem:
