@@ -123,3 +123,48 @@ async def test_a_cap_on_a_window_detection_does_not_cap_is_refused():
             assert stage.view(agent).get("caps") is None and stage.producer.sent == []
             r = await http.put(f"/v1/agents/{agent}/caps", json={"caps": {"1m": 1_000_000}})
             assert r.status_code == 200 and stage.view(agent)["caps"] == {"1m": 1_000_000}
+
+
+class DownProducer(FakeProducer):
+    """Kafka unreachable while `down`: send_and_wait fails as aiokafka's does."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = True
+
+    async def send_and_wait(self, topic, value, key=None):
+        from aiokafka.errors import NodeNotReadyError
+        if self.down:
+            raise NodeNotReadyError("Attempt to send a request to node which is not ready (node id 1).")
+        await super().send_and_wait(topic, value, key)
+
+
+async def test_a_hold_kafka_does_not_record_is_answered_503_and_recorded_later():
+    """Kafka down: the hold is answered 503 with why (applied here, not recorded), not a bare 500; the
+    record is kept, and the next command once Kafka answers puts it on the broker; the daemon's next batch
+    would too."""
+    from types import SimpleNamespace
+
+    from watcher.breaker.outbox import decode_record
+
+    cfg = load_breaker_config(None, admin={"port": 0, "token": TOKEN})
+    stage = BreakerStage(cfg, partitions=1)
+    stage.restore(0, None)
+    stage.producer = DownProducer()
+    a, b = wallet(7), wallet(8)
+    async with AdminServer(cfg.admin, stage) as server:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            r = await http.post(f"/v1/agents/{a}/hold", json={"reason": "incident"})
+            assert r.status_code == 503 and "not recorded" in r.json()["error"] and r.json()["fix"]
+            stage.producer.down = False
+            r = await http.post(f"/v1/agents/{a}/hold", json={"reason": "incident"})
+            assert r.status_code == 200 and r.json()["breaker"]["state"] == "held"
+            [(topic, key, value)] = stage.producer.sent
+            assert key == a.encode() and decode_record(value).kind == "held"
+            stage.producer.down = True
+            assert (await http.post(f"/v1/agents/{b}/hold", json={})).status_code == 503
+    ctx = SimpleNamespace(partition=0, decisions=[], publish=[], now_ms=0)
+    stage.on_batch(ctx)
+    [(_, key, value)] = ctx.publish
+    assert key == b.encode() and decode_record(value).kind == "held" and stage.unrecorded == []

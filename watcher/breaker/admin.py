@@ -9,7 +9,8 @@
                                             (windows 1m, 1h, 24h: the ones detection holds caps for)
 
 Every /v1 request needs `Authorization: Bearer <admin.token>`; without a configured token every request
-is refused. Refused requests get 401 and change nothing. `Idempotency-Key` on a POST makes a retried
+is refused. Refused requests get 401 and change nothing. A change Kafka does not record within a few
+seconds gets 503 saying so (applied in the daemon, recorded with its next batch once Kafka answers). `Idempotency-Key` on a POST makes a retried
 command act once; `X-Spendwatch-Actor` names the person (recorded as by="admin:<actor>").
 """
 
@@ -24,7 +25,7 @@ from aiohttp import web
 
 from watcher.breaker.config import AdminSettings
 from watcher.breaker.openapi import openapi_document
-from watcher.breaker.stage import BreakerStage, NotOwnedError, _canon
+from watcher.breaker.stage import BreakerStage, NotOwnedError, NotRecordedError, _canon
 from watcher.detect.rules import CAP_WINDOWS
 
 CAPPABLE = tuple(w for _, w, _ in CAP_WINDOWS)   # the windows detection holds caps for (1m, 1h, 24h)
@@ -183,6 +184,9 @@ class AdminServer:
                                        command_id=request.headers.get("Idempotency-Key"), **kw)
         except NotOwnedError as exc:
             return _json_error(409, str(exc), "send the request to the replica that owns the partition")
+        except NotRecordedError as exc:
+            log.error("admin %s %s by %s: %s", action, agent, by, exc)
+            return _json_error(503, str(exc), "check Kafka (kafka.bootstrap), then repeat the command")
         log.info("admin %s %s by %s: changed=%s", action, agent, by, out["changed"])
         return web.json_response(out)
 

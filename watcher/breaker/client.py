@@ -36,6 +36,10 @@ class AdminClient:
     def _call(self, method: str, path: str, **kw) -> Any:
         try:
             r = self.http.request(method, path, **kw)
+        except httpx.ReadTimeout as exc:
+            raise AdminError(f"the admin API at {self.base_url} did not answer {method} {path} in time ({exc!r}); "
+                             "the daemon may be waiting for Kafka, and a change may still take effect: check "
+                             "with `spendwatch breaker show`") from None
         except httpx.HTTPError as exc:
             raise AdminError(f"cannot reach the admin API at {self.base_url}: {exc!r}; is `spendwatch run` "
                              "running, and are admin.host/admin.port (or --url) right?") from None

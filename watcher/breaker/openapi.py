@@ -15,7 +15,8 @@ def _action(summary: str, body: str = "Reason") -> dict[str, Any]:
                 "schema": {"$ref": f"#/components/schemas/{body}"}}}},
             "responses": {"200": {"description": "done (changed=false: nothing to do)", "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/ActionResult"}}}},
-                "400": _ERR, "401": _ERR, "409": _ERR}}
+                "400": _ERR, "401": _ERR, "409": _ERR,
+                "503": {**_ERR, "description": "applied in the daemon but not recorded by Kafka yet (repeat it)"}}}
 
 
 def openapi_document() -> dict[str, Any]:

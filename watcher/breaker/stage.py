@@ -12,17 +12,21 @@ The metrics follow ownership: restore hands the restored breakers to `BreakerMet
 gauges and per-agent series, no transition counted), drop hands the partition's agents to `forgotten`.
 
 People act through `act()` (the admin API calls it): the change is applied, published and awaited
-before the answer, so a crash right after an acknowledged hold cannot lose it.
+before the answer, so a crash right after an acknowledged hold cannot lose it. When Kafka does not take it
+within RECORD_TIMEOUT_SECONDS the answer says so (NotRecordedError: applied here, not yet recorded); the
+record is kept and published with the next batch, or by the next command, whichever comes first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from typing import Any, Callable, Protocol
 
 import msgspec
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from watcher.breaker.config import BreakerConfig
@@ -34,10 +38,15 @@ from watcher.errors import SpendwatchError
 
 log = logging.getLogger("watcher.breaker")
 ACTIONS = ("hold", "release", "approve", "caps")
+RECORD_TIMEOUT_SECONDS = 5.0   # a person's change not on the broker by then: answered as not recorded
 
 
 class NotOwnedError(SpendwatchError):
     """The agent's partition is not owned by this replica (ask the replica that owns it)."""
+
+
+class NotRecordedError(SpendwatchError):
+    """A person's change is applied in this process but Kafka has not recorded it (yet)."""
 
 
 class DetectorControl(Protocol):
@@ -78,9 +87,13 @@ class BreakerStage:
         self.producer = None
         self.locate: Callable[[str], int | None] | None = None
         self.effects = 0
+        self.unrecorded: list[tuple[str, bytes, bytes]] = []   # people's changes Kafka has not taken yet
 
     # -- the stage protocol --------------------------------------------------------------------
     def on_batch(self, ctx) -> None:
+        if self.unrecorded:  # people's changes Kafka refused: the daemon's publish retries them
+            ctx.publish.extend(self.unrecorded)
+            self.unrecorded = []
         p = ctx.partition
         br = self.parts.get(p)
         if br is None:
@@ -288,14 +301,27 @@ class BreakerStage:
                 self.control.approve(p, agent)
         else:
             e = br.set_caps(agent, caps, now, by, cmd)
-        publish: list = []
         if e is not None:
             self.where[agent] = p
-            self._emit(p, e, publish)
-            for topic, key, value in publish:
-                await self.producer.send_and_wait(topic, value, key=key)
+            self._emit(p, e, self.unrecorded)
+        await self._record(f"{action} of {agent}" + ("" if e is not None else " (unchanged; an earlier change)"))
         return {"agent": agent, "action": action, "changed": e is not None, "effect": e.id if e else None,
                 "partition": p, "breaker": self.view(agent)}
+
+    async def _record(self, what: str) -> None:
+        """Publish people's changes not yet on the broker, oldest first; NotRecordedError if Kafka does not
+        take them in time (they stay queued: the next batch or command publishes them)."""
+        pending, self.unrecorded = self.unrecorded, []
+        for i, (topic, key, value) in enumerate(pending):
+            try:
+                await asyncio.wait_for(self.producer.send_and_wait(topic, value, key=key), RECORD_TIMEOUT_SECONDS)
+            except (KafkaError, asyncio.TimeoutError) as exc:
+                self.unrecorded[:0] = pending[i:]
+                raise NotRecordedError(
+                    f"{what}: applied in this daemon (its webhook is queued) but Kafka has not recorded it on "
+                    f"{topic} ({exc!r}); until it is recorded the facilitator tap does not see it and a restart "
+                    "loses it. It is published with the next batch once Kafka answers; repeat the command to "
+                    "confirm") from None
 
     # -- views ---------------------------------------------------------------------------------
     def view(self, agent: str) -> dict[str, Any]:
