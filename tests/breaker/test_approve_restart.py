@@ -1,4 +1,5 @@
 """A person's approval of an escalation survives a restart: the escalation's timeout does not freeze.
+(And an escalation whose timeout the policy only warns about leaves the breaker, at the end.)
 
 The detector's pending escalation lives in its checkpoint; a person's approval is on the breaker log at
 once. A crash after the approval and before the next checkpoint restores a detector that still waits for
@@ -128,3 +129,19 @@ async def test_a_freeze_decided_again_after_a_release_leaves_the_agent_judged():
     assert brk2.parts[0].state(AGENT) == "half_open"
     [again] = _batch(h2, brk2, log, [h2.settle(T0 + 2000, 500_000)])       # over the cap in probation
     assert again.kind == "freeze" and brk2.parts[0].state(AGENT) == "open"
+
+
+async def test_an_escalation_whose_timeout_only_warns_expires_and_the_next_one_is_asked():
+    """`escalation_timeout = "warn"` in the policy: an unanswered escalation warns instead of freezing. It
+    must leave the breaker (expired, on the log), or it stays waiting for ever and swallows every later
+    escalation of the agent (no escalate webhook, no PagerDuty)."""
+    policy = POLICY + '[defaults.actions]\nescalation_timeout = "warn"\n'
+    h, log = Harness(policy), Log()
+    brk = _stage(h, log, None)
+    [first] = _batch(h, brk, log, [h.settle(T0, 2 * U)])
+    [timeout] = _batch(h, brk, log, [h.settle(T0 + 61_000, 1)])
+    assert (first.kind, timeout.kind, timeout.rule) == ("escalate", "warn", "escalation_timeout")
+    assert brk.parts[0].get(AGENT).escalation is None and log.f.latest[AGENT][1].escalation is None
+    [second] = _batch(h, brk, log, [h.settle(T0 + 62_000, 2 * U)])
+    assert second.kind == "escalate" and brk.parts[0].get(AGENT).escalation == second.id
+    assert log.f.latest[AGENT][1].escalation == second.id                  # escalated: webhook and log

@@ -33,7 +33,8 @@ class BreakerMetrics:
                                       ["status"], registry=r)
 
     def changed(self, kind: str, breaker) -> None:
-        """A breaker changed (`kind`: opened, held, half_open, closed, escalated, approved, caps)."""
+        """A breaker changed (`kind`: opened, held, half_open, closed, escalated, approved, expired,
+        caps)."""
         self.transitions.labels(kind).inc()
         if self.fleet is not None:
             self.fleet.breaker_state(breaker.agent, breaker.state)

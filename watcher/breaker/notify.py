@@ -46,7 +46,7 @@ def pagerduty_events(e: Effect, routing_key: str) -> list[dict[str, Any]]:
                     "payload": {"summary": f"spendwatch asks a person about agent {e.agent}: {e.reason}"[:1024],
                                 "source": "spendwatch", "severity": "warning", "component": e.agent,
                                 "group": "breaker", "class": "escalation", "custom_details": e.evidence}})
-    elif e.kind == "approved":
+    elif e.kind in ("approved", "expired"):
         out.append({**base, "event_action": "resolve",
                     "dedup_key": f"spendwatch/{e.agent}/escalation/{e.evidence.get('escalation')}"})
     elif e.kind in ("half_open", "closed") and e.previous in ("open", "held"):
@@ -56,7 +56,8 @@ def pagerduty_events(e: Effect, routing_key: str) -> list[dict[str, Any]]:
 
 def slack_message(e: Effect) -> dict[str, Any] | None:
     icons = {"opened": ":rotating_light:", "held": ":octagonal_sign:", "escalated": ":raising_hand:",
-             "half_open": ":large_yellow_circle:", "closed": ":white_check_mark:", "approved": ":ok:"}
+             "half_open": ":large_yellow_circle:", "closed": ":white_check_mark:", "approved": ":ok:",
+             "expired": ":hourglass:"}
     if e.kind not in icons:
         return None
     text = (f"{icons[e.kind]} spendwatch: agent `{e.agent}` breaker {e.previous} -> {e.state} ({e.kind}, by {e.by})"

@@ -1,6 +1,7 @@
 """BreakerStage: decisions in, breaker changes out (to the log, the webhook sender and notifications).
 
-Runs after the detection stage, reading `ctx.decisions` (freeze -> open, escalate -> escalation) and
+Runs after the detection stage, reading `ctx.decisions` (freeze -> open, escalate -> escalation, an
+escalation_timeout the policy does not freeze on -> the escalation expires) and
 ticking the clock (cool-down -> half-open, probation -> closed). Each change is appended to
 `ctx.publish` as a `change` record of `watcher.breaker` (durable before the batch's input offsets are
 committed) and, when the wallet service must hear of it, queued for the webhook sender at once.
@@ -102,7 +103,7 @@ class BreakerStage:
         if p in self.reconcile:
             self._reconcile(p)
         for d in ctx.decisions:
-            if d.kind in ("freeze", "escalate"):
+            if d.kind in ("freeze", "escalate") or d.rule == "escalation_timeout":
                 self.where[d.agent] = p
                 effects = br.on_decision(d)
                 for e in effects:

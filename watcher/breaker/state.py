@@ -7,7 +7,8 @@
     any ──hold──► held (frozen by a person: only a release lets it go) ──release──► half_open
 
 Escalations do not change the state: one question at a time is recorded on the breaker until a person
-approves it or the detector's deadline turns it into a freeze. An approved escalation is remembered
+approves it or the detector's deadline turns it into a freeze (or, where the policy's action for
+escalation_timeout is not freeze, lets it expire: kind "expired"). An approved escalation is remembered
 (`answered`), so the detector's timeout of it is refused even when the detector, restored from a
 checkpoint older than the approval, still waits for an answer. Every change is an `Effect`, whose `id`
 is stable (derived from the decision or command that caused it), so replaying the same decisions gives
@@ -62,7 +63,7 @@ class Effect(msgspec.Struct, frozen=True):
 
     id: str
     agent: str
-    kind: str                       # opened | held | half_open | closed | escalated | approved | caps
+    kind: str                       # opened | held | half_open | closed | escalated | approved | expired | caps
     webhook: str | None             # freeze | unfreeze | escalate | None
     previous: str
     state: str
@@ -136,7 +137,7 @@ class Breakers:
         prev = b.state
         if to != prev:
             b.state, b.since_ms = to, at_ms
-        b.cause = cause if kind not in ("escalated", "approved", "caps") else b.cause
+        b.cause = cause if kind not in ("escalated", "approved", "expired", "caps") else b.cause
         self.seq += 1
         b.seq = self.seq
         if b.state == CLOSED and b.escalation is None and b.caps is None:
@@ -158,13 +159,19 @@ class Breakers:
 
     def on_decision(self, d: Any) -> list[Effect]:
         """Apply one Decision (kind observe|warn|escalate|freeze). Repeats of an applied id do nothing."""
-        if d.kind not in ("freeze", "escalate") or d.id in self.applied:
+        timeout = getattr(d, "rule", None) == "escalation_timeout"
+        if (d.kind not in ("freeze", "escalate") and not timeout) or d.id in self.applied:
             return []
         self._remember(d.id)
         if self.answers_timeout(d):  # approved: the detector's deadline is void
             return []
         b = self.get(d.agent)
         at = d.at_ms
+        if timeout and d.kind != "freeze":  # the policy does not freeze on it: the question has expired
+            if b.escalation is None or b.escalation not in (getattr(d, "event_ids", None) or ()):
+                return []
+            esc, b.escalation, b.escalation_ms = b.escalation, None, 0
+            return [self._change(b, "expired", None, b.state, at, "detector", d.id, d.reason, {"escalation": esc})]
         if d.kind == "freeze":
             if b.state in FROZEN:
                 return []
