@@ -121,3 +121,22 @@ async def test_admin_view_polls_open_and_held_agents():
     stale = AdminBreakerView("http://127.0.0.1:1", "tok")
     assert stale.is_blocked(PAYER) is None
     await stale._client.aclose()
+
+
+async def test_admin_view_with_a_full_page_counts_unlisted_agents_as_unknown():
+    """More open agents than the admin API lists in one answer: an agent not listed may be open too, so
+    it is unknown (the fail mode decides), not closed (let through)."""
+    listed = ["0x" + f"{i:040x}" for i in range(1, 1001)]           # the API answers at most 1000
+
+    async def agents(request):
+        rows = [{"agent": a, "breaker": {"state": "open"}} for a in listed] if request.query["state"] == "open" else []
+        return web.json_response({"agents": rows})
+
+    app = web.Application()
+    app.router.add_get("/v1/agents", agents)
+    async with serving(app) as url:
+        async with AdminBreakerView(url, "tok", refresh_seconds=0.1) as view:
+            await asyncio.wait_for(view.ready.wait(), 10)
+            assert view.state(listed[0]) == "open" and view.state(OTHER) is None
+            gate = Gate(view, fail_mode="closed", metrics=TapMetrics(CollectorRegistry()))
+            assert gate.check(OTHER).state == "unknown" and gate.check(listed[-1]).state == "open"

@@ -13,6 +13,8 @@ Implementations:
                        not an error, so reads alone cannot tell a quiet topic from a lost broker.
     AdminBreakerView   polls the admin API (GET /v1/agents?state=open|held, bearer token) every
                        `refresh_seconds`; current while the last poll is younger than `stale_after_seconds`.
+                       The API answers at most PAGE agents per state: when a poll fills a page, the
+                       agents it did not list are unknown (not closed), so the fail mode decides.
     StaticBreakerView  a fixed set (tests, or a hand-kept deny list).
 
 `Gate` turns a view into a decision: a frozen payer (open or held) is refused with a clear reason; an
@@ -40,6 +42,7 @@ log = logging.getLogger("watcher.tap.breakers")
 FROZEN = frozenset({"open", "held"})
 FailMode = Literal["open", "closed"]
 STOP_TIMEOUT_SECONDS = 5.0
+PAGE = 1000   # the admin API's largest `limit`
 
 
 async def _stop_consumer(c: AIOKafkaConsumer, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
@@ -291,7 +294,12 @@ class AdminBreakerView(_Following):
         self._client = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=timeout_seconds)
         self._last_ok = 0.0
         self.polls = self.failures = 0
+        self.truncated = False     # the last poll filled a page: agents it did not list are unknown
         self.ready = asyncio.Event()
+
+    def state(self, wallet: str) -> str | None:
+        s = super().state(wallet)
+        return None if s == "closed" and self.truncated else s
 
     def fresh(self) -> bool:
         self.current = self._last_ok > 0 and time.monotonic() - self._last_ok < self.stale_after
@@ -304,12 +312,20 @@ class AdminBreakerView(_Following):
 
     async def poll(self) -> None:
         states: dict[str, str] = {}
+        full = []
         for st in ("open", "held"):
-            r = await self._client.get(f"{self.url}/v1/agents", params={"state": st, "limit": "1000"})
+            r = await self._client.get(f"{self.url}/v1/agents", params={"state": st, "limit": str(PAGE)})
             r.raise_for_status()
-            for row in r.json().get("agents", []):
+            rows = r.json().get("agents", [])
+            if len(rows) >= PAGE:
+                full.append(st)
+            for row in rows:
                 states[_checksum(row["agent"])] = row.get("breaker", {}).get("state", st)
-        self.states = states
+        if full and not self.truncated:
+            log.error("breaker view: the admin API lists at most %d agents per state and %s filled it: agents it "
+                      "did not list count as unknown (--fail decides for them); read the watcher.breaker topic "
+                      "instead (no --admin-url)", PAGE, " and ".join(full))
+        self.states, self.truncated = states, bool(full)
         self._last_ok = time.monotonic()
         self.polls += 1
         self.ready.set()

@@ -62,7 +62,8 @@ def register(subparsers) -> None:
                    help="the watcher's breaker topic, read from the beginning (default watcher.breaker)")
     p.add_argument("--admin-url", metavar="URL",
                    help="read breaker state from the watcher's admin API instead of the topic (token in "
-                        "$SPENDWATCH_ADMIN_TOKEN)")
+                        "$SPENDWATCH_ADMIN_TOKEN; one daemon, at most 1000 open and 1000 held agents: past that, "
+                        "agents it does not list count as unknown)")
     p.add_argument("--refresh-seconds", type=float, default=2.0,
                    help="admin API poll interval (default 2)")
     p.add_argument("--stale-seconds", type=float, default=30.0,
