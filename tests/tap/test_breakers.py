@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from aiohttp import web
@@ -100,6 +101,16 @@ async def test_topic_view_is_unknown_until_caught_up():
     assert view.is_blocked(PAYER) is None
 
 
+@contextlib.asynccontextmanager
+async def admin_view(agents):
+    """An AdminBreakerView of a stub admin API whose GET /v1/agents is `agents`, after its first poll."""
+    app = web.Application()
+    app.router.add_get("/v1/agents", agents)
+    async with serving(app) as url, AdminBreakerView(url, "tok", refresh_seconds=0.1) as view:
+        await asyncio.wait_for(view.ready.wait(), 10)
+        yield view
+
+
 async def test_admin_view_polls_open_and_held_agents():
     seen = []
 
@@ -110,14 +121,10 @@ async def test_admin_view_polls_open_and_held_agents():
                 "held": [{"agent": OTHER, "breaker": {"state": "held"}}]}[st]
         return web.json_response({"agents": rows})
 
-    app = web.Application()
-    app.router.add_get("/v1/agents", agents)
-    async with serving(app) as url:
-        async with AdminBreakerView(url, "tok", refresh_seconds=0.1) as view:
-            await asyncio.wait_for(view.ready.wait(), 10)
-            assert view.state(PAYER) == "open" and view.state(OTHER) == "held"
-            assert view.is_blocked("0x" + "11" * 20) is False
-        assert seen[0] == "Bearer tok"
+    async with admin_view(agents) as view:
+        assert view.state(PAYER) == "open" and view.state(OTHER) == "held"
+        assert view.is_blocked("0x" + "11" * 20) is False
+    assert seen[0] == "Bearer tok"
     stale = AdminBreakerView("http://127.0.0.1:1", "tok")
     assert stale.is_blocked(PAYER) is None
     await stale._client.aclose()
@@ -132,11 +139,7 @@ async def test_admin_view_with_a_full_page_counts_unlisted_agents_as_unknown():
         rows = [{"agent": a, "breaker": {"state": "open"}} for a in listed] if request.query["state"] == "open" else []
         return web.json_response({"agents": rows})
 
-    app = web.Application()
-    app.router.add_get("/v1/agents", agents)
-    async with serving(app) as url:
-        async with AdminBreakerView(url, "tok", refresh_seconds=0.1) as view:
-            await asyncio.wait_for(view.ready.wait(), 10)
-            assert view.state(listed[0]) == "open" and view.state(OTHER) is None
-            gate = Gate(view, fail_mode="closed", metrics=TapMetrics(CollectorRegistry()))
-            assert gate.check(OTHER).state == "unknown" and gate.check(listed[-1]).state == "open"
+    async with admin_view(agents) as view:
+        assert view.state(listed[0]) == "open" and view.state(OTHER) is None
+        gate = Gate(view, fail_mode="closed", metrics=TapMetrics(CollectorRegistry()))
+        assert gate.check(OTHER).state == "unknown" and gate.check(listed[-1]).state == "open"
