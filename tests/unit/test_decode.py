@@ -149,6 +149,25 @@ def test_times_convert_to_the_exact_millisecond():
     assert [dt for dt in sample if _epoch_ms(dt, "t") != (dt - epoch) // timedelta(milliseconds=1)] == []
 
 
+def test_a_permit2_payment_counts_what_permit2_pays():
+    """The x402 SDK pays from `permit2Authorization` whenever a payload has one. The decoder read only the
+    EIP-3009 `authorization`: a frozen-cap agent paying 5 USDC by Permit2 with a decoy authorization of 1 base
+    unit was counted at 1, and stayed under its caps."""
+    rec = _settle(amount=5_000_000)
+    decoy = dict(rec["paymentPayload"]["payload"]["authorization"], value="1", **{"from": "0x" + "99" * 20})
+    rec["paymentPayload"]["payload"] = {"authorization": decoy, "permit2Authorization": {
+        "from": PAYER, "permitted": {"token": rec["paymentRequirements"]["asset"], "amount": "5000000"},
+        "spender": "0x" + "44" * 20, "nonce": "12345", "deadline": "9999999999",
+        "witness": {"to": PAY_TO, "validAfter": "0"}}}
+    rec["settleResponse"].pop("amount", None)
+    rec["settleResponse"]["payer"] = None
+    obs = dec().decode(encode(rec))
+    assert (obs.amount, obs.agent, obs.nonce) == (5_000_000, PAYER, None)
+    rec["paymentPayload"]["payload"]["permit2Authorization"]["permitted"]["amount"] = "x"
+    with pytest.raises(EventError, match="permit2Authorization.permitted.amount"):
+        dec().decode(encode(rec))
+
+
 def test_failed_settle_is_a_signal_not_spend():
     obs = dec().decode(encode(_settle(success=False, error_reason="insufficient_funds")))
     assert obs.status == "failed" and not obs.is_spend and obs.reason == "insufficient_funds"

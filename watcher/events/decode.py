@@ -31,8 +31,8 @@ from watcher.errors import EventError
 from watcher.events.addresses import AddressBook, tx_hash
 from watcher.events.networks import Networks
 from watcher.events.observation import Kind, Observation
-from watcher.events.wire import (ChainProgress, ChainTransfer, SettleRecord, VerifyRecord, chain_progress_id,
-                                 decode_wire)
+from watcher.events.wire import (Authorization, ChainProgress, ChainTransfer, SettleRecord, VerifyRecord,
+                                 chain_progress_id, decode_wire)
 from watcher.money import MAX_UINT256
 
 REASONS = ("too_large", "bad_json", "bad_schema", "bad_version", "bad_address", "bad_hash",
@@ -76,6 +76,16 @@ def _epoch_ms(dt: datetime, field: str) -> int:
 def _index(value: int, field: str) -> None:
     if not 0 <= value < MAX_INDEX:
         raise EventError("bad_schema", f"{field}={str(value)[:40]} must be non-negative and below 2^63")
+
+
+def _signed(auth, required: int) -> int:
+    """The amount an authorization signs for (EIP-3009 `value`, Permit2 `permitted.amount`), else the
+    requirements'."""
+    if auth is None:
+        return required
+    if auth.__class__ is Authorization:
+        return _amount(auth.value, "authorization.value")
+    return _amount(auth.permitted.amount, "permit2Authorization.permitted.amount")
 
 
 class Decoder:
@@ -155,7 +165,7 @@ class Decoder:
         required = _amount(required_text, "paymentRequirements.amount" if version == 2
                            else "paymentRequirements.maxAmountRequired")
         merchant, asset, network, chain_id = self._place(req)
-        auth = pp.payload.authorization
+        auth = pp.payload.permit2Authorization or pp.payload.authorization   # what a facilitator pays from
         dt = rec.observedAt
         ts = int(dt.timestamp() // 1) * 1000 + dt.microsecond // 1000 if dt.tzinfo is not None else -1  # inline
         if not MIN_TIME_MS <= ts < MAX_TIME_MS:
@@ -166,9 +176,9 @@ class Decoder:
         if payer_text is None:
             raise EventError("missing_field", "the response's payer and authorization.from are both missing")
         agent = self._addr.get(payer_text) or self.addresses.checksum(payer_text, "payer")
-        nonce = auth.nonce if auth else None
+        nonce = getattr(auth, "nonce", None)   # EIP-3009's (AuthorizationUsed); Permit2 has its own scheme
         if not settle:
-            amount = _amount(auth.value, "authorization.value") if auth is not None else required
+            amount = _signed(auth, required)
             return Observation(Kind.VERIFY, rec.id, rec.id, ts, agent, merchant, amount, chain_id, network, asset,
                                "valid" if resp.isValid else "invalid", None, resource, resp.invalidReason,
                                rec.facilitator, None, None, None, nonce, required)
@@ -177,10 +187,10 @@ class Decoder:
             if resp.amount is not None:
                 amount = _amount(resp.amount, "settleResponse.amount")
             else:
-                amount = _amount(auth.value, "authorization.value") if auth is not None else required
+                amount = _signed(auth, required)
         else:
             tx = tx_hash(resp.transaction, "settleResponse.transaction") if resp.transaction else None
-            amount = _amount(auth.value, "authorization.value") if auth is not None else required
+            amount = _signed(auth, required)
         return Observation(Kind.SETTLE, rec.id, rec.id, ts, agent, merchant, amount, chain_id, network, asset,
                            "settled" if resp.success else "failed", tx, resource, resp.errorReason,
                            rec.facilitator, None, None, None, nonce, required)

@@ -56,10 +56,24 @@ class Authorization(Struct, frozen=True, gc=False, rename={"from_": "from"}):
     nonce: Hex | None = None
 
 
+class Permitted(Struct, frozen=True, gc=False):
+    token: Hex
+    amount: Str200
+
+
+class Permit2Authorization(Struct, frozen=True, gc=False, rename={"from_": "from"}):
+    """Permit2 PermitWitnessTransferFrom of the "exact" EVM scheme (only what is counted is read)."""
+
+    from_: Hex
+    permitted: Permitted
+
+
 class SchemePayload(Struct, frozen=True, gc=False):
-    """The scheme's payload; only the EIP-3009 authorization is read (the signature is not kept)."""
+    """The scheme's payload: its EIP-3009 authorization, or its Permit2 one, which a facilitator pays from
+    whenever there is one (as the x402 SDK does); the signature is not kept."""
 
     authorization: Authorization | None = None
+    permit2Authorization: Permit2Authorization | None = None
 
 
 class ResourceInfo(Struct, frozen=True, gc=False):
