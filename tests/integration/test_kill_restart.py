@@ -27,10 +27,12 @@ async def test_sigkill_mid_stream_then_restart_is_exact(kafka_bootstrap, unique,
         proc = start(cfg, log)
         try:
             for i in (1, 2):
+                # the next round goes out first: a commit past `base` then always comes (a wait before it
+                # timed out whenever the killed daemon had committed its whole round before the kill)
                 base = await committed(s)
-                await wait_for(lambda: _gt(committed(s), base), 60, "a commit", interval_s=0.1)
                 pub = asyncio.create_task(publish_records(s.kafka, rounds[i]))
-                await asyncio.sleep(0.4)
+                await wait_for(lambda: _gt(committed(s), base), 60, "a commit", interval_s=0.1)
+                await asyncio.sleep(0.2)
                 proc.kill()  # mid-stream: no checkpoint, no commit on the way out
                 proc.wait(timeout=30)
                 await pub
