@@ -27,11 +27,12 @@ from typing import AsyncContextManager, Awaitable, Callable
 
 import msgspec
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from watcher.batch import BatchContext, Counters, Stage
 from watcher.config import Settings
-from watcher.errors import CheckpointError, EventError, SpendwatchError
+from watcher.errors import BrokerError, CheckpointError, EventError, SpendwatchError
 from watcher.events.decode import Decoder
 from watcher.events.observation import Observation
 from watcher.pipeline.categories import CategoryMap
@@ -158,8 +159,12 @@ class Daemon:
                 for factory in self.services:
                     await services.enter_async_context(factory(self))
                 await self._consume()
+        except KafkaError as exc:
+            raise BrokerError(f"lost Kafka at {self.k.bootstrap!r} ({exc}): stopped. Nothing is lost: offsets are "
+                              "committed only after the state is checkpointed, so a restart resumes from the last "
+                              "checkpoint once Kafka is back (run it under a supervisor that restarts it)") from exc
         finally:
-            await self.producer.stop()
+            await kafka_io.stop_client(self.producer, "producer")
             self._log_summary("stopped")
         if self.fatal is not None:
             raise self.fatal
@@ -176,7 +181,7 @@ class Daemon:
                 await self._checkpoint_all()
                 await self._commit()
         finally:
-            await self.consumer.stop()
+            await kafka_io.stop_client(self.consumer, "consumer")
             log.info("consumer closed (left group %s)", self.k.group)
 
     async def _loop(self) -> None:

@@ -32,6 +32,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from watcher.breaker.state import APPLIED_MAX, Breaker, Effect, answered_key
 from watcher.breaker.webhook import Delivery
+from watcher.sources.kafka import stop_client
 
 log = logging.getLogger("watcher.breaker.outbox")
 
@@ -232,5 +233,5 @@ class BreakerLog:
             await asyncio.gather(self.task, return_exceptions=True)
             self.task = None
         if self.consumer is not None:
-            await self.consumer.stop()
+            await stop_client(self.consumer, "breaker outbox consumer")
             self.consumer = None
