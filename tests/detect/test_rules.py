@@ -270,3 +270,28 @@ def test_a_payee_reported_by_a_settle_that_follows_its_transfer_is_learnt(harnes
                                            tx=tx))])
         rules.append([d.rule for d in ds])
     assert rules == [["unknown_payee"], [], []]
+
+
+def test_a_payee_a_facilitator_verified_a_payment_to_is_known_before_its_transfer(harness):
+    """A brand-new merchant: the facilitator verifies the payment, the chain bridge publishes its transfer
+    before the facilitator's settle record arrives. The payee was learnt from settles only, so that first
+    transfer warned `unknown_payee` about a merchant the facilitator had named seconds earlier. Stream order
+    decides, so where batches are cut does not: a verification after the transfer still leaves it unknown."""
+    from watcher.simulate.records import encode, fake_hash, settle_record, transfer_record, verify_record
+
+    def payment(h, k, payee, verified_first):
+        t, tx = T0 + k * 7_200_000, fake_hash("verified", k)
+        verify = encode(verify_record(event_id=f"v{k}", ts_ms=t - 2000, payer=AGENT, pay_to=payee, amount=U))
+        transfer = encode(transfer_record(ts_ms=t, payer=AGENT, to=payee, amount=U, tx=tx, status="confirmed",
+                                          authorizer=AGENT))
+        settle = encode(settle_record(event_id=f"s{k}", ts_ms=t + 1000, payer=AGENT, pay_to=payee, amount=U, tx=tx))
+        return [verify, transfer, settle] if verified_first else [transfer, verify, settle]
+
+    for cut in (False, True):                          # one batch, or one record per batch
+        h = harness("[defaults.anomaly]\nenabled = false\n")
+        for k, (payee, first) in enumerate((("0x" + "58" * 20, True), ("0x" + "59" * 20, False))):
+            recs = payment(h, k, payee, first)
+            ds = [d for r in recs for d in h.feed([r])] if cut else h.feed(recs)
+            assert [d.rule for d in ds] == ([] if first else ["unknown_payee"]), (cut, payee)
+        assert h.feed([encode(transfer_record(ts_ms=T0 + 30_000_000, payer=AGENT, to="0x" + "59" * 20, amount=U,
+                                              tx=fake_hash("later"), status="confirmed"))]) == []   # learnt now

@@ -41,6 +41,25 @@ FAIL_SLOTS = 64
 KNOWN_MERCHANTS_MAX = 200_000
 
 
+def reports_payee(o: Observation) -> bool:
+    """A facilitator names `o.merchant` as a payee the agent meant to pay: a settle, or a verification it
+    accepted (which comes before the payment's transfer is even sent)."""
+    return (o.kind == Kind.SETTLE and o.status == "settled") or (o.kind == Kind.VERIFY and o.status == "valid")
+
+
+def reported_before(reports: dict, batch: list[Observation], merchant: str, event_id: str) -> bool:
+    """Whether a facilitator reported `merchant` earlier in this batch than record `event_id`: in stream
+    order, so the answer does not depend on where batches are cut. `reports` caches the batch's index."""
+    if not reports:
+        first, at = reports["first"], reports["at"] = {}, {}
+        for k, o in enumerate(batch):
+            at.setdefault(o.event_id, k)
+            if reports_payee(o):
+                first.setdefault(o.merchant, k)
+    k = reports["first"].get(merchant)
+    return k is not None and k < reports["at"].get(event_id, len(batch))
+
+
 class Candidates:
     def _payments(self, deltas, shard, batch, cands: list[Candidate]) -> None:
         n = len(deltas)
@@ -141,6 +160,7 @@ class Candidates:
         t = self.table
         lookup = self.ratecard.lookup
         known, card_known = self.known_merchants, self.ratecard.known
+        reports: dict = {}   # filled on first need (a transfer to an unknown payee is rare)
         merchants: list[str] = []
         ceil, escp, lists = t.ceiling, t.esc_payment, t.has_lists
         for i in ni.tolist():
@@ -168,7 +188,7 @@ class Candidates:
             if d.kind == Kind.SETTLE:
                 if m not in known and len(known) < KNOWN_MERCHANTS_MAX:
                     known[m] = None
-            elif m not in known and not card_known(m):
+            elif m not in known and not card_known(m) and not reported_before(reports, batch, m, d.event_id):
                 cands.append(Candidate(i, d.ts_ms, r, "unknown_payee", "policy", a, 0, USDC, "payment",
                                        [d.event_id], f"on-chain transfer of {fmt_usdc(a)} USDC to {m}, an "
                                        "address no facilitator has reported and no rate card lists", m, None,

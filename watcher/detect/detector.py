@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from watcher.detect.baselines import NEVER, Baselines
-from watcher.detect.candidates import FAIL_SLOTS, KNOWN_MERCHANTS_MAX, Candidates
+from watcher.detect.candidates import FAIL_SLOTS, KNOWN_MERCHANTS_MAX, Candidates, reports_payee
 from watcher.detect.decision import Decision
 from watcher.detect.evidence import IdRings
 from watcher.detect.fleet import FleetModel
@@ -36,7 +36,7 @@ from watcher.detect.policyfile import SEVERITY
 from watcher.detect.verdicts import Candidate, Verdicts
 from watcher.detect.ratecard import RateCard
 from watcher.detect.rules import PolicyTable
-from watcher.events.observation import Kind, Observation
+from watcher.events.observation import Observation
 
 SCORE_MODELS = ("fleet.hst", "agent.rate_z", "agent.size_z")
 
@@ -136,11 +136,12 @@ class Detector(Candidates, Verdicts):
         return self._decide(cands)
 
     def learn_payees(self, batch: list[Observation]) -> None:
-        """Every payee a facilitator settled with, after the batch is judged: a settle that follows its own
-        transfer makes no new spend (so `_new_payments` does not see it), yet it reports the payee."""
-        known, settle = self.known_merchants, Kind.SETTLE
+        """Every payee a facilitator reported (settled with, or accepted a payment to), after the batch is
+        judged: a settle that follows its own transfer makes no new spend (so `_new_payments` does not see
+        it), and a verification precedes its payment's transfer, yet both report the payee."""
+        known = self.known_merchants
         for o in batch:
-            if o.kind == settle and o.status == "settled" and o.merchant not in known:
+            if o.merchant not in known and reports_payee(o):
                 if len(known) >= KNOWN_MERCHANTS_MAX:
                     break
                 known[o.merchant] = None
