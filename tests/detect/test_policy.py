@@ -224,6 +224,12 @@ def test_a_limit_over_a_window_the_configuration_lacks_is_refused(tmp_path):
         "24h": "defaults.category_budgets_usdc"}
     escalate = '[defaults.escalation]\nwindow = "5m"\nwindow_above_usdc = 3\n'
     assert Policy.from_text(escalate).windows_needed() == {"5m": "defaults.escalation.window"}
+    # every missing window is named at once (only the first was, so fixing one revealed the next)
+    both = Policy.from_text('[defaults.caps]\nper_hour_usdc = 5\nper_day_usdc = 50\n')
+    with pytest.raises(ConfigError) as err:
+        both.check_windows(["1m"])
+    text = str(err.value)
+    assert "per_hour_usdc needs '1h'" in text and "per_day_usdc needs '24h'" in text and "'1h', '24h'" in text
 
 
 def test_a_rate_card_tolerance_is_bounded():

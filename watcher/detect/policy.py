@@ -165,11 +165,13 @@ class Policy:
         missing = {w: key for w, key in self.windows_needed().items() if w not in window_names}
         if missing:
             w, key = next(iter(missing.items()))
-            raise ConfigError(f"policy {self.source}: {key} needs the rolling window {w!r}, which [[windows]] "
-                              f"of {config_file or 'the configuration'} lacks (it has {', '.join(window_names)})",
+            needs = "; ".join(f"{k} needs {name!r}" for name, k in missing.items())
+            names = ", ".join(repr(name) for name in missing)
+            raise ConfigError(f"policy {self.source}: {needs}, which [[windows]] of {config_file or 'the configuration'}"
+                              f" lacks (it has {', '.join(window_names)})",
                               file=self.source, key=key,
-                              fix=f"add a [[windows]] entry named {w!r} (e.g. the defaults 1m, 5m, 1h, 24h), or "
-                              "remove the limit")
+                              fix=f"add a [[windows]] entry named {names} (e.g. the defaults 1m, 5m, 1h, 24h), or "
+                              "remove the limit" + ("s" if len(missing) > 1 else ""))
 
     @classmethod
     def default(cls) -> "Policy":
