@@ -39,6 +39,7 @@ from watcher.pipeline.categories import CategoryMap
 from watcher.pipeline.shard import Outcome, Shard
 from watcher.sources import kafka as kafka_io
 from watcher.sources.checkpoints import CheckpointStore
+from watcher.sources.clients import stop_client
 from watcher.sources.deadletter import dead_letter_headers, dead_letter_key, dead_letter_value, make_dead_letter
 
 log = logging.getLogger("watcher.daemon")
@@ -164,7 +165,7 @@ class Daemon:
                               "committed only after the state is checkpointed, so a restart resumes from the last "
                               "checkpoint once Kafka is back (run it under a supervisor that restarts it)") from exc
         finally:
-            await kafka_io.stop_client(self.producer, "producer")
+            await stop_client(self.producer, "producer")
             self._log_summary("stopped")
         if self.fatal is not None:
             raise self.fatal
@@ -181,7 +182,7 @@ class Daemon:
                 await self._checkpoint_all()
                 await self._commit()
         finally:
-            await kafka_io.stop_client(self.consumer, "consumer")
+            await stop_client(self.consumer, "consumer")
             log.info("consumer closed (left group %s)", self.k.group)
 
     async def _loop(self) -> None:

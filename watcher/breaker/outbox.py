@@ -32,7 +32,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from watcher.breaker.state import APPLIED_MAX, Breaker, Effect, answered_key
 from watcher.breaker.webhook import Delivery
-from watcher.sources.kafka import stop_client
+from watcher.sources.clients import stop_client
 
 log = logging.getLogger("watcher.breaker.outbox")
 

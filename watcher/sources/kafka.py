@@ -185,22 +185,6 @@ async def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
         await consumer.stop()
 
 
-async def stop_client(client, what: str) -> None:
-    """Stop an aiokafka client on the way out without hiding why we are leaving: with Kafka gone, aiokafka's
-    fetcher re-raises the CancelledError of its own fetch task from stop(), which replaced the real error
-    (and the documented message) with a CancelledError traceback. A cancellation of this task still
-    propagates."""
-    try:
-        await client.stop()
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        log.warning("%s: stopping it was cut short (Kafka unreachable?)", what)
-    except Exception as exc:
-        log.warning("%s: stopping it failed (%r)", what, exc)
-
-
 async def read_whole(bootstrap: str, topic: str, *, timeout_s: float, client_id: str, otherwise: str) -> list:
     """`read_to_end`, or BrokerError when Kafka cannot be reached or the topic was not read to its end (a
     partial read would look whole to whoever reads what is made of it). `otherwise` says what was not done."""

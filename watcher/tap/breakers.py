@@ -35,38 +35,14 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from watcher.sources.clients import stop_client
 from watcher.tap.metrics import TapMetrics
 from watcher.tap.records import _checksum
 
 log = logging.getLogger("watcher.tap.breakers")
 FROZEN = frozenset({"open", "held"})
 FailMode = Literal["open", "closed"]
-STOP_TIMEOUT_SECONDS = 5.0
 PAGE = 1000   # the admin API's largest `limit`
-
-
-async def _stop_consumer(c: AIOKafkaConsumer, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-    """Stop a consumer within `timeout` each for its fetcher and its connections, also with the broker gone.
-
-    aiokafka 0.14's fetcher cancels its in-flight fetches on close and awaits them; one caught in its retry
-    back-off re-raises that CancelledError out of `stop()`, before the client (metadata task, connections)
-    is closed. That CancelledError is absorbed and the client closed here; a cancellation of the caller
-    itself is not absorbed.
-    """
-    try:
-        await asyncio.wait_for(c.stop(), timeout)
-        return
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        log.debug("breaker view: the consumer's fetch was cancelled while stopping (broker unreachable)")
-    except Exception as exc:  # TimeoutError included
-        log.warning("breaker view: stopping the Kafka consumer failed (%r); closing its connections", exc)
-    try:
-        await asyncio.wait_for(c._client.close(), timeout)
-    except Exception as exc:
-        log.warning("breaker view: closing the Kafka client failed (%r)", exc)
 
 
 def _raise_if_cancelled() -> None:
@@ -192,7 +168,7 @@ class TopicBreakerView(_Following):
     async def _close(self) -> None:
         c, self._consumer = self._consumer, None
         if c is not None:
-            await _stop_consumer(c)
+            await stop_client(c, "breaker view consumer")
 
     def apply(self, raw: bytes) -> None:
         try:
@@ -278,7 +254,7 @@ class TopicBreakerView(_Following):
                 _raise_if_cancelled()   # __aexit__ stops the consumer (self._consumer)
                 log.warning("breaker view: reading %s failed (%r); retrying in %.1f s", self.topic, exc, delay)
                 self.caught_up.clear()
-                await _stop_consumer(c)
+                await stop_client(c, "breaker view consumer")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
