@@ -20,6 +20,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from watcher.breaker.config import ENV_ALIASES, FIXES, SECRET_KEYS, AdminSettings, BreakerSettings, WebhookSettings
 from watcher.configfile import env_json_error, read_toml, relative_to_file, validation_error
+from watcher.detect.forget import FORGET_AFTER_MIN_SECONDS, FORGET_AFTER_SECONDS
 from watcher.metrics import MetricsSettings
 from watcher.observe.statements import StatementSettings
 from watcher.pipeline.join import UNSETTLED_HOLD
@@ -102,6 +103,18 @@ class CheckpointSettings(BaseModel):
 class DetectSettings(BaseModel):
     model_config = _FROZEN
     policy_file: str | None = Field(None, description="policy TOML (examples/policy.toml); none = defaults")
+    forget_after_seconds: Annotated[int, Field(ge=0, description=(
+        "an agent idle this long, with nothing running (not frozen, no escalation, approval, cooldown or "
+        "caps set by a person), is forgotten at a checkpoint and starts afresh if it returns; 0 = never"))] = \
+        FORGET_AFTER_SECONDS
+
+    @field_validator("forget_after_seconds")
+    @classmethod
+    def _retention(cls, v: int) -> int:
+        if 0 < v < FORGET_AFTER_MIN_SECONDS:
+            raise ValueError(f"must be 0 (never forget) or at least {FORGET_AFTER_MIN_SECONDS} (one day): an "
+                             "agent idle for less still has the baselines of its recent spend")
+        return v
 
 
 class AgentSettings(BaseModel):

@@ -22,6 +22,7 @@ from watcher.config import Settings
 from watcher.daemon import Daemon
 from watcher.detect.decision import encode_decision
 from watcher.detect.detector import Detector, ScoreSink
+from watcher.detect.forget import FORGET_AFTER_SECONDS
 from watcher.detect.policy import Hangup, Policy, PolicyWatcher
 from watcher.detect.ratecard import RateCard
 from watcher.detect.rules import CAP_WINDOWS, NO_LIMIT
@@ -49,10 +50,12 @@ class DetectStage:
     """Runs one Detector per owned partition and publishes its decisions. `score_sink` receives each
     detector's model scores once per batch (the Assembly passes `Metrics.anomaly_scores`)."""
 
-    def __init__(self, policy: Policy, decisions_topic: str, score_sink: ScoreSink | None = None) -> None:
+    def __init__(self, policy: Policy, decisions_topic: str, score_sink: ScoreSink | None = None,
+                 forget_after_ms: int = FORGET_AFTER_SECONDS * 1000) -> None:
         self.policy = policy
         self.topic = decisions_topic
         self.score_sink = score_sink
+        self.forget_after_ms = forget_after_ms
         self.detectors: dict[int, Detector] = {}
         self.ratecard = RateCard(policy.rate_card)
         self.cap_overrides: dict[str, tuple[dict[str, int], float]] = {}
@@ -126,12 +129,14 @@ class DetectStage:
                 det.table.caps[row, i] = int(det.table.caps[row, i] * factor)
 
     def snapshot(self, partition: int) -> object:
-        return self.detectors[partition].snapshot()
+        """The detector's checkpoint; its idle agents are forgotten first, never one with caps a person set
+        (`cap_overrides`: the caps live in its row)."""
+        return self.detectors[partition].snapshot(keep=self.cap_overrides)
 
     def restore(self, partition: int, data: object | None) -> None:
-        sink = self.score_sink
-        self.detectors[partition] = (Detector.restore(data, self.policy, score_sink=sink) if data
-                                     else Detector(self.policy, score_sink=sink))
+        sink, forget = self.score_sink, self.forget_after_ms
+        self.detectors[partition] = (Detector.restore(data, self.policy, score_sink=sink, forget_after_ms=forget)
+                                     if data else Detector(self.policy, score_sink=sink, forget_after_ms=forget))
 
     def drop(self, partition: int) -> None:
         """The partition went to another replica: so do its agents' caps (its breaker state sets them again
@@ -194,7 +199,8 @@ class Assembly:
         self.reloads: Reloads = self.policy_watcher or NoPolicyFile()
         self.services.append(policy_service(self.reloads))
         self.detect = DetectStage(policy, settings.kafka.decisions_topic, score_sink=(
-            self.metrics.anomaly_scores if settings.metrics.enabled else None))
+            self.metrics.anomaly_scores if settings.metrics.enabled else None),
+            forget_after_ms=settings.detect.forget_after_seconds * 1000)
         self.stages.append(self.detect)
         self.categorize = rate_card_first(self.detect.categorize, settings.categories)
         self.breaker_config = breaker or BreakerConfig.from_settings(settings)

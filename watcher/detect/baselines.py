@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from watcher.detect.evidence import IdRings
+from watcher.detect.rows import keep_rows
 
 TAU_M_S = 1800.0
 TAU_L_S = 6 * 3600.0
@@ -81,6 +82,10 @@ class RowParams:
             new[: len(old)] = old
             setattr(self, f, new)
 
+    def keep_rows(self, live: np.ndarray, size: int) -> None:
+        for f in self.FIELDS:
+            keep_rows(getattr(self, f), live, size)
+
 
 class Scores:
     """Per-payment results, aligned with the input arrays; `newm_ids` maps the index of a warm payment
@@ -128,6 +133,13 @@ class Baselines:
             new[: len(old)] = old
             setattr(self, f, new)
         self.capacity = capacity
+
+    def keep_rows(self, live: np.ndarray, size: int) -> None:
+        """Renumber to the rows `live` (ascending), the others forgotten (see watcher/detect/forget.py)."""
+        keep_rows(self.state, live, size)
+        keep_rows(self.mtab, live, size)
+        keep_rows(self.newm, live, size, NEVER)
+        self.newm_ids.keep_rows(live)
 
     def col(self, name: str) -> np.ndarray:
         return self.state[:, COLS.index(name)]

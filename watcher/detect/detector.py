@@ -11,6 +11,9 @@ event's position in the batch and passed through a small per-agent state machine
   cooldown    the same warning (agent, rule, merchant) is repeated at most once per `warn_cooldown_seconds`
 Decision ids hash (agent, rule, triggering event), so the same events give the same ids.
 
+An agent idle for `forget_after_ms` (and with nothing running: not frozen, no escalation, approval or
+cooldown) is forgotten at the next `snapshot()` (watcher/detect/forget.py); if it comes back, it starts afresh.
+
 Model scores leave through an optional `score_sink(model, scores, high)`, called once per model per batch
 with a numpy array (the daemon passes `Metrics.anomaly_scores`; replay, eval and bench pass nothing):
   fleet.hst     the fleet model's scores (0..1) of the agents it scored; high = those above its quantile
@@ -22,7 +25,7 @@ with a numpy array (the daemon passes `Metrics.anomaly_scores`; replay, eval and
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -31,6 +34,7 @@ from watcher.detect.candidates import FAIL_SLOTS, KNOWN_MERCHANTS_MAX, Candidate
 from watcher.detect.decision import Decision
 from watcher.detect.evidence import IdRings
 from watcher.detect.fleet import FleetModel
+from watcher.detect.forget import FORGET_AFTER_SECONDS, Forgetting
 from watcher.detect.policy import Policy
 from watcher.detect.policyfile import SEVERITY
 from watcher.detect.verdicts import Candidate, Verdicts
@@ -43,11 +47,13 @@ SCORE_MODELS = ("fleet.hst", "agent.rate_z", "agent.size_z")
 ScoreSink = Callable[[str, np.ndarray, int], None]   # (model, scores of one batch, how many flagged)
 
 
-class Detector(Candidates, Verdicts):
+class Detector(Candidates, Verdicts, Forgetting):
     def __init__(self, policy: Policy | None = None, *, fleet_interval_ms: int = 300_000,
-                 fleet_max_per_batch: int = 64, seed: int = 7, score_sink: ScoreSink | None = None) -> None:
+                 fleet_max_per_batch: int = 64, seed: int = 7, score_sink: ScoreSink | None = None,
+                 forget_after_ms: int = FORGET_AFTER_SECONDS * 1000) -> None:
         self.policy = policy or Policy.default()
         self.score_sink = score_sink
+        self.forget_after_ms = forget_after_ms     # idle agents forgotten at a snapshot (0: never)
         self.ratecard = RateCard(self.policy.rate_card)
         self.index: dict[str, int] = {}
         self.agents: list[str] = []
@@ -147,7 +153,10 @@ class Detector(Candidates, Verdicts):
                 known[o.merchant] = None
 
     # -- checkpoint ---------------------------------------------------------------------------
-    def snapshot(self) -> dict:
+    def snapshot(self, keep: Iterable[str] = ()) -> dict:
+        """The state to checkpoint, idle agents forgotten first (never those in `keep`; see
+        watcher/detect/forget.py). Call it between batches only: a batch's outcome refers to rows."""
+        self.forget_idle(keep)
         n = len(self.agents)
         return {
             "v": 1, "agents": list(self.agents), "now_ms": self.now_ms, "policy_version": self.policy.version,
@@ -161,8 +170,9 @@ class Detector(Candidates, Verdicts):
         }
 
     @classmethod
-    def restore(cls, snap: dict, policy: Policy | None = None, *, score_sink: ScoreSink | None = None) -> "Detector":
-        self = cls(policy, score_sink=score_sink)
+    def restore(cls, snap: dict, policy: Policy | None = None, *, score_sink: ScoreSink | None = None,
+                forget_after_ms: int = FORGET_AFTER_SECONDS * 1000) -> "Detector":
+        self = cls(policy, score_sink=score_sink, forget_after_ms=forget_after_ms)
         agents = list(snap["agents"])
         n = len(agents)
         self._grow(n)

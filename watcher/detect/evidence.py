@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from watcher.detect.rows import renumber
+
 
 class IdRings:
     def __init__(self, slots: int) -> None:
@@ -57,6 +59,11 @@ class IdRings:
     def clear(self, rows: Iterable[int]) -> None:
         for r in rows:
             self.rows.pop(int(r), None)
+
+    def keep_rows(self, live) -> None:
+        """Renumber to the rows `live` (ascending; see watcher/detect/rows.py), the others forgotten."""
+        new = renumber(live)
+        self.rows = {new[r]: ring for r, ring in self.rows.items() if r in new}
 
     # -- checkpoint ---------------------------------------------------------------------------
     def snapshot(self, size: int) -> list:

@@ -15,6 +15,8 @@ import pickle
 import numpy as np
 from river import anomaly, stats
 
+from watcher.detect.rows import keep_rows
+
 FEATURES = ("z_rate", "z_gap", "log_ratio", "gap_spread", "novelty")
 MIN_SCORED = 1000
 
@@ -36,6 +38,10 @@ class FleetModel:
             new = np.zeros(capacity, np.int64)
             new[: len(self.next_due)] = self.next_due
             self.next_due = new
+
+    def keep_rows(self, live: np.ndarray, size: int) -> None:
+        """Renumber to the rows `live` (ascending; see watcher/detect/rows.py), the others forgotten."""
+        keep_rows(self.next_due, live, size)
 
     def due(self, rows: np.ndarray, now_ms: int) -> np.ndarray:
         """The rows (unique, from this batch) whose turn it is, at most max_per_batch of them."""

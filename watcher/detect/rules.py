@@ -15,6 +15,7 @@ import numpy as np
 from watcher.detect.baselines import RowParams
 from watcher.detect.policy import Policy, usdc_units
 from watcher.detect.policyfile import Limits
+from watcher.detect.rows import keep_rows
 
 NO_LIMIT = np.iinfo(np.int64).max
 CAP_WINDOWS = (("cap_1m", "1m", "per_minute_usdc"), ("cap_1h", "1h", "per_hour_usdc"),
@@ -67,6 +68,8 @@ def in_window(ts_ms: np.ndarray, now_ms: int, granularity_ms: int, buckets: int)
 class PolicyTable:
     """Per-row numeric limits (base units; NO_LIMIT when off) and the resolved `Limits` of each row."""
 
+    ARRAYS = ("caps", "ceiling", "esc_payment", "esc_window", "has_lists", "has_budgets", "fail_n", "fail_window_ms")
+
     def __init__(self) -> None:
         self.capacity = 0
         self.caps = np.zeros((0, len(CAP_WINDOWS)), np.int64)
@@ -85,14 +88,21 @@ class PolicyTable:
         if capacity <= self.capacity:
             return
         capacity = max(capacity, int(self.capacity * 1.5) + 1)
-        for name in ("caps", "ceiling", "esc_payment", "esc_window", "has_lists", "has_budgets", "fail_n",
-                     "fail_window_ms"):
+        for name in self.ARRAYS:
             old = getattr(self, name)
             new = np.zeros((capacity,) + old.shape[1:], old.dtype)
             new[: len(old)] = old
             setattr(self, name, new)
         self.params.grow(capacity)
         self.capacity = capacity
+
+    def keep_rows(self, live: np.ndarray, size: int) -> None:
+        """Renumber to the rows `live` (ascending; see watcher/detect/rows.py), the others forgotten: a
+        row's values move with it (caps a person set included), they are not resolved again."""
+        for name in self.ARRAYS:
+            keep_rows(getattr(self, name), live, size)
+        self.params.keep_rows(live, size)
+        self.limits = [self.limits[r] for r in live.tolist()]
 
     def set_row(self, row: int, lim: Limits) -> None:
         key = id(lim)
