@@ -92,6 +92,8 @@ def test_idle_agents_are_forgotten_and_the_others_decide_as_before():
     assert len(pair.forgets.detector.agents) == 100
     assert pair.forgets.detector.agents == [wallet(i) for i in kept]
     assert len(pair.keeps.detector.agents) == 1000
+    sample = [wallet(kept[j]) for j in (0, 3, 50, 63)]   # the fleet model scores 64 per batch: these are scored
+    _same_rows(pair.forgets.detector, pair.keeps.detector, sample)
     _later(pair, kept, end)
 
     got, expected = pair.forgets.decisions, pair.keeps.decisions
@@ -99,27 +101,31 @@ def test_idle_agents_are_forgotten_and_the_others_decide_as_before():
     rules = {d.rule for d in got[before:]}
     assert {"baseline.payment_size", "failed_verifications", "new_merchant_burst"} <= rules, rules
     a, b = pair.forgets.detector, pair.keeps.detector
-    for agent in (wallet(kept[0]), wallet(kept[3]), wallet(kept[50]), wallet(kept[-1])):
-        ra, rb = a.index[agent], b.index[agent]
-        assert a.base.state[ra].tolist() == b.base.state[rb].tolist()
-        assert a.base.mtab[ra].tolist() == b.base.mtab[rb].tolist()
-        assert a.base.newm[ra].tolist() == b.base.newm[rb].tolist()
-        assert a.fail_ring[ra].tolist() == b.fail_ring[rb].tolist()
-        assert a.fleet.next_due[ra] == b.fleet.next_due[rb]
-        assert a.table.limits[ra] == b.table.limits[rb] and a.table.caps[ra].tolist() == b.table.caps[rb].tolist()
+    _same_rows(a, b, sample)
     assert a.base.state[a.index[wallet(kept[3])], COLS.index("n")] > 30
     assert a.fleet.scored == b.fleet.scored
 
 
+def _same_rows(a: Detector, b: Detector, agents: list[str]) -> None:
+    for agent in agents:
+        ra, rb = a.index[agent], b.index[agent]
+        assert a.base.state[ra].tolist() == b.base.state[rb].tolist()
+        assert a.base.mtab[ra].tolist() == b.base.mtab[rb].tolist()
+        assert a.base.newm[ra].tolist() == b.base.newm[rb].tolist()
+        assert a.fail_ring[ra].tolist() == b.fail_ring[rb].tolist() and a.fail_ptr[ra] == b.fail_ptr[rb]
+        assert a.fleet.next_due[ra] == b.fleet.next_due[rb] > 0
+        assert a.table.limits[ra] == b.table.limits[rb] and a.table.caps[ra].tolist() == b.table.caps[rb].tolist()
+
+
 def _idle_world(policy_text: str) -> tuple[Harness, int]:
-    """Agents 1..20 paid on day 0 (agent 1 above the ceiling: frozen; agent 2 above the escalation threshold:
-    pending; agent 3 approved; agent 4 had 20 refused verifications: a warning); agent 21 pays on day 20."""
+    """Agents 1..20 paid on day 0 (agent 11 above the ceiling: frozen; agent 12 above the escalation threshold:
+    pending; agent 13 approved; agent 14 had 20 refused verifications: a warning); agent 21 pays on day 20."""
     h = Harness(policy_text)
     h.feed([h.settle(T0 + i * 1000, 1_000_000, agent=wallet(i)) for i in range(1, 21)])
-    h.feed([h.settle(T0 + 60_000, 300_000_000, agent=wallet(1)),
-            h.settle(T0 + 61_000, 60_000_000, agent=wallet(2))]
-           + [h.failed_verify(T0 + 62_000 + k, agent=wallet(4)) for k in range(20)])
-    h.detector.approve(wallet(3), T0 + 63_000)
+    h.feed([h.settle(T0 + 60_000, 300_000_000, agent=wallet(11)),
+            h.settle(T0 + 61_000, 60_000_000, agent=wallet(12))]
+           + [h.failed_verify(T0 + 62_000 + k, agent=wallet(14)) for k in range(20)])
+    h.detector.approve(wallet(13), T0 + 63_000)
     now = T0 + 20 * DAY
     h.feed([h.settle(now, 1_000_000, agent=wallet(21))])
     return h, now
@@ -132,30 +138,33 @@ per_payment_max_usdc = 100
 payment_above_usdc = 50
 timeout_seconds = 2592000
 approval_ttl_seconds = 2592000
-[agents."{wallet(4)}"]
+[agents."{wallet(14)}"]
 warn_cooldown_seconds = 2592000
+anomaly = {{ warmup_payments = 5 }}
 """
 
 
 def test_an_agent_with_something_running_is_kept():
     h, _ = _idle_world(POLICY)
     det = h.detector
-    assert det.is_frozen(wallet(1)) and det.index[wallet(2)] in det.pending
+    assert det.is_frozen(wallet(11)) and det.index[wallet(12)] in det.pending
     assert [d.rule for d in h.decisions] == ["payment_ceiling", "escalate_payment", "failed_verifications"]
     stage = DetectStage(h.policy, "watcher.decisions")
     stage.detectors[0] = det
-    stage.set_caps(0, wallet(9), {"1m": 2_000_000})
+    stage.set_caps(0, wallet(19), {"1m": 2_000_000})
 
-    again = Detector.restore(stage.snapshot(0), h.policy)
-    assert again.agents == [wallet(i) for i in (1, 2, 3, 4, 9, 21)]
-    assert again.is_frozen(wallet(1))
-    assert again.pending[again.index[wallet(2)]][2] == "escalate_payment"
-    assert again.approved_until[again.index[wallet(3)]] > T0 + 20 * DAY
-    assert list(again.cooldown) == [(again.index[wallet(4)], "failed_verifications", "")]
-    one_minute = [w for _, w, _ in CAP_WINDOWS].index("1m")    # the caps moved with the row (from 8 to 4)
-    assert det.index[wallet(9)] == 4 and det.table.caps[4, one_minute] == 2_000_000
-    assert det.table.caps[5, one_minute] == det.table.caps[0, one_minute] != 2_000_000
-    assert again.release(wallet(1)) and again.approve(wallet(2))
+    snap = stage.snapshot(0)     # each kept row moves down: 10..13 to 0..3, 18 to 4, 20 to 5
+    assert det.agents == [wallet(i) for i in (11, 12, 13, 14, 19, 21)]
+    one_minute = [w for _, w, _ in CAP_WINDOWS].index("1m")
+    assert det.table.caps[4, one_minute] == 2_000_000 and det.table.caps[5, one_minute] != 2_000_000
+    assert det.table.params.warm_n[3] == 5 and det.table.params.warm_n[2] == det.table.params.warm_n[4] == 30
+    assert det.table.limits[3] is h.policy.limits(wallet(14)) and det.table.limits[3].warn_cooldown_seconds == 2592000
+    for d in (det, Detector.restore(snap, h.policy)):
+        assert d.frozen[:6].tolist() == [True] + [False] * 5
+        assert list(d.pending) == [1] and d.pending[1][2] == "escalate_payment"
+        assert list(d.approved_until) == [2] and d.approved_until[2] > T0 + 20 * DAY
+        assert list(d.cooldown) == [(3, "failed_verifications", "")]
+    assert det.release(wallet(11)) and det.approve(wallet(12))
 
 
 def test_a_forgotten_agent_that_pays_again_starts_afresh():
