@@ -141,3 +141,20 @@ def test_fleet_model_does_not_learn_what_it_flags():
     assert flags[0] and pickle.dumps(m.filter.anomaly_detector) == trees
     _, flags = m.score(rows, np.full((1, 5), 0.5), 10**6 + 1)
     assert not flags[0] and pickle.dumps(m.filter.anomaly_detector) != trees     # a normal point does train
+
+
+def test_the_fleet_model_scores_the_longest_overdue_first():
+    """With more agents due than max_per_batch in every batch, the first rows in row order were taken each
+    time: agents in higher rows were never scored by the fleet model at all."""
+    from watcher.detect.fleet import FleetModel
+
+    m = FleetModel(0.95, interval_ms=1_000, max_per_batch=4)
+    m.grow(12)
+    rows = np.arange(12)
+    scored = set()
+    for t in range(0, 6_000, 500):          # a batch of every agent twice a second; 4 scored per batch
+        due = m.due(rows, t)
+        assert len(due) <= 4 and list(due) == sorted(due)
+        m.score(due, np.full((len(due), 5), 0.5), t)
+        scored |= set(due.tolist())
+    assert scored == set(range(12))

@@ -44,10 +44,13 @@ class FleetModel:
         keep_rows(self.next_due, live, size)
 
     def due(self, rows: np.ndarray, now_ms: int) -> np.ndarray:
-        """The rows (unique, from this batch) whose turn it is, at most max_per_batch of them."""
+        """The rows (unique, from this batch) whose turn it is, at most max_per_batch of them: the longest
+        overdue first (in row order, those of a busy fleet's higher rows were never scored)."""
         rows = np.unique(rows)
         rows = rows[self.next_due[rows] <= now_ms]
-        return rows[: self.max_per_batch]
+        if len(rows) > self.max_per_batch:
+            rows = np.sort(rows[np.argsort(self.next_due[rows], kind="stable")[: self.max_per_batch]])
+        return rows
 
     def score(self, rows: np.ndarray, feats: np.ndarray, now_ms: int) -> tuple[np.ndarray, np.ndarray]:
         """Score then learn each row's features; returns (scores, anomalous flags)."""
