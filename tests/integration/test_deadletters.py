@@ -98,6 +98,13 @@ async def test_summary_counts_and_list_filter(kafka_bootstrap, unique, capsys):
     assert await _cli(*argv, "--list", "--limit", "2") == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
 
+    # the whole topic was held in memory: now only the re-driven reason keeps its record, key and headers
+    from watcher.cli.deadletters import read_dead_letters
+
+    letters, unreadable = await read_dead_letters(kafka_bootstrap, s.kafka.dead_letter_topic, 30, "bad_schema")
+    assert unreadable == 1 and len(letters) == 4
+    assert {(d.reason, d.raw()) for d in letters} == {("bad_json", b""), ("bad_schema", b"{}")}
+
 
 async def test_redrive_refuses_cut_records_sends_each_once_and_dry_run_sends_nothing(kafka_bootstrap, unique,
                                                                                       capsys):

@@ -95,29 +95,40 @@ def cmd_deadletters(args) -> int:
     return asyncio.run(_run(args, settings, bootstrap, topic))
 
 
-async def read_dead_letters(bootstrap: str, topic: str, timeout_s: float) -> tuple[list, int]:
-    """Every dead letter in `topic` now, and how many of its records are not dead letters."""
+async def read_dead_letters(bootstrap: str, topic: str, timeout_s: float,
+                            whole_reason: str | None = None) -> tuple[list, int]:
+    """Every dead letter in `topic` now, and how many of its records are not dead letters. Only those of
+    `whole_reason` (the one being re-driven) keep their record, key and headers: a topic of many
+    700 KB dead letters is read in the memory of its small fields."""
     import msgspec
 
     from watcher.sources.deadletter import decode_dead_letter
     from watcher.sources.kafka import read_whole
 
-    records = await read_whole(bootstrap, topic, timeout_s=timeout_s, client_id="spendwatch-deadletters",
-                               otherwise="nothing was printed or re-driven")
-    letters, unreadable = [], 0
-    for m in records:
+    unreadable = 0
+
+    def keep(m):
+        nonlocal unreadable
         try:
-            letters.append(decode_dead_letter(m.value or b""))
+            dl = decode_dead_letter(m.value or b"")
         except msgspec.DecodeError as exc:
             unreadable += 1
             log.warning("%s[%d]@%d is not a dead letter (%s): skipped", m.topic, m.partition, m.offset, exc)
+            return None
+        if dl.reason != whole_reason:
+            dl = msgspec.structs.replace(dl, raw_b64="", key_b64=None, headers=None)
+        return dl
+
+    letters = await read_whole(bootstrap, topic, timeout_s=timeout_s, client_id="spendwatch-deadletters",
+                               otherwise="nothing was printed or re-driven", keep=keep)
     return letters, unreadable
 
 
 async def _run(args, settings, bootstrap: str, topic: str) -> int:
     from watcher.sources.deadletter import in_order, list_line, summarize
 
-    letters, unreadable = await read_dead_letters(bootstrap, topic, args.timeout)
+    letters, unreadable = await read_dead_letters(bootstrap, topic, args.timeout,
+                                                  args.reason if args.redrive else None)
     reasons = sorted({d.reason for d in letters})
     if args.reason:
         letters = [d for d in letters if d.reason == args.reason]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -144,11 +145,12 @@ async def committed_input_offsets(k: KafkaSettings) -> int:
         await admin.close()
 
 
-async def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
-                      client_id: str = "spendwatch-reader") -> tuple[list, bool]:
+async def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 30.0, client_id: str = "spendwatch-reader",
+                      keep: Callable[[Any], Any] | None = None) -> tuple[list, bool]:
     """Every record of every partition of `topic`, from the beginning up to the high-water marks seen while
     reading (Tansu does not answer end_offsets reliably), and whether every partition got there within
-    `timeout_s`. No consumer group: nothing is committed."""
+    `timeout_s`. No consumer group: nothing is committed. With `keep`, what it returns for each record
+    instead (None: nothing), as the records arrive: memory holds what is kept, not the topic."""
     import time
 
     from aiokafka import TopicPartition
@@ -174,7 +176,10 @@ async def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
         deadline = time.monotonic() + timeout_s
         while True:
             for msgs in (await consumer.getmany(timeout_ms=200, max_records=10_000)).values():
-                out += msgs
+                if keep is None:
+                    out += msgs
+                else:
+                    out += [k for k in map(keep, msgs) if k is not None]
             behind = [tp for tp in tps
                       if consumer.highwater(tp) is None or await consumer.position(tp) < consumer.highwater(tp)]
             if not behind:
@@ -185,13 +190,15 @@ async def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
         await consumer.stop()
 
 
-async def read_whole(bootstrap: str, topic: str, *, timeout_s: float, client_id: str, otherwise: str) -> list:
+async def read_whole(bootstrap: str, topic: str, *, timeout_s: float, client_id: str, otherwise: str,
+                     keep: Callable[[Any], Any] | None = None) -> list:
     """`read_to_end`, or BrokerError when Kafka cannot be reached or the topic was not read to its end (a
     partial read would look whole to whoever reads what is made of it). `otherwise` says what was not done."""
     from aiokafka.errors import KafkaConnectionError
 
     try:
-        records, complete = await read_to_end(bootstrap, topic, timeout_s=timeout_s, client_id=client_id)
+        records, complete = await read_to_end(bootstrap, topic, timeout_s=timeout_s, client_id=client_id,
+                                              keep=keep)
     except KafkaConnectionError as exc:
         raise BrokerError(f"cannot reach Kafka at {bootstrap!r} ({exc}); check --bootstrap / kafka.bootstrap") \
             from None
