@@ -138,6 +138,12 @@ class AgentSettings(BaseModel):
         return dict(self._names)
 
 
+def _unset(*fields: tuple[BaseModel, str, str]) -> list[str]:
+    """The keys of (model, field name, dotted key) triples left at their default: a check over several values
+    says "by default" for those (see configfile.validation_error)."""
+    return [key for model, name, key in fields if name not in model.model_fields_set]
+
+
 class Settings(BaseSettings):
     """The daemon's configuration (see README, "Configuration")."""
 
@@ -188,9 +194,8 @@ class Settings(BaseSettings):
                 "key": "dedupe.horizon_seconds",
                 "values": {"dedupe.horizon_seconds": self.dedupe.horizon_seconds,
                            "windows": f"{longest.name} ({longest.seconds} s)"},
-                "unset": [k for k, model, name in (("dedupe.horizon_seconds", self.dedupe, "horizon_seconds"),
-                                                   ("windows", self, "windows"))
-                          if name not in model.model_fields_set],
+                "unset": _unset((self.dedupe, "horizon_seconds", "dedupe.horizon_seconds"),
+                                (self, "windows", "windows")),
                 "fix": f"raise dedupe.horizon_seconds to at least {longest.seconds} (memory grows with it: see "
                        f"dedupe.max_entries) or shorten the window {longest.name!r}"})
         return self
@@ -213,9 +218,8 @@ class Settings(BaseSettings):
                 # where each came from is said by validation_error; one from a variable leads
                 "values": {"dedupe.horizon_seconds": dedupe.horizon_seconds,
                            f"findings.{delay}": getattr(findings, delay)},
-                "unset": [f"{table}.{name}" for table, name, model in (("dedupe", "horizon_seconds", dedupe),
-                                                                       ("findings", delay, findings))
-                          if name not in model.model_fields_set],
+                "unset": _unset((dedupe, "horizon_seconds", "dedupe.horizon_seconds"),
+                                (findings, delay, f"findings.{delay}")),
                 "fix": f"raise dedupe.horizon_seconds to at least {need} or lower findings.{delay} to at most "
                        f"{most}"})
         return self

@@ -103,7 +103,7 @@ class BreakerStage:
         if p in self.reconcile:
             self._reconcile(p)
         for d in ctx.decisions:
-            if d.kind in ("freeze", "escalate") or d.rule == "escalation_timeout":
+            if br.acts_on(d):
                 self.where[d.agent] = p
                 effects = br.on_decision(d)
                 for e in effects:

@@ -157,11 +157,16 @@ class Breakers:
         b.escalation, b.escalation_ms = None, 0
         return self._change(b, "opened", "freeze", OPEN, at_ms, by, cause, reason, evidence)
 
+    @staticmethod
+    def acts_on(d: Any) -> bool:
+        """A decision breakers act on: a freeze, an escalation, or an escalation's timeout (whatever its kind)."""
+        return d.kind in ("freeze", "escalate") or getattr(d, "rule", None) == "escalation_timeout"
+
     def on_decision(self, d: Any) -> list[Effect]:
         """Apply one Decision (kind observe|warn|escalate|freeze). Repeats of an applied id do nothing."""
-        timeout = getattr(d, "rule", None) == "escalation_timeout"
-        if (d.kind not in ("freeze", "escalate") and not timeout) or d.id in self.applied:
+        if not self.acts_on(d) or d.id in self.applied:
             return []
+        timeout = getattr(d, "rule", None) == "escalation_timeout"
         self._remember(d.id)
         if self.answers_timeout(d):  # approved: the detector's deadline is void
             return []

@@ -149,9 +149,11 @@ class WebhookSender:
         for q in self.queues.values():
             # in place: the agent's worker holds this deque (a new one would be popped, unsent, when it ends)
             head = q[0] if q else None
-            keep = [d for d in q if d.partition != partition or d is head]
+            keep = []
             for d in q:
-                if not any(d is k for k in keep):
+                if d.partition != partition or d is head:
+                    keep.append(d)
+                else:
                     self.known.discard(d.id)
             n += len(q) - len(keep)
             q.clear()

@@ -52,7 +52,7 @@ METRICS_OFF = ("off", "false", "no", "none", "")
 class ChainSettings(BaseSettings):
     """Where the chain is, what to watch, and where records go."""
 
-    model_config = SettingsConfigDict(env_prefix="SPENDWATCH_CHAIN__", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     ws_url: str | None = Field(None, description="WebSocket RPC endpoint (ws:// or wss://): live "
                                "subscriptions to logs and new heads. Preferred.")

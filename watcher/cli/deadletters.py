@@ -10,7 +10,7 @@ import logging
 import sys
 
 from watcher.cli.common import add_kafka_options, settings_from
-from watcher.errors import BrokerError, ConfigError
+from watcher.errors import ConfigError
 
 log = logging.getLogger("spendwatch.deadletters")
 
@@ -204,7 +204,8 @@ async def _publish(k, letters: list) -> list:
     dead letter the broker's RecordMetadata, or the exception that stopped it."""
     from aiokafka.errors import KafkaConnectionError
 
-    from watcher.sources.kafka import TopicTracker, producer
+    from watcher.sources.clients import stop_client
+    from watcher.sources.kafka import TopicTracker, producer, unreachable
 
     if not letters:
         return []
@@ -212,9 +213,8 @@ async def _publish(k, letters: list) -> list:
     try:
         await prod.start()
     except KafkaConnectionError as exc:
-        await prod.stop()
-        raise BrokerError(f"cannot reach Kafka at {k.bootstrap!r} ({exc}); check --bootstrap / kafka.bootstrap") \
-            from None
+        await stop_client(prod, "re-drive producer")
+        raise unreachable(k.bootstrap, exc) from None
     try:
         track = TopicTracker(prod)
         for topic in {dl.topic for dl in letters}:
@@ -230,4 +230,4 @@ async def _publish(k, letters: list) -> list:
                 futs.append(fut)
         return await asyncio.gather(*futs, return_exceptions=True)
     finally:
-        await prod.stop()
+        await stop_client(prod, "re-drive producer")

@@ -47,21 +47,17 @@ def reports_payee(o: Observation) -> bool:
     return (o.kind == Kind.SETTLE and o.status == "settled") or (o.kind == Kind.VERIFY and o.status == "valid")
 
 
-def reported_before(reports: dict, batch: list[Observation], merchant: str, event_id: str) -> bool:
-    """Whether a facilitator reported `merchant` earlier in this batch than record `event_id`: in stream
-    order, so the answer does not depend on where batches are cut. `reports` caches the batch's index."""
-    if not reports:
-        first, at = reports["first"], reports["at"] = {}, {}
-        for k, o in enumerate(batch):
-            at.setdefault(o.event_id, k)
-            if reports_payee(o):
-                first.setdefault(o.merchant, k)
-    k = reports["first"].get(merchant)
-    return k is not None and k < reports["at"].get(event_id, len(batch))
+def first_reports(batch: list[Observation]) -> dict[str, int]:
+    """merchant -> the batch index of its first facilitator report in `batch` (stream order)."""
+    first: dict[str, int] = {}
+    for k, o in enumerate(batch):
+        if reports_payee(o):
+            first.setdefault(o.merchant, k)
+    return first
 
 
 class Candidates:
-    def _payments(self, deltas, shard, batch, cands: list[Candidate]) -> None:
+    def _payments(self, deltas, shard, batch, cands: list[Candidate], positions=()) -> None:
         n = len(deltas)
         index, new_row = self.index, self._new_row
         rows = np.fromiter(((index.get(d.agent) if d.agent in index else new_row(d.agent)) for d in deltas),
@@ -76,7 +72,7 @@ class Candidates:
         self._categories(deltas, shard, rows, ts, amt, live, cands)
         ni = np.nonzero((cnt > 0) & live)[0]
         if len(ni):
-            self._new_payments(deltas, ni, rows, ts, amt, batch, cands)
+            self._new_payments(deltas, ni, rows, ts, amt, batch, cands, positions)
 
     def _windows(self, deltas, shard, rows, ts, amt, live, cands) -> None:
         aw = shard.agents
@@ -155,12 +151,12 @@ class Candidates:
                       "not applied; add a [[windows]] entry named %r, or turn the limit off in the policy",
                       rule, window, window)
 
-    def _new_payments(self, deltas, ni, rows, ts, amt, batch, cands) -> None:
+    def _new_payments(self, deltas, ni, rows, ts, amt, batch, cands, positions=()) -> None:
         have = bool(batch)  # the merchant and resource of each payment are known (the deltas carry them)
         t = self.table
         lookup = self.ratecard.lookup
         known, card_known = self.known_merchants, self.ratecard.known
-        reports: dict = {}   # filled on first need (a transfer to an unknown payee is rare)
+        reports: dict[str, int] | None = None   # first_reports(batch), on first need (an unknown payee is rare)
         merchants: list[str] = []
         ceil, escp, lists = t.ceiling, t.esc_payment, t.has_lists
         for i in ni.tolist():
@@ -188,11 +184,15 @@ class Candidates:
             if d.kind == Kind.SETTLE:
                 if m not in known and len(known) < KNOWN_MERCHANTS_MAX:
                     known[m] = None
-            elif m not in known and not card_known(m) and not reported_before(reports, batch, m, d.event_id):
-                cands.append(Candidate(i, d.ts_ms, r, "unknown_payee", "policy", a, 0, USDC, "payment",
-                                       [d.event_id], f"on-chain transfer of {fmt_usdc(a)} USDC to {m}, an "
-                                       "address no facilitator has reported and no rate card lists", m, None,
-                                       f"{d.event_id}|{m}"))
+            elif m not in known and not card_known(m):
+                if reports is None:
+                    reports = first_reports(batch)
+                # named by a facilitator earlier in the stream than this transfer (its input index): known
+                if reports.get(m, len(batch)) >= (positions[i] if i < len(positions) else len(batch)):
+                    cands.append(Candidate(i, d.ts_ms, r, "unknown_payee", "policy", a, 0, USDC, "payment",
+                                           [d.event_id], f"on-chain transfer of {fmt_usdc(a)} USDC to {m}, an "
+                                           "address no facilitator has reported and no rate card lists", m, None,
+                                           f"{d.event_id}|{m}"))
             rate = lookup(m, d.resource)
             if rate is not None and rate.price is not None and not rate.low <= a <= rate.high:
                 cands.append(Candidate(i, d.ts_ms, r, "price_drift", "policy", a, rate.price, USDC, "payment",

@@ -69,8 +69,10 @@ def _drain_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value <= 10 * 366 * 86_400:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 to 316224000 (ten years)")
+    from watcher.detect.policyfile import MAX_SECONDS
+
+    if not 0 <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 to {MAX_SECONDS} (ten years)")
     return value
 
 

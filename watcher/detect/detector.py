@@ -126,7 +126,7 @@ class Detector(Candidates, Verdicts, Forgetting):
         cands: list[Candidate] = []
         n = len(outcome.deltas)
         if n:
-            self._payments(outcome.deltas, shard, batch, cands)
+            self._payments(outcome.deltas, shard, batch, cands, getattr(outcome, "stream_positions", ()))
         if batch:
             self.learn_payees(batch)
         if outcome.signals:

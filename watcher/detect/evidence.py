@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from watcher.detect.rows import renumber
+from watcher.errors import CheckpointError
 
 
 class IdRings:
@@ -77,8 +78,6 @@ class IdRings:
         for r, ring in data or ():
             ring = list(ring)
             if len(ring) > slots:
-                from watcher.errors import CheckpointError
-
                 raise CheckpointError(f"an event-id ring of the checkpoint has {len(ring)} slots, this version "
                                       f"keeps at most {slots}")
             self.rows[int(r)] = ring

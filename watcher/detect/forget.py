@@ -28,10 +28,10 @@ import numpy as np
 
 from watcher.detect.baselines import LAST, NEVER, N
 from watcher.detect.rows import keep_rows, renumber
+from watcher.pipeline.windows import IDLE_FRACTION
 
 FORGET_AFTER_SECONDS = 14 * 86400
 FORGET_AFTER_MIN_SECONDS = 86400    # a shorter retention (other than 0) is a configuration error
-IDLE_FRACTION = 8
 
 
 class Forgetting:

@@ -164,7 +164,7 @@ class Policy:
         never be applied)."""
         missing = {w: key for w, key in self.windows_needed().items() if w not in window_names}
         if missing:
-            w, key = next(iter(missing.items()))
+            key = next(iter(missing.values()))
             needs = "; ".join(f"{k} needs {name!r}" for name, k in missing.items())
             names = ", ".join(repr(name) for name in missing)
             raise ConfigError(f"policy {self.source}: {needs}, which [[windows]] of {config_file or 'the configuration'}"

@@ -167,9 +167,7 @@ class Decoder:
         merchant, asset, network, chain_id = self._place(req)
         auth = pp.payload.permit2Authorization or pp.payload.authorization   # what a facilitator pays from
         dt = rec.observedAt
-        ts = int(dt.timestamp() // 1) * 1000 + dt.microsecond // 1000 if dt.tzinfo is not None else -1  # inline
-        if not MIN_TIME_MS <= ts < MAX_TIME_MS:
-            ts = _epoch_ms(dt, "observedAt")                                # raises: says why
+        ts = _epoch_ms(dt, "observedAt")
         settle = type(rec) is SettleRecord
         resp = rec.settleResponse if settle else rec.verifyResponse
         payer_text = resp.payer or (auth.from_ if auth else None)

@@ -136,9 +136,7 @@ class Join:
             if bridged not in b.bridged.current:
                 b.bridged.put(bridged, 1)
             upto = b.transfer_upto
-            t_upto = upto.get(stream)
-            if t_upto is None:
-                t_upto = upto[stream] = -1
+            t_upto = upto.setdefault(stream, -1)
             if obs.status == "confirmed":  # inline: once per transfer (held settles are rare)
                 if ts > t_upto:
                     upto[stream] = ts

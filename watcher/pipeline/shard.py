@@ -17,7 +17,7 @@ from watcher.events.observation import Kind, Observation
 from watcher.pipeline.categories import Categorize
 from watcher.pipeline.dedupe import Seen
 from watcher.pipeline.join import Delta, Join
-from watcher.pipeline.windows import DEFAULT_WINDOWS, Windows, WindowSpec, describe
+from watcher.pipeline.windows import DEFAULT_WINDOWS, IDLE_FRACTION, Windows, WindowSpec, describe
 
 CATEGORY_SEP = b"|"
 TRANSFER = Kind.TRANSFER
@@ -62,7 +62,6 @@ def category_key(address: str, category: str) -> bytes:
 
 
 class Shard:
-    IDLE_FRACTION = 8  # forget_idle waits for one row in this many to be idle (it rebuilds the index)
 
     def __init__(self, config: ShardConfig = ShardConfig(), categorize: Categorize | None = None) -> None:
         self.config = config
@@ -176,12 +175,12 @@ class Shard:
 
     def forget_idle(self) -> int:
         """Drop the window rows of agents (and agent+category pairs) with nothing left in any window, once
-        they are at least IDLE_FRACTION of the rows: else every wallet ever seen keeps its rows, and memory,
+        they are at least one row in IDLE_FRACTION: else every wallet ever seen keeps its rows, and memory,
         checkpoints and restores grow with all wallets ever instead of the active ones. Call it between
         batches only (`snapshot` does): a batch's outcome refers to its agents' rows until its stages ran."""
         dropped = 0
         for win in (self.agents, self.categories):
-            dropped += win.compact(min_dropped=max(1, len(win) // self.IDLE_FRACTION))
+            dropped += win.compact(min_dropped=max(1, len(win) // IDLE_FRACTION))
         return dropped
 
     # -- checkpoint ----------------------------------------------------------------------------

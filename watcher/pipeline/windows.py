@@ -47,6 +47,8 @@ class WindowSpec(msgspec.Struct, frozen=True):
         return self.seconds * 1000 // self.buckets
 
 
+IDLE_FRACTION = 8   # rows are forgotten (here, and by the detector) once one in this many is idle
+
 DEFAULT_WINDOWS = (
     WindowSpec("1m", 60, 6),
     WindowSpec("5m", 300, 5),

@@ -59,10 +59,12 @@ class DeadLetter(msgspec.Struct, frozen=True):
 
     def cut(self) -> list[str]:
         """What of the source record this dead letter does not hold whole (empty when it holds all)."""
-        return [f"{what} ({kept} of {size} bytes kept)" for what, kept, size in (
-            ("record", MAX_RAW_BYTES, self.rawSize), ("key", MAX_KEY_BYTES, self.keySize),
-            ("headers", sum(len(n.encode()) + len(v or b"") for n, v in self.source_headers()),
-             self.headersSize)) if size is not None]
+        out = [f"{what} ({kept} of {size} bytes kept)" for what, kept, size in (
+            ("record", MAX_RAW_BYTES, self.rawSize), ("key", MAX_KEY_BYTES, self.keySize)) if size is not None]
+        if self.headersSize is not None:   # rare: only then are the kept headers measured
+            kept = sum(len(n.encode()) + len(v or b"") for n, v in self.source_headers())
+            out.append(f"headers ({kept} of {self.headersSize} bytes kept)")
+        return out
 
 
 _enc = msgspec.json.Encoder()
@@ -131,17 +133,20 @@ def _when(dl: DeadLetter) -> datetime:
 
 def in_order(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
     """Oldest first (then by source position): the order of --list and of a re-drive."""
-    return sorted(letters, key=lambda d: (_when(d), d.topic, d.partition, d.offset))
+    return sorted(letters, key=_order)
+
+
+def _order(d: DeadLetter):
+    return _when(d), d.topic, d.partition, d.offset
 
 
 def summarize(letters: Sequence[DeadLetter], unreadable: int = 0) -> dict:
     """Counts by reason and by source topic (most first), the oldest and newest, how many are cut."""
-    ordered = in_order(letters)
     return {"total": len(letters), "unreadable": unreadable,
             "byReason": dict(Counter(d.reason for d in letters).most_common()),
             "bySourceTopic": dict(Counter(d.topic for d in letters).most_common()),
-            "oldest": ordered[0].deadLetteredAt if ordered else None,
-            "newest": ordered[-1].deadLetteredAt if ordered else None,
+            "oldest": min(letters, key=_order).deadLetteredAt if letters else None,
+            "newest": max(letters, key=_order).deadLetteredAt if letters else None,
             "cut": sum(1 for d in letters if d.cut())}
 
 

@@ -190,6 +190,11 @@ async def read_to_end(bootstrap: str, topic: str, *, timeout_s: float = 30.0, cl
         await consumer.stop()
 
 
+def unreachable(bootstrap: str, exc: BaseException) -> BrokerError:
+    """The error of a command that could not reach the Kafka it was given."""
+    return BrokerError(f"cannot reach Kafka at {bootstrap!r} ({exc}); check --bootstrap / kafka.bootstrap")
+
+
 async def read_whole(bootstrap: str, topic: str, *, timeout_s: float, client_id: str, otherwise: str,
                      keep: Callable[[Any], Any] | None = None) -> list:
     """`read_to_end`, or BrokerError when Kafka cannot be reached or the topic was not read to its end (a
@@ -200,8 +205,7 @@ async def read_whole(bootstrap: str, topic: str, *, timeout_s: float, client_id:
         records, complete = await read_to_end(bootstrap, topic, timeout_s=timeout_s, client_id=client_id,
                                               keep=keep)
     except KafkaConnectionError as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap!r} ({exc}); check --bootstrap / kafka.bootstrap") \
-            from None
+        raise unreachable(bootstrap, exc) from None
     if not complete:
         raise BrokerError(f"{topic} was not read to the end of every partition within {timeout_s:.0f} s; "
                           f"{otherwise}: raise --timeout or check the brokers")

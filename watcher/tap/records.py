@@ -63,8 +63,10 @@ def payers_of(payload: dict) -> list[str]:
     out: list[str] = []
     for auth in _authorizations(payload):
         who = auth.get("from")
-        if isinstance(who, str) and who and _checksum(who) not in out:
-            out.append(_checksum(who))
+        if isinstance(who, str) and who:
+            c = _checksum(who)
+            if c not in out:
+                out.append(c)
     return out
 
 
