@@ -77,16 +77,18 @@ class DetectStage:
         if det is None:
             return
         out = ctx.outcome
-        if out.deltas or out.signals or out.findings:
-            decisions = det.on_batch(out, ctx.shard, ctx.now_ms, ctx.observations)
-        else:  # e.g. only settles of transfers already counted: nothing to judge, but payees to learn
-            det.learn_payees(ctx.observations)
-            decisions = []
-        decisions += det.tick(ctx.now_ms)
-        if decisions:
-            ctx.decisions.extend(decisions)
-            for d in decisions:
-                ctx.publish.append((self.topic, d.agent.encode(), encode_decision(d)))
+        decisions: list = []   # filled as they are taken: if the detector raises, those are still published
+        try:
+            if out.deltas or out.signals or out.findings:
+                det.on_batch(out, ctx.shard, ctx.now_ms, ctx.observations, decisions)
+            else:  # e.g. only settles of transfers already counted: nothing to judge, but payees to learn
+                det.learn_payees(ctx.observations)
+            det.tick(ctx.now_ms, decisions)
+        finally:
+            if decisions:
+                ctx.decisions.extend(decisions)
+                for d in decisions:
+                    ctx.publish.append((self.topic, d.agent.encode(), encode_decision(d)))
 
     def detector_for(self, agent: str) -> Detector | None:
         for det in self.detectors.values():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from watcher.detect.policy import Policy
 from watcher.events import Decoder
 from watcher.pipeline import Shard
@@ -10,6 +12,7 @@ from watcher.stages import DetectStage
 
 A = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 M = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+B = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
 T = 1_790_000_000_000
 D = Decoder(max_future_skew_ms=None)
 POLICY = Policy.from_text('[defaults.caps]\nper_minute_usdc = 10\n')
@@ -98,3 +101,46 @@ def test_refused_verifications_of_unlisted_reasons_make_no_detector_row():
            for i in range(50)]
     stage.on_batch(BatchContext(0, shard, shard.apply(obs), obs, T + 100))
     assert len(stage.detectors[0].index) == 0
+
+
+def test_decisions_the_detector_took_before_it_raised_still_reach_the_breaker():
+    """A detector raising half-way through a batch lost the decisions it had already taken: the first agent
+    was marked frozen in the detector (which then says nothing more of it) but no freeze reached the breaker."""
+    from watcher.batch import BatchContext
+
+    stage = DetectStage(POLICY, "dec")
+    stage.restore(0, None)
+    det = stage.detectors[0]
+    real, calls = det._decision, []
+
+    def decision(c, kind):
+        calls.append(kind)
+        if len(calls) == 2:
+            raise RuntimeError("policy lookup failed")
+        return real(c, kind)
+
+    det._decision = decision
+    shard = Shard(categorize=stage.categorize)
+    obs = [D.decode(encode(settle_record(event_id=f"e{i}", ts_ms=T + i, payer=p, pay_to=M, amount=11 * 10**6,
+                                         tx=fake_hash(i)))) for i, p in enumerate([A, B])]     # both over the cap
+    ctx = BatchContext(0, shard, shard.apply(obs), obs, T + 10)
+    with pytest.raises(RuntimeError):
+        stage.on_batch(ctx)              # the daemon counts and logs it (tests/unit/test_failures.py)
+    assert [(d.kind, d.rule, d.agent) for d in ctx.decisions] == [("freeze", "cap_1m", A)]
+    assert [topic for topic, _, _ in ctx.publish] == ["dec"] and det.is_frozen(A) and not det.is_frozen(B)
+
+
+def test_an_escalation_timeout_whose_decision_raises_stays_pending():
+    from watcher.detect.detector import Detector
+
+    det = Detector(Policy.default())
+    row = det.row(A)
+    det.pending[row] = (T, "esc-1", "cap_1h")
+    real = det._decision
+    det._decision = lambda c, kind: (_ for _ in ()).throw(RuntimeError("boom"))
+    with pytest.raises(RuntimeError):
+        det.tick(T + 1)
+    assert row in det.pending               # retried at the next tick, not silently dropped
+    det._decision = real
+    [d] = det.tick(T + 2)
+    assert d.rule == "escalation_timeout" and row not in det.pending

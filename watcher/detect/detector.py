@@ -118,9 +118,11 @@ class Detector(Candidates, Verdicts, Forgetting):
         return self.ratecard.categorize(merchant, resource)
 
     # -- the batch ----------------------------------------------------------------------------
-    def on_batch(self, outcome, shard, now_ms: int, batch: list[Observation] | None = None) -> list[Decision]:
+    def on_batch(self, outcome, shard, now_ms: int, batch: list[Observation] | None = None,
+                 out: list[Decision] | None = None) -> list[Decision]:
         """Decide on what one `Shard.apply` did. `batch` is the observations handed to it; without it
-        (a clock tick) merchant rules and novelty are skipped."""
+        (a clock tick) merchant rules and novelty are skipped. Decisions are appended to `out` as they are
+        taken (see `Verdicts._decide`)."""
         now = max(int(now_ms), shard.watermark_ms)
         self.now_ms = max(self.now_ms, now)
         cands: list[Candidate] = []
@@ -134,12 +136,12 @@ class Detector(Candidates, Verdicts, Forgetting):
         if outcome.findings:
             self._findings(outcome.findings, n + len(outcome.signals), cands)
         if not cands:
-            return []
+            return [] if out is None else out
         order = getattr(outcome, "stream_positions", None)
         if order:  # judge payments and signals in the order they were in the stream, whatever the batching
             big = 1 << 40
             cands = [c._replace(pos=order[c.pos] if c.pos < len(order) else big + c.pos) for c in cands]
-        return self._decide(cands)
+        return self._decide(cands, out)
 
     def learn_payees(self, batch: list[Observation]) -> None:
         """Every payee a facilitator reported (settled with, or accepted a payment to), after the batch is

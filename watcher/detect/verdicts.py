@@ -40,9 +40,11 @@ class Candidate(NamedTuple):
 
 class Verdicts:
     # -- the state machine --------------------------------------------------------------------
-    def _decide(self, cands: list[Candidate]) -> list[Decision]:
+    def _decide(self, cands: list[Candidate], out: list[Decision] | None = None) -> list[Decision]:
+        """The decisions on `cands`, appended to `out` as each is taken (its state changed): if this raises,
+        `out` still holds those taken before, which the state already reflects."""
         cands.sort(key=lambda c: (c.pos, -SEVERITY[self.table.limits[c.row].action(c.rule)]))
-        out: list[Decision] = []
+        out = [] if out is None else out
         for c in cands:
             row = c.row
             if self.frozen[row]:
@@ -81,16 +83,17 @@ class Verdicts:
         self.cooldown = {k: v for k, v in self.cooldown.items() if v > horizon}
 
     # -- clock and people ---------------------------------------------------------------------
-    def tick(self, now_ms: int) -> list[Decision]:
-        """Freeze agents whose escalation nobody answered by its deadline (event or wall time)."""
+    def tick(self, now_ms: int, out: list[Decision] | None = None) -> list[Decision]:
+        """Freeze agents whose escalation nobody answered by its deadline (event or wall time); `out` as in
+        `_decide` (an escalation whose decision raised stays pending)."""
         self.now_ms = max(self.now_ms, int(now_ms))
+        out = [] if out is None else out
         if not self.pending:
-            return []
+            return out
         due = sorted((dl, row, did, rule) for row, (dl, did, rule) in self.pending.items() if dl <= now_ms)
-        out = []
         for dl, row, did, rule in due:
-            del self.pending[row]
             if self.frozen[row]:
+                del self.pending[row]
                 continue
             lim = self.table.limits[row]
             kind = lim.action("escalation_timeout")
@@ -98,6 +101,7 @@ class Verdicts:
             c = Candidate(0, dl, row, "escalation_timeout", "clock", secs, secs, "seconds", None, [did],
                           f"nobody answered escalation {did} ({rule}) within {secs} s", anchor=did)
             d = self._decision(c, kind)
+            del self.pending[row]
             if kind == "freeze":
                 self.frozen[row] = True
             out.append(d)
