@@ -8,6 +8,9 @@ covered offsets (no checkpoint: from the earliest offset), so a restart counts n
 
 Shutdown (SIGTERM/SIGINT set a flag): stop intake, finish the batch, checkpoint, commit, close.
 
+A record whose decoding or shard fold raises is dead-lettered (`internal_error`) and a stage that raises is
+counted and skipped for that batch: the daemon goes on (`watcher.failures` has the design).
+
 A partition whose state cannot be restored (a restore timeout, a damaged checkpoint, a checkpoint that no
 longer fits the configured windows) is never run without it: it stays paused, the daemon stops as on
 SIGTERM (checkpointing what it does own) and `run()` then raises a CheckpointError naming the partition,
@@ -35,6 +38,7 @@ from watcher.config import Settings
 from watcher.errors import BrokerError, CheckpointError, EventError, SpendwatchError
 from watcher.events.decode import Decoder
 from watcher.events.observation import Observation
+from watcher.failures import INTERNAL_ERROR, Span, StageErrors, sources
 from watcher.pipeline.categories import CategoryMap
 from watcher.pipeline.shard import Outcome, Shard
 from watcher.sources import kafka as kafka_io
@@ -112,6 +116,7 @@ class Daemon:
         self.covered: dict[int, dict[str, int]] = {}
         self.counters = Counters()
         self.dlq_reasons: Counter[str] = Counter()
+        self.stage_errors = StageErrors()
         self.recent_decisions: deque = deque(maxlen=50)  # for views: the newest decisions of any stage
         self.decision_counts: Counter[str] = Counter()
         self.stopping = asyncio.Event()
@@ -217,7 +222,7 @@ class Daemon:
         pending: list[Outgoing] = []
         commits: dict[TopicPartition, OffsetAndMetadata] = {}
         now_ms = int(time.time() * 1000)
-        outcomes: dict[int, list[tuple[Outcome, list[Observation]]]] = {}
+        outcomes: dict[int, list[tuple[Outcome, list[Observation], Span]]] = {}
         for tp, msgs in batch.items():
             shard = self.shards.get(tp.partition)
             if shard is None:
@@ -237,19 +242,27 @@ class Daemon:
             elif msgs[0].offset > covered >= 0:
                 self._gap(tp, covered, msgs[0].offset)
             obs = []
+            skipped: list[int] = []   # indices in msgs of the records dead-lettered here
             decode = self.decoder.decode
             for m in msgs:
                 try:
                     if m.value is None:
                         raise EventError("bad_json", "empty record (null value)")
                     obs.append(decode(m.value))
+                    continue
                 except EventError as exc:
-                    pending.append(self._dead_letter(exc.reason, exc.detail, m))
+                    reason, detail, error = exc.reason, exc.detail, None
                 except Exception as exc:  # a bug must not stop the daemon or lose the record
-                    log.exception("unexpected error decoding %s[%s]@%s", m.topic, m.partition, m.offset)
-                    pending.append(self._dead_letter("internal_error", repr(exc), m))
+                    reason, detail, error = INTERNAL_ERROR, f"decoding: {exc!r}", exc
+                skipped.append(len(obs) + len(skipped))
+                pending.append(self._dead_letter(reason, detail, m, error))
             outcome = shard.apply(obs)
-            outcomes.setdefault(tp.partition, []).append((outcome, obs))
+            if outcome.failed:   # records whose fold raised: left out of the shard, dead-lettered
+                src = sources(msgs, skipped)
+                for i, exc in outcome.failed:
+                    pending.append(self._dead_letter(INTERNAL_ERROR, f"folding into the shard: {exc!r}", src[i], exc))
+                obs = outcome.without_failed(obs)
+            outcomes.setdefault(tp.partition, []).append((outcome, obs, (tp.topic, msgs[0].offset, msgs[-1].offset)))
             self.counters.consumed += len(msgs)
             self.counters.processed += outcome.processed
             self.counters.duplicates += outcome.duplicates
@@ -260,17 +273,16 @@ class Daemon:
             if self.live_clock:
                 found = shard.advance(now_ms)
                 if found:
-                    work.append((Outcome(findings=found), []))
+                    work.append((Outcome(findings=found), [], None))
             if not work and self.stages:
-                work.append((Outcome(), []))
-            for outcome, obs in work:
+                work.append((Outcome(), [], None))
+            for outcome, obs, span in work:
                 for f in outcome.findings:
                     self.counters.findings += 1
                     pending.append((self.k.findings_topic, f.agent.encode(), _enc.encode(f), None))
                 if self.stages:
                     ctx = BatchContext(p, shard, outcome, obs, now_ms)
-                    for stage in self.stages:
-                        stage.on_batch(ctx)
+                    self.stage_errors.run(self.stages, ctx, span)
                     for d in ctx.decisions:
                         self.recent_decisions.append(d)
                         self.decision_counts[d.kind] += 1
@@ -291,10 +303,12 @@ class Daemon:
             self._uncommitted = {}
             self._last_commit = time.monotonic()
 
-    def _dead_letter(self, reason: str, detail: str, m) -> "Outgoing":
+    def _dead_letter(self, reason: str, detail: str, m, error: BaseException | None = None) -> "Outgoing":
+        """The dead letter of message `m`; `error`: our own code raised on it (logged with its traceback)."""
         self.counters.dead_lettered += 1
         self.dlq_reasons[reason] += 1
-        log.warning("dead-lettered %s[%d]@%d: %s: %s", m.topic, m.partition, m.offset, reason, detail[:200])
+        log.log(logging.WARNING if error is None else logging.ERROR, "dead-lettered %s[%d]@%d: %s: %s", m.topic,
+                m.partition, m.offset, reason, detail[:200], exc_info=error)
         dl = make_dead_letter(reason, detail, m.topic, m.partition, m.offset, m.key, m.value, m.headers)
         return (self.k.dead_letter_topic, dead_letter_key(m.key), dead_letter_value(dl), dead_letter_headers(dl))
 

@@ -402,6 +402,7 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_consumed_total", "counter", "", "records consumed"),
     ("spendwatch_duplicates_total", "counter", "", "redeliveries dropped"),
     ("spendwatch_dead_letters_total", "counter", "reason", "records dead-lettered"),
+    ("spendwatch_stage_errors_total", "counter", "stage", "partition batches a stage raised on"),
     ("spendwatch_consumer_lag_records", "gauge", "topic, partition", "high watermark - next offset to process"),
     ("spendwatch_partitions_owned", "gauge", "", "input partitions this process owns"),
     ("spendwatch_bridge_confirmed_timestamp_seconds", "gauge", "network, token", "how far each chain bridge "

@@ -22,18 +22,23 @@ def make_settings(bootstrap: str, unique: str, partitions: int = 4, **kafka):
 async def run_until(daemon: Daemon, cond, timeout_s: float = 60.0) -> None:
     """Run the daemon until cond(daemon) is true, then stop it cleanly. Fails on timeout."""
     task = asyncio.create_task(daemon.run())
-    deadline = time.monotonic() + timeout_s
     try:
-        while not cond(daemon):
-            if task.done():
-                task.result()
-                raise AssertionError("daemon exited before the condition held")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout_s} s; counters={daemon.counters}")
-            await asyncio.sleep(0.05)
+        await until(daemon, task, cond, timeout_s)
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 60)
+
+
+async def until(daemon: Daemon, task: asyncio.Task, cond, timeout_s: float = 60.0) -> None:
+    """Wait until cond(daemon) is true while `task` runs the daemon. Fails on timeout or if the daemon stops."""
+    deadline = time.monotonic() + timeout_s
+    while not cond(daemon):
+        if task.done():
+            task.result()
+            raise AssertionError("daemon exited before the condition held")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s; counters={daemon.counters}")
+        await asyncio.sleep(0.05)
 
 
 def agent_sums(daemon: Daemon, window: int = -1) -> dict[str, tuple[int, int]]:

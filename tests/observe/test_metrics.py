@@ -221,7 +221,7 @@ def test_render_at_scale_is_bounded_and_promtool_clean(capsys):
                    "spendwatch_consumer_lag_records", "spendwatch_partitions_owned", "spendwatch_tracked_agents",
                    "spendwatch_checkpoints", "spendwatch_late_payments", "spendwatch_window_saturations",
                    "spendwatch_dedupe_forced_rotations", "spendwatch_bridge_confirmed_timestamp_seconds",
-                   "spendwatch_join_held_dropped"}
+                   "spendwatch_join_held_dropped", "spendwatch_stage_errors"}
     assert documented - daemon_side <= names
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -244,10 +244,11 @@ def test_daemon_collector_exports_late_payments_and_forced_rotations():
     sh.apply([settle(i, ts=T + i) for i in range(5)])                   # 5 keys > 3: rotated early
     sh.apply([settle(99, ts=T - 3 * 86_400_000)])                       # older than every window
     from watcher.batch import Counters
+    from watcher.failures import StageErrors
 
     daemon = SimpleNamespace(counters=Counters(consumed=6, processed=6, batches=2),
                              dlq_reasons={}, shards={0: sh}, tracked_agents=lambda: 1, consumer=None, covered={},
-                             k=None)
+                             k=None, stages=[], stage_errors=StageErrors())
     reg = CollectorRegistry()
     reg.register(DaemonCollector(daemon))
     fams = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
@@ -303,12 +304,13 @@ def test_readme_metrics_table_names_every_family_the_daemon_serves():
 
     from watcher.batch import Counters
     from watcher.breaker.metrics import BreakerMetrics
+    from watcher.failures import StageErrors
     from watcher.observe.server import DaemonCollector
 
     m = _metrics()
     BreakerMetrics(m.registry, fleet=m)
     daemon = SimpleNamespace(counters=Counters(), dlq_reasons={}, shards={}, covered={}, consumer=None,
-                             tracked_agents=lambda: 0)
+                             tracked_agents=lambda: 0, stages=[MetricsStage(m)], stage_errors=StageErrors())
     m.registry.register(DaemonCollector(daemon))
     served = {f.name for f in text_string_to_metric_families(m.render().decode())}
     assert {"spendwatch_consumer_lag_records", "spendwatch_webhook_attempts", "spendwatch_spend_usdc"} <= served

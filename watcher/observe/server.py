@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from watcher.events.decode import REASONS
+from watcher.failures import INTERNAL_ERROR, stage_name
 from watcher.metrics import Metrics, MetricsSettings
 
 log = logging.getLogger("watcher.metrics")
@@ -46,10 +47,16 @@ class DaemonCollector:
                  c.skipped_offsets)):
             yield CounterMetricFamily(name, doc, value=value)
         dl = CounterMetricFamily("spendwatch_dead_letters", "Records dead-lettered, by reason.", labels=["reason"])
-        reasons = dict.fromkeys(REASONS, 0) | dict(d.dlq_reasons)  # known reasons exist from the start
+        reasons = dict.fromkeys((*REASONS, INTERNAL_ERROR), 0) | dict(d.dlq_reasons)  # exist from the start
         for reason, n in sorted(reasons.items()):
             dl.add_metric([reason], n)
         yield dl
+        se = CounterMetricFamily("spendwatch_stage_errors", "Partition batches a stage raised on (logged with the "
+                                 "partition and offsets); the later stages still ran and the daemon went on.",
+                                 labels=["stage"])
+        for stage, n in sorted((dict.fromkeys(map(stage_name, d.stages), 0) | dict(d.stage_errors.counts)).items()):
+            se.add_metric([stage], n)
+        yield se
         # gauges, not counters: kept in each partition's state, they move with the partition on a handoff
         shards = list(d.shards.values())
         for name, doc, value in (

@@ -4,6 +4,24 @@ dedupe -> join (settle + transfer = one payment) -> rolling windows per agent an
 A `chain.progress` heartbeat goes to the join only (`Join.progress`): it moves event time like any record,
 but is not remembered by dedupe (it is idempotent), counts no spend, is no signal and makes no agent.
 No I/O here: the async shell hands in validated Observations and gets an Outcome back.
+
+One record that makes the fold raise (a configured `categorize` callable that fails on one merchant, a bug
+on one odd record) must not fail the batch: its exception is caught around that record's fold and returned
+in `Outcome.failed` (batch index, exception), for the shell to dead-letter it (reason `internal_error`, so
+`spendwatch deadletters --redrive` replays it after the fix), and the batch goes on. The record leaves the
+state as it was before it, except for what cannot matter or cannot be undone cheaply, exactly:
+  - dedupe forgets its key (a re-drive is counted, not dropped as a duplicate); the watermark is not moved by
+    it. An early rotation of the dedupe or payment memory that reaching `dedupe.max_entries` forced stays
+    (it would have happened at the next record), and so does a payment found in the older generation moved
+    to the current one (it is only kept longer).
+  - the join: `categorize` runs before the join changes anything for the record, so its failure changes
+    nothing. An exception raised by the join's own code later (a bug: every field is validated at decode)
+    may leave that one payment (its transaction) and its bridge's progress partly updated.
+  - the windows: the record's delta and findings are added only once its fold is complete; a window row
+    it made for a new agent may stay, empty (forgotten at the next checkpoint), and if the row could not be
+    made (out of memory) the join has counted the payment but the windows have not.
+What runs after the records (the windows' update, the join's sweep, the memories' ticks) belongs to no
+record: an exception there propagates and stops the daemon before that state is checkpointed.
 """
 
 from __future__ import annotations
@@ -42,6 +60,21 @@ class Outcome(msgspec.Struct):
     signals: list[Observation] = []
     findings: list[Finding] = []
     stream_positions: list[int] = []  # input index of each delta, then of each signal (their stream order)
+    failed: list[tuple[int, Exception]] = []  # (input index, what it raised): records left out, to dead-letter
+
+    def without_failed(self, batch: list[Observation]) -> list[Observation]:
+        """`batch` without the failed records, and `stream_positions` renumbered to match (for the stages)."""
+        if not self.failed:
+            return batch
+        gone = {i for i, _ in self.failed}
+        new = [-1] * len(batch)
+        kept = []
+        for i, o in enumerate(batch):
+            if i not in gone:
+                new[i] = len(kept)
+                kept.append(o)
+        self.stream_positions = [new[i] for i in self.stream_positions]
+        return kept
 
 
 class Stats(msgspec.Struct):
@@ -92,39 +125,47 @@ class Shard:
         for i, obs in enumerate(batch):
             if obs.ts_ms > wm:
                 wm = obs.ts_ms
-            if obs.kind == PROGRESS:
-                progress(obs.chain_id, obs.ts_ms, obs.asset, obs.read_from_ms, obs.watches_all)
-                continue
-            key = obs.dedupe_key
-            if key in cur or key in prev:
-                dup += 1
-                continue
-            if len(cur) >= cap:
-                gens.put(key, 1)
-                cur, prev = gens.current, gens.previous
-            else:
-                cur[key] = 1
-            # a 0-value transfer of no known payment moves nothing: anyone can emit one from any wallet
-            # (USDC transferFrom of 0 needs no allowance; address poisoning), so it is a signal, not spend
-            if obs.tx is not None and (obs.status == "settled" or (obs.kind == TRANSFER and (
-                    obs.amount or known(obs.tx)))):
-                delta, found = join_apply(obs, categorize, wm)
-                if found:
-                    out.findings.extend(found)
-                if delta is not None:
-                    deltas.append(delta)
-                    delta_pos.append(i)
-                    agent = delta.agent
-                    row = rows_of.get(agent)
-                    if row is None:
-                        row = rows_of[agent] = agent_row(bytes.fromhex(agent[2:]))
-                    a_rows.append(row)
-                    if delta.category is not None:
-                        c_rows.append(cat_row(category_key(agent, delta.category)))
-            else:
-                out.signals.append(obs)
-                signal_pos.append(i)
+            try:
+                if obs.kind == PROGRESS:
+                    progress(obs.chain_id, obs.ts_ms, obs.asset, obs.read_from_ms, obs.watches_all)
+                    continue
+                key = obs.dedupe_key
+                if key in cur or key in prev:
+                    dup += 1
+                    continue
+                if len(cur) >= cap:
+                    gens.put(key, 1)
+                    cur, prev = gens.current, gens.previous
+                else:
+                    cur[key] = 1
+                # a 0-value transfer of no known payment moves nothing: anyone can emit one from any wallet
+                # (USDC transferFrom of 0 needs no allowance; address poisoning), so it is a signal, not spend
+                if obs.tx is not None and (obs.status == "settled" or (obs.kind == TRANSFER and (
+                        obs.amount or known(obs.tx)))):
+                    delta, found = join_apply(obs, categorize, wm)
+                    if delta is not None:
+                        agent = delta.agent
+                        row = rows_of.get(agent)
+                        if row is None:
+                            row = rows_of[agent] = agent_row(bytes.fromhex(agent[2:]))
+                        if delta.category is not None:
+                            c_rows.append(cat_row(category_key(agent, delta.category)))
+                        deltas.append(delta)
+                        delta_pos.append(i)
+                        a_rows.append(row)
+                    if found:
+                        out.findings.extend(found)
+                else:
+                    out.signals.append(obs)
+                    signal_pos.append(i)
+            except Exception as exc:  # this record only: see the module docstring
+                out.failed.append((i, exc))
+                if obs.kind != PROGRESS:
+                    cur.pop(obs.dedupe_key, None)
+                gone = {j for j, _ in out.failed}
+                wm = max([self.watermark_ms] + [batch[j].ts_ms for j in range(i) if j not in gone])
         out.duplicates = dup
+        out.processed -= len(out.failed)
         out.stream_positions = delta_pos + signal_pos
         self.watermark_ms = wm
         if deltas:
