@@ -19,7 +19,8 @@ Implementations:
 
 `Gate` turns a view into a decision: a frozen payer (open or held) is refused with a clear reason; an
 unknown state fails open (allowed, counted, `spendwatch_tap_breaker_view_stale` = 1) or closed (refused),
-as configured.
+as configured. So does a payment naming no payer the tap can read (no authorization `from`, a malformed
+body): counted, then allowed or refused (spendwatch_payer_unknown).
 """
 
 from __future__ import annotations
@@ -344,7 +345,12 @@ class Gate:
 
     def check_all(self, payers: list[str], where: str = "verify") -> tuple[str | None, Refusal | None]:
         """The first of `payers` (every wallet a payload names) that is refused, and why; else (the paying
-        one or None, None)."""
+        one or None, None). No payer at all (a payload with no authorization `from`, or a body the tap
+        cannot read) is unknown: no breaker can be checked, so the fail mode decides."""
+        if not payers:
+            return None, self._unknown(where, Refusal(
+                "spendwatch_payer_unknown", "spendwatch cannot tell who pays (the payment payload names no "
+                "authorization `from`) and fails closed", "no_payer"))
         for payer in payers:
             refusal = self.check(payer, where)
             if refusal is not None:
@@ -362,15 +368,20 @@ class Gate:
             state, self._broken = None, True
         if state is None:
             self.metrics.view_stale.set(1)
-            self.metrics.breaker_unknown.labels(self.fail_mode).inc()
-            if self.fail_mode == "open":
-                return None
-            self.metrics.refused.labels(where, "unknown").inc()
-            return Refusal("spendwatch_breaker_unavailable",
-                           f"spendwatch cannot tell whether {payer} is frozen and fails closed", "unknown")
+            return self._unknown(where, Refusal("spendwatch_breaker_unavailable",
+                                                f"spendwatch cannot tell whether {payer} is frozen and fails closed",
+                                                "unknown"))
         self.metrics.view_stale.set(0)
         if state not in FROZEN:
             return None
         self.metrics.refused.labels(where, state).inc()
         who = "held by a person" if state == "held" else "frozen by spendwatch (runaway spend)"
         return Refusal(refusal_reason(state), f"payer {payer} is {who}; payments refused until released", state)
+
+    def _unknown(self, where: str, refusal: Refusal) -> Refusal | None:
+        """A payment whose breaker cannot be checked: counted, then let through (fail open) or refused."""
+        self.metrics.breaker_unknown.labels(self.fail_mode).inc()
+        if self.fail_mode == "open":
+            return None
+        self.metrics.refused.labels(where, refusal.state).inc()
+        return refusal

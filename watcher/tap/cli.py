@@ -25,7 +25,11 @@ Point the merchant's x402 middleware at it:
 Breaker state comes from the watcher: the watcher.breaker topic (default) or the admin API
 (--admin-url + SPENDWATCH_ADMIN_TOKEN). When it cannot be known (topic unread, admin API down) the tap
 lets payments through (--fail open, the default; counted in spendwatch_tap_breaker_unknown_total and
-flagged by spendwatch_tap_breaker_view_stale = 1) or refuses them (--fail closed).
+flagged by spendwatch_tap_breaker_view_stale = 1) or refuses them (--fail closed: reason
+spendwatch_breaker_unavailable). The same goes for a payment whose payer the tap cannot read (no
+authorization or permit2Authorization `from`, e.g. a non-EVM scheme, or a malformed body): forwarded and
+counted with --fail open, refused with --fail closed (reason spendwatch_payer_unknown, counted in
+spendwatch_tap_refused_total{state="no_payer"}).
 
 Kafka being down never slows or fails a payment: records wait in a bounded buffer (--buffer), then are
 dropped and counted (spendwatch_tap_records_total{outcome="dropped"}).
@@ -69,7 +73,8 @@ def register(subparsers) -> None:
     p.add_argument("--stale-seconds", type=float, default=30.0,
                    help="breaker state older than this counts as unknown (default 30)")
     p.add_argument("--fail", choices=["open", "closed"], default="open",
-                   help="when breaker state is unknown: open = let payments through (default), closed = refuse")
+                   help="when breaker state is unknown, or the payer cannot be read from the payment: open = let "
+                        "payments through (default), closed = refuse them")
     p.add_argument("--no-breakers", action="store_true", help="record only; refuse nobody")
     p.add_argument("--upstream-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="upstream request timeout (default 60; settles wait for the chain)")

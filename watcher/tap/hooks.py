@@ -7,7 +7,8 @@
 One call registers:
     on_before_verify / on_before_settle   refuse a payer whose breaker is open or held (AbortResult; the
                                           SDK raises PaymentAbortedError: answer isValid/success false)
-                                          and publish the refusal as an x402.verify record
+                                          and publish the refusal as an x402.verify record; failing
+                                          closed, also a payload naming no payer (spendwatch_payer_unknown)
     on_after_verify / on_verify_failure   publish x402.verify
     on_after_settle / on_settle_failure   publish x402.settle
 
@@ -68,13 +69,13 @@ class FacilitatorTap:
             return None
         try:
             payers = payers_of(_dump(ctx.payment_payload))
-        except Exception:
-            return None
+        except Exception:  # an unreadable payload names no payer: the gate's fail mode decides
+            payers = []
         payer, refusal = self.gate.check_all(payers, where)
         if refusal is None:
             return None
-        log.info("refused %s for %s: %s", where, payer, refusal.reason)
-        if where == "verify":
+        log.info("refused %s for %s: %s", where, payer or "an unknown payer", refusal.reason)
+        if where == "verify" and payer is not None:
             self._offer(verify_record, ctx, {"isValid": False, "invalidReason": refusal.reason,
                                              "invalidMessage": refusal.message, "payer": payer})
         return AbortResult(reason=refusal.reason, message=refusal.message)

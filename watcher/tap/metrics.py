@@ -2,8 +2,9 @@
 
     spendwatch_tap_records_total{kind, outcome}     outcome: published | dropped | failed_retry | unrecordable
     spendwatch_tap_buffer_records                   records waiting for Kafka
-    spendwatch_tap_refused_total{where, state}      where: verify | settle; state: open | held | unknown
-    spendwatch_tap_breaker_unknown_total{mode}      a payer's breaker state could not be known (mode: open | closed)
+    spendwatch_tap_refused_total{where, state}      where: verify | settle; state: open | held | unknown | no_payer
+    spendwatch_tap_breaker_unknown_total{mode}      a payment's breaker state could not be known, or it names no
+                                                    payer the tap can read (mode: open | closed)
     spendwatch_tap_breaker_view_stale               1 while the breaker view is not current (alert on it)
     spendwatch_tap_upstream_seconds{call}           upstream facilitator latency (proxy)
     spendwatch_tap_requests_total{call, status}     proxy requests answered

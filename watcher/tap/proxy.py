@@ -9,7 +9,9 @@ paymentRequirements}`). Each call is forwarded unchanged, with the caller's head
 header passes through), and the upstream's answer is returned unchanged (status, body, content type).
 A payer whose breaker is open or held is refused at /verify and at /settle without calling upstream:
 HTTP 200 with `isValid`/`success` false and `invalidReason`/`errorReason` = spendwatch_agent_frozen
-(or spendwatch_agent_held), which the SDK's facilitator client turns into the merchant's 402.
+(or spendwatch_agent_held), which the SDK's facilitator client turns into the merchant's 402. With the
+gate failing closed, so is a call whose payer cannot be read (no authorization `from`, a malformed body:
+spendwatch_payer_unknown); failing open, it is forwarded (counted in spendwatch_tap_breaker_unknown_total).
 
 Also: GET /healthz (JSON: buffer, breaker view, counters), GET /metrics (Prometheus).
 An upstream that cannot be reached gets HTTP 502 (as the merchant would have seen calling it directly).
@@ -124,33 +126,35 @@ class TapProxy:
         self.metrics.requests.labels(call, str(status)).inc()
         return web.Response(status=status, body=data, headers={"Content-Type": ctype})
 
-    def _refuse(self, call: str, body: dict, pp: dict, req: dict) -> web.Response | None:
+    def _refuse(self, call: str, parts: tuple[dict, dict, dict] | None) -> web.Response | None:
+        """The refusal of a frozen payer, or (fail closed) of a payment whose payer cannot be read (a
+        malformed body included); None lets the call through to upstream."""
         if self.gate is None:
             return None
-        payer, refusal = self.gate.check_all(payers_of(pp), call)
+        payer, refusal = self.gate.check_all([] if parts is None else payers_of(parts[1]), call)
         if refusal is None:
             return None
         self.counts["refused"] += 1
+        who = {} if payer is None else {"payer": payer}
         if call == "verify":
-            answer = {"isValid": False, "invalidReason": refusal.reason, "invalidMessage": refusal.message,
-                      "payer": payer}
-            self.publisher.offer(verify_record(pp, req, answer, facilitator=self.name,
-                                               declared_version=body.get("x402Version")))
+            answer = {"isValid": False, "invalidReason": refusal.reason, "invalidMessage": refusal.message, **who}
+            if parts is not None and payer is not None:    # no payer: no wallet to key or count it by
+                body, pp, req = parts
+                self.publisher.offer(verify_record(pp, req, answer, facilitator=self.name,
+                                                   declared_version=body.get("x402Version")))
         else:
-            answer = {"success": False, "errorReason": refusal.reason, "errorMessage": refusal.message,
-                      "payer": payer, "transaction": "", "network": network_of(pp, req)}
-        log.info("refused %s for %s: %s", call, payer, refusal.reason)
+            answer = {"success": False, "errorReason": refusal.reason, "errorMessage": refusal.message, **who,
+                      "transaction": "", "network": "" if parts is None else network_of(parts[1], parts[2])}
+        log.info("refused %s for %s: %s", call, payer or "an unknown payer", refusal.reason)
         return self._reply(call, 200, msgspec.json.encode(answer), "application/json")
 
     async def _payment_call(self, request: web.Request, call: str) -> web.Response:
         self.counts[call] += 1
         raw = await request.read()
         parts = self._split(raw)
-        if parts is not None:
-            body, pp, req = parts
-            refused = self._refuse(call, body, pp, req)
-            if refused is not None:
-                return refused
+        refused = self._refuse(call, parts)
+        if refused is not None:
+            return refused
         status, data, ctype = await self._forward(request, call, raw)
         if parts is not None and status == 200:
             self._record(call, parts, data)
