@@ -101,9 +101,12 @@ class DetectStage:
         det = self.detector_for(agent)
         return bool(det and det.release(agent))
 
-    def approve(self, partition: int, agent: str) -> bool:
+    def approve(self, partition: int, agent: str, only_pending: bool = False) -> bool:
         det = self.detector_for(agent)
-        return bool(det and det.approve(agent))
+        return bool(det and det.approve(agent, only_pending=only_pending))
+
+    def knows(self, partition: int, agent: str) -> bool:
+        return self.detector_for(agent) is not None
 
     def is_frozen(self, partition: int, agent: str) -> bool:
         det = self.detector_for(agent)

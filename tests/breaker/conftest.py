@@ -143,8 +143,8 @@ class DetectStage:
     def release(self, p, agent):
         return self.detectors[p].release(agent)
 
-    def approve(self, p, agent):
-        return self.detectors[p].approve(agent)
+    def approve(self, p, agent, only_pending=False):
+        return self.detectors[p].approve(agent, only_pending=only_pending)
 
     def is_frozen(self, p, agent):
         return self.detectors[p].is_frozen(agent)

@@ -32,8 +32,8 @@ class Control:
     def release(self, p, agent):
         return self.h.detector.release(agent)
 
-    def approve(self, p, agent):
-        return self.h.detector.approve(agent)
+    def approve(self, p, agent, only_pending=False):
+        return self.h.detector.approve(agent, only_pending=only_pending)
 
     def is_frozen(self, p, agent):
         return self.h.detector.is_frozen(agent)

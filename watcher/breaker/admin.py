@@ -4,7 +4,8 @@
     GET  /v1/agents/{agent}                 one agent
     POST /v1/agents/{agent}/hold            {"reason": "..."}  freeze until released
     POST /v1/agents/{agent}/release         {"reason": "..."}  open/held -> half_open; half_open -> closed
-    POST /v1/agents/{agent}/approve         {"reason": "..."}  answer the pending escalation
+    POST /v1/agents/{agent}/approve         {"reason": "..."}  answer the pending escalation (none: changed
+                                            false, nothing approved ahead; an agent never seen: 404)
     PUT  /v1/agents/{agent}/caps            {"caps": {"1m": 2000000, "24h": 50000000} | null}  base units
                                             (windows 1m, 1h, 24h: the ones detection holds caps for)
 
@@ -25,7 +26,7 @@ from aiohttp import web
 
 from watcher.breaker.config import AdminSettings
 from watcher.breaker.openapi import openapi_document
-from watcher.breaker.stage import BreakerStage, NotOwnedError, NotRecordedError, _canon
+from watcher.breaker.stage import BreakerStage, NotOwnedError, NotRecordedError, UnknownAgentError, _canon
 from watcher.detect.rules import CAP_WINDOWS
 
 CAPPABLE = tuple(w for _, w, _ in CAP_WINDOWS)   # the windows detection holds caps for (1m, 1h, 24h)
@@ -184,6 +185,8 @@ class AdminServer:
                                        command_id=request.headers.get("Idempotency-Key"), **kw)
         except NotOwnedError as exc:
             return _json_error(409, str(exc), "send the request to the replica that owns the partition")
+        except UnknownAgentError as exc:
+            return _json_error(404, str(exc), "check the wallet (spendwatch breaker list shows the agents)")
         except NotRecordedError as exc:
             log.error("admin %s %s by %s: %s", action, agent, by, exc)
             return _json_error(503, str(exc), "check Kafka (kafka.bootstrap), then repeat the command")

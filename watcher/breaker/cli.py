@@ -54,7 +54,8 @@ def register(sub) -> None:
     show.add_argument("agent", help="wallet address 0x...")
     for action, text in (("hold", "freeze the agent until a person releases it (freeze webhook)"),
                          ("release", "let the agent go: open/held -> half-open probation; half-open -> closed"),
-                         ("approve", "approve the agent's pending escalation")):
+                         ("approve", "approve the agent's pending escalation (none: unchanged; an agent the "
+                          "watcher has never seen: exit 1, unknown agent)")):
         a = bsub.add_parser(action, help=text, description=f"{text[0].upper()}{text[1:]}. Example: spendwatch "
                             f"breaker {action} 0xAbC... --reason '...'")
         _common(a)
@@ -133,7 +134,8 @@ def cmd_breaker(args) -> int:
         if args.json:
             print(json.dumps(out, indent=2))
         else:
-            state = "changed" if out["changed"] else "unchanged (nothing to do)"
+            idle = "no escalation waits for approval" if cmd == "approve" else "nothing to do"
+            state = "changed" if out["changed"] else f"unchanged ({idle})"
             print(f"{cmd} {out['agent']}: {state}; breaker now {out['breaker']['state']}")
         return 0
 

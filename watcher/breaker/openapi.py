@@ -19,6 +19,12 @@ def _action(summary: str, body: str = "Reason") -> dict[str, Any]:
                 "503": {**_ERR, "description": "applied in the daemon but not recorded by Kafka yet (repeat it)"}}}
 
 
+def _approve() -> dict[str, Any]:
+    op = _action("approve the agent's pending escalation (none pending: changed=false, nothing approved ahead)")
+    op["responses"]["404"] = {**_ERR, "description": "unknown agent: no payment and no breaker of it here"}
+    return op
+
+
 def openapi_document() -> dict[str, Any]:
     breaker = {"type": "object", "properties": {
         "state": {"enum": ["closed", "open", "half_open", "held"]}, "since_ms": {"type": "integer"},
@@ -81,7 +87,7 @@ def openapi_document() -> dict[str, Any]:
                     "schema": {"$ref": "#/components/schemas/Agent"}}}}, "400": _ERR, "401": _ERR}}},
             "/v1/agents/{agent}/hold": {"post": _action("freeze the agent until a person releases it")},
             "/v1/agents/{agent}/release": {"post": _action("open/held -> half_open (probation); half_open -> closed")},
-            "/v1/agents/{agent}/approve": {"post": _action("approve the agent's pending escalation")},
+            "/v1/agents/{agent}/approve": {"post": _approve()},
             "/v1/agents/{agent}/caps": {"put": _action("set (or clear) the agent's caps", "Caps")},
             "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI"}}}},
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "ok"}}}},

@@ -50,11 +50,16 @@ class NotRecordedError(SpendwatchError):
     """A person's change is applied in this process but Kafka has not recorded it (yet)."""
 
 
+class UnknownAgentError(SpendwatchError):
+    """A command that needs an agent this replica has never seen (no payment, no breaker): a wrong wallet."""
+
+
 class DetectorControl(Protocol):
-    """What the breaker needs from the detection stage, per input partition. `set_caps` is optional."""
+    """What the breaker needs from the detection stage, per input partition. `set_caps` and `knows` (the
+    detector has seen the agent) are optional."""
 
     def release(self, partition: int, agent: str) -> bool: ...
-    def approve(self, partition: int, agent: str) -> bool: ...
+    def approve(self, partition: int, agent: str, only_pending: bool = False) -> bool: ...
     def is_frozen(self, partition: int, agent: str) -> bool: ...
 
 
@@ -292,22 +297,36 @@ class BreakerStage:
         br = self.parts[p]
         cmd = command_id or f"cmd-{uuid.uuid4().hex}"
         now = int(time.time() * 1000)
+        answered = False
         if action == "hold":
             e = br.hold(agent, now, by, cmd, reason)
         elif action == "release":
             e = br.release(agent, now, by, cmd, reason)
         elif action == "approve":
             e = br.approve(agent, now, by, cmd, reason)
-            if e is None and self.control is not None:  # the detector may hold one the breaker missed
-                self.control.approve(p, agent)
+            if e is None and cmd not in br.applied:   # no escalation at the breaker, and not a retry
+                answered = self._approve_in_detector(p, agent, cmd)
         else:
             e = br.set_caps(agent, caps, now, by, cmd)
         if e is not None:
             self.where[agent] = p
             self._emit(p, e, self.unrecorded)
         await self._record(f"{action} of {agent}" + ("" if e is not None else " (unchanged; an earlier change)"))
-        return {"agent": agent, "action": action, "changed": e is not None, "effect": e.id if e else None,
-                "partition": p, "breaker": self.view(agent)}
+        return {"agent": agent, "action": action, "changed": e is not None or answered,
+                "effect": e.id if e else None, "partition": p, "breaker": self.view(agent)}
+
+    def _approve_in_detector(self, p: int, agent: str, cmd: str) -> bool:
+        """Approve an escalation the detector holds and the breaker missed. None there either: nothing
+        changes (no approval ahead of time), and an agent neither of them knows is refused as unknown."""
+        c = self.control
+        if c is not None and c.approve(p, agent, only_pending=True):
+            self.parts[p]._remember(cmd)
+            return True
+        knows = getattr(c, "knows", None)
+        if agent not in self.where and knows is not None and not knows(p, agent):
+            raise UnknownAgentError(f"unknown agent {agent}: no payment and no breaker of it on this replica's "
+                                    f"partitions {sorted(self.parts)}; nothing approved")
+        return False
 
     async def _record(self, what: str) -> None:
         """Publish people's changes not yet on the broker, oldest first; NotRecordedError if Kafka does not

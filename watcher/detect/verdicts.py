@@ -107,10 +107,13 @@ class Verdicts:
             out.append(d)
         return out
 
-    def approve(self, agent: str, now_ms: int | None = None) -> bool:
-        """A person approved the agent's pending escalation. False if none was pending."""
+    def approve(self, agent: str, now_ms: int | None = None, *, only_pending: bool = False) -> bool:
+        """A person approved the agent's pending escalation: it is answered and further escalations are
+        silenced for `approval_ttl_seconds`. False if none was pending; then `only_pending` (a person's
+        command) changes nothing, else the silence is granted anyway (an approval the breaker log holds, of
+        an escalation this detector already timed out or has yet to raise again on replay)."""
         row = self.index.get(agent)
-        if row is None:
+        if row is None or (only_pending and row not in self.pending):
             return False
         now = self.now_ms if now_ms is None else int(now_ms)
         ttl = self.table.limits[row].escalation.approval_ttl_seconds * 1000
