@@ -320,3 +320,50 @@ def test_readme_metrics_table_names_every_family_the_daemon_serves():
     named |= {"spendwatch" + s for s in re.findall(r"`(_[a-z_]+)(?:\{[a-z_, ]*\})?`", table)}
     missing = sorted(n for n in served if n not in named and f"{n}_total" not in named)
     assert not missing, f"README's metrics table does not name {missing}"
+
+
+class _Position:
+    def __init__(self, position, highwater):
+        self._position, self.highwater = position, highwater
+
+    @property
+    def has_valid_position(self):
+        return self._position is not None
+
+    @property
+    def position(self):
+        return self._position
+
+
+class _Consumer:
+    """What the lag gauge reads of an aiokafka consumer: the highwater and the fetch position per partition
+    (aiokafka keeps both in the same per-partition state; `highwater()` reads it the same way)."""
+
+    def __init__(self, states):
+        from aiokafka import TopicPartition
+        self.states = {TopicPartition(t, p): _Position(pos, hw) for (t, p), (pos, hw) in states.items()}
+        self._subscription = SimpleNamespace(subscription=SimpleNamespace(
+            assignment=SimpleNamespace(state_value=self.states.__getitem__)))
+
+    def highwater(self, tp):
+        return self.states[tp].highwater
+
+
+def test_consumer_lag_of_a_partition_with_no_covered_offset_counts_from_where_reading_starts():
+    """A partition with no covered offset yet (no checkpoint, nothing processed) whose log starts above 0
+    (retention deleted its old records, none newer): the consumer starts at the log start, which is the
+    high watermark. Its lag is 0, not the high watermark (10,000 records deleted before anyone read them
+    would hold ConsumerLagHigh for ever). A backlog from the start still counts; a covered offset wins."""
+    from watcher.batch import Counters
+    from watcher.observe.server import DaemonCollector
+
+    consumer = _Consumer({("pay", 0): (50_000, 50_000), ("chain", 0): (20_000, 35_000),
+                          ("pay", 1): (None, 7), ("chain", 1): (900, 1_000)})
+    daemon = SimpleNamespace(counters=Counters(), dlq_reasons={}, shards={}, tracked_agents=lambda: 0,
+                             consumer=consumer, covered={0: {}, 1: {"chain": 400}},
+                             k=SimpleNamespace(payments_topic="pay", chain_topic="chain"))
+    reg = CollectorRegistry()
+    reg.register(DaemonCollector(daemon))
+    lag = {(s.labels["topic"], s.labels["partition"]): s.value
+           for fam in reg.collect() if fam.name == "spendwatch_consumer_lag_records" for s in fam.samples}
+    assert lag == {("pay", "0"): 0, ("chain", "0"): 15_000, ("chain", "1"): 600}   # pay[1]: position unknown yet

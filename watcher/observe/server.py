@@ -85,14 +85,27 @@ class DaemonCollector:
         if consumer is not None:
             for p, covered in sorted(d.covered.items()):
                 for topic in (d.k.payments_topic, d.k.chain_topic):
-                    try:
-                        hw = consumer.highwater(TopicPartition(topic, p))
-                    except Exception:  # not assigned any more
-                        hw = None
-                    if hw is None:
-                        continue
-                    lag.add_metric([topic, str(p)], max(0, hw - covered.get(topic, 0)))
+                    behind = _lag(consumer, TopicPartition(topic, p), covered.get(topic))
+                    if behind is not None:
+                        lag.add_metric([topic, str(p)], behind)
         yield lag
+
+
+def _lag(consumer, tp: TopicPartition, covered: int | None) -> int | None:
+    """High watermark minus the next offset to process; None while either is unknown. With no covered
+    offset yet (nothing processed since a start without checkpoint), the next offset is where the consumer
+    reads from: the log start, not 0, once retention deleted the first records (or the lag of a partition
+    retention emptied would be its high watermark for ever)."""
+    try:
+        hw = consumer.highwater(tp)
+        if covered is None:   # the fetch position, read as consumer.highwater() reads the highwater
+            state = consumer._subscription.subscription.assignment.state_value(tp)
+            covered = state.position if state.has_valid_position else None
+    except Exception:  # not assigned any more
+        return None
+    if hw is None or covered is None:
+        return None
+    return max(0, hw - covered)
 
 
 def bridge_confirmed(shards) -> GaugeMetricFamily:
