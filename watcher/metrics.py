@@ -140,6 +140,9 @@ class Metrics:
                                            "state entered.", ["state"], registry=r)
         self.escalations = Gauge("spendwatch_escalations_waiting", "Escalations waiting for a person.",
                                  registry=r)
+        self.escalation_timeout = Gauge("spendwatch_escalation_timeout_seconds", "The policy's shortest "
+                                        "escalation.timeout_seconds (defaults, teams, agents): an escalation "
+                                        "unanswered this long freezes its agent.", registry=r)
         self.anomaly = BulkHistogram("spendwatch_anomaly_score", "Anomaly scores, by model.", SCORE_BUCKETS,
                                      ("model",))
         r.register(self.anomaly)
@@ -393,6 +396,7 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_breakers", "gauge", "state", "agents per breaker state"),
     ("spendwatch_breaker_transitions_total", "counter", "state", "breaker transitions by state entered"),
     ("spendwatch_escalations_waiting", "gauge", "", "escalations waiting for a person"),
+    ("spendwatch_escalation_timeout_seconds", "gauge", "", "the policy's shortest escalation timeout"),
     ("spendwatch_decisions_total", "counter", "kind, rule", "detection decisions"),
     ("spendwatch_findings_total", "counter", "kind", "unsettled, shadow_spend, amount_mismatch"),
     ("spendwatch_anomaly_score", "histogram", "model", "anomaly scores"),

@@ -195,7 +195,7 @@ class Assembly:
         path = settings.detect.policy_file
         if path:
             windows = [w.name for w in settings.windows]
-            self.policy_watcher = PolicyWatcher(path, on_change=lambda p: self.detect.set_policy(p),
+            self.policy_watcher = PolicyWatcher(path, on_change=self._set_policy,
                                                 check=lambda p: p.check_windows(windows))
             policy = self.policy_watcher.policy
         else:
@@ -206,6 +206,7 @@ class Assembly:
         self.detect = DetectStage(policy, settings.kafka.decisions_topic, score_sink=(
             self.metrics.anomaly_scores if settings.metrics.enabled else None),
             forget_after_ms=settings.detect.forget_after_seconds * 1000)
+        self.metrics.escalation_timeout.set(policy.shortest_escalation_timeout_seconds())
         self.stages.append(self.detect)
         self.categorize = rate_card_first(self.detect.categorize, settings.categories)
         self.breaker_config = breaker or BreakerConfig.from_settings(settings)
@@ -223,6 +224,11 @@ class Assembly:
         self.metrics_service = MetricsService(self.metrics, settings.metrics) if settings.metrics.enabled else None
         if self.metrics_service is not None:
             self.services.append(self.metrics_service)
+
+    def _set_policy(self, policy: Policy) -> None:
+        """A reloaded policy: detection uses it, and the escalation alert's threshold follows its timeouts."""
+        self.detect.set_policy(policy)
+        self.metrics.escalation_timeout.set(policy.shortest_escalation_timeout_seconds())
 
     def daemon(self, **kwargs) -> Daemon:
         d = Daemon(self.settings, self.stages, services=self.services, categorize=self.categorize, **kwargs)

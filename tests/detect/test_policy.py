@@ -291,3 +291,23 @@ def test_a_bad_reload_logs_every_reason_and_keeps_the_old_policy(tmp_path, caplo
     assert "keeping version v1" in line, line
     for key in THREE_KEYS:
         assert key in line and key in r.message, line
+
+
+def test_the_escalation_alert_threshold_follows_the_policys_shortest_timeout(tmp_path):
+    """EscalationWaitingTooLong pages at half of spendwatch_escalation_timeout_seconds: the daemon exports
+    the shortest escalation.timeout_seconds of the defaults, teams and agents, and follows a reload."""
+    from watcher.config import load_settings
+    from watcher.stages import build
+
+    policy = tmp_path / "policy.toml"
+    _write(policy, 'version = "v1"\n[defaults.escalation]\ntimeout_seconds = 600\n'
+                   '[teams.ops.escalation]\ntimeout_seconds = 120\n')
+    cfg = tmp_path / "spendwatch.toml"
+    cfg.write_text(f'[detect]\npolicy_file = "{policy}"\n')
+    assembly = build(load_settings(cfg))
+    gauge = lambda: assembly.metrics.registry.get_sample_value("spendwatch_escalation_timeout_seconds")
+    assert gauge() == 120
+    _write(policy, 'version = "v2"\n[agents."0x' + "11" * 20 + '".escalation]\ntimeout_seconds = 300\n')
+    assert assembly.policy_watcher.poll().changed and gauge() == 300      # the default 900, an agent's 300
+    assert build(load_settings(None)).metrics.registry.get_sample_value(
+        "spendwatch_escalation_timeout_seconds") == 900                    # no policy file: the default

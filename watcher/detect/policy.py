@@ -159,6 +159,12 @@ class Policy:
                 need.setdefault(lim.escalation.window, f"{where}.escalation.window")
         return need
 
+    def shortest_escalation_timeout_seconds(self) -> int:
+        """The shortest `escalation.timeout_seconds` of the defaults, teams and agents: the alert that pages
+        about an unanswered escalation fires at a fraction of it, before any agent's timeout freezes it."""
+        layers = [self.defaults, *self.teams.values(), *self.agents.values()]
+        return min(lim.escalation.timeout_seconds for lim in layers)
+
     def check_windows(self, window_names: list[str], config_file: str | None = None) -> None:
         """ConfigError if a limit of this policy sums over a window the configuration does not keep (it would
         never be applied)."""
