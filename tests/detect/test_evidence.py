@@ -134,3 +134,21 @@ def test_id_ring_orders_by_time_with_the_crossing_event_last():
     assert ring.counted(8, times, 5, 0) == []
     back = IdRings.restore(4, msgspec.msgpack.decode(msgspec.msgpack.encode(ring.snapshot(8))))
     assert back.rows == ring.rows and IdRings.restore(4, ring.snapshot(7)).rows == {}
+
+
+def test_a_finding_decision_names_its_payments_records_up_to_the_count_rules_bound():
+    """A transaction moving the agent's tokens in many Transfer logs (a batch of authorizations), no settle:
+    one shadow_spend finding naming every transfer record. Its decision names them too, up to 64 (the count
+    rules' bound, FAIL_SLOTS; it was 20), the first ones first; the finding on watcher.findings keeps all."""
+    from watcher.simulate.records import encode, fake_hash, transfer_record
+
+    for logs in (30, 70):
+        h = Harness("[defaults.anomaly]\nenabled = false\n")
+        h.feed([h.settle(T0, 10)])                                   # the merchant: a known payee
+        tx = fake_hash("batch", logs)
+        h.feed([encode(transfer_record(ts_ms=T0 + 1000, payer=AGENT, to="0x" + "22" * 20, amount=1000, tx=tx,
+                                       log_index=i, status="confirmed")) for i in range(logs)])
+        ds = h.feed([h.settle(T0 + 400_000, 10)])                    # past the shadow grace
+        [shadow] = [d for d in ds if d.rule == "finding.shadow_spend"]
+        named = [f"8453:{tx}:{i}" for i in range(logs)]
+        assert shadow.event_ids == named[:FAIL_SLOTS] and len(shadow.event_ids) == min(logs, 64)

@@ -14,7 +14,8 @@ A candidate names the events behind it (`Candidate.event_ids`): the payment or s
 threshold; for the count rules, every event counted, in time order, the crossing one last
 (`failed_verifications`: the refused verifications in its window, at most FAIL_SLOTS = 64, the rule's
 largest count; `new_merchant_burst`: the payments to first-time merchants in its window, at most
-NEWM_SLOTS = 16, its largest count; see watcher/detect/evidence.py).
+NEWM_SLOTS = 16, its largest count; see watcher/detect/evidence.py); for a finding, its payment's records,
+the settle first, at most FINDING_IDS = 64, as many as a count rule (the finding names them all).
 
 `Candidates` is a mixin of `Detector` (watcher/detect/detector.py), which owns the state it reads and
 writes: `index`, `agents`, `table`, `base`, `fleet`, `frozen`, `fail_ring`, `fail_ptr`, `fail_ids`,
@@ -38,6 +39,8 @@ log = logging.getLogger("watcher.detect")
 
 USDC = "usdc_base_units"
 FAIL_SLOTS = 64
+FINDING_IDS = FAIL_SLOTS   # a finding's decision names its payment's first records (the settle first), as many
+                           # as a count rule names at most; the finding on watcher.findings names them all
 KNOWN_MERCHANTS_MAX = 200_000
 
 
@@ -297,5 +300,5 @@ class Candidates:
             observed = moved if moved is not None else (settled or 0)
             threshold = settled if f.kind == "amount_mismatch" and settled is not None else 0
             cands.append(Candidate(base_pos + k, ms, r, f"finding.{f.kind}", "finding", observed, threshold, USDC,
-                                   None, list(f.eventIds)[:20], f"{f.kind.replace('_', ' ')} on {f.tx}: {f.detail}",
+                                   None, list(f.eventIds)[:FINDING_IDS], f"{f.kind.replace('_', ' ')} on {f.tx}: {f.detail}",
                                    f.merchant, None, f.id))

@@ -10,7 +10,8 @@
 
 `eventIds` names the events behind the decision: the one that crossed the threshold, or for a count rule
 (`failed_verifications`, `new_merchant_burst`) every event counted, in time order, that one last (at most
-64 and 16: see watcher/detect/candidates.py); for a finding, its payment's records (at most 20).
+64 and 16: see watcher/detect/candidates.py); for a finding, its payment's records (the settle, then
+its transfers; at most 64, FINDING_IDS: the finding on watcher.findings names them all).
 `id` is a hash of (agent, rule, the triggering event id or escalation id), so a re-run over the same
 events yields the same ids and a consumer can drop repeats. An `escalation_timeout` (source "clock") is
 triggered by no event: its `eventIds` holds the id of the unanswered escalation decision, whose own

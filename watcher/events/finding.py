@@ -4,6 +4,10 @@
      "amount_mismatch", "agent": "0x...", "merchant": "0x...", "chainId": 8453, "tx": "0x...",
      "settledAmount": "1000" | null, "transferredAmount": "990" | null, "observedAt": "...Z",
      "eventIds": ["..."], "detail": "..."}
+
+`eventIds` names the payment's records: the settle's id (if any), then each transfer record of the
+transaction (one per log index), all of them. A decision on a finding names the first 64 (FINDING_IDS in
+watcher/detect/candidates.py, the count rules' bound).
 """
 
 from __future__ import annotations
