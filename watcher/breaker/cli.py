@@ -17,7 +17,8 @@ from watcher.money import fmt_usdc, usdc
 EPILOG = ("The daemon must run with an admin token (admin.token or SPENDWATCH_ADMIN_TOKEN); give the same token\n"
           "here. A replica answers only for the agents of the partitions it owns (HTTP 409 otherwise): with\n"
           "several replicas, ask each (--url). Exit 0 when the API answered, 1 with the reason if not\n"
-          "(unreachable, token refused, bad wallet or window). `spendwatch breaker ACTION --help` for each.\n\n"
+          "(unreachable, token refused, bad wallet or window, a partition another replica owns, an approve\n"
+          "of an agent the watcher has never seen). `spendwatch breaker ACTION --help` for each.\n\n"
           "Examples:\n  spendwatch breaker list --state open\n"
           "  spendwatch breaker hold 0xAbC... --reason 'looping on a paid search API'\n"
           "  spendwatch breaker release 0xAbC...\n  spendwatch breaker caps 0xAbC... --cap 1m=2 --cap 24h=50")

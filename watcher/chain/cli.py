@@ -13,7 +13,17 @@ from watcher.chain.config import ChainSettings, load_settings
 
 log = logging.getLogger("spendwatch.chain")
 
-_KEYS = "\n".join(f"  {name:24} {f.description}" for name, f in ChainSettings.model_fields.items())
+
+
+def _default(value) -> str:
+    """A key's default as written in TOML, for the list of keys; none for keys without one."""
+    if value is None or value == ():
+        return ""
+    return f" (default {str(value).lower() if isinstance(value, bool) else value})"
+
+
+_KEYS = "\n".join(f"  {name:24} {f.description}{_default(f.default)}"
+                  for name, f in ChainSettings.model_fields.items())
 
 DESCRIPTION = f"""\
 Follow the token contract (USDC on Base by default) on an EVM node and publish every transfer out of a
@@ -38,10 +48,25 @@ Keys of [chain]:
 {_KEYS}
 """
 
+EPILOG = """\
+SIGINT or SIGTERM: the block being read is completed, then exit 0. Exit 1 with the reason (a bad
+configuration names the key and the fix): Kafka unreachable at start, a node on another chain than
+chain_id, the /metrics port in use, a checkpoint file that cannot be read. A node that cannot be reached,
+or Kafka lost later, does not stop it: it reconnects with a back-off from reconnect_min_seconds doubling
+to reconnect_max_seconds (a WARNING each time) and resumes from its checkpoint.
+
+examples:
+  spendwatch chain --config spendwatch.toml --check
+  spendwatch chain --config spendwatch.toml
+  spendwatch chain --ws-url wss://base.example/ws --wallet 0x2f62eEBC5e3EbF1B4c0aA3c2f9d3a4b0E0f2C9a1 \\
+    --bootstrap kafka:9092
+"""
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("chain", help="publish on-chain USDC transfers of watched agents to Kafka",
-                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE", type=Path,
                    help="TOML file with a [chain] table (keys listed above)")
     p.add_argument("--ws-url", metavar="URL", help="WebSocket RPC endpoint, ws:// or wss:// (chain.ws_url)")
@@ -55,8 +80,11 @@ def register(subparsers) -> None:
                    help="a wallet to watch; repeat for more (added to chain.watched_wallets)")
     p.add_argument("--watch-all", action="store_true", default=None,
                    help="publish every transfer of the token (chain.watch_all)")
-    p.add_argument("--checkpoint", type=Path, metavar="FILE", help="checkpoint file (chain.checkpoint_path)")
-    p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (chain.kafka_bootstrap)")
+    p.add_argument("--checkpoint", type=Path, metavar="FILE", help="checkpoint file (chain.checkpoint_path, "
+                   "default .spendwatch/chain-checkpoint.json)")
+    p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers "
+                   "(chain.kafka_bootstrap, default 127.0.0.1:9092; the environment variable is "
+                   "SPENDWATCH_CHAIN__KAFKA_BOOTSTRAP, not SPENDWATCH_KAFKA__BOOTSTRAP)")
     p.add_argument("--topic", help="Kafka topic (chain.topic, default x402.chain)")
     p.add_argument("--metrics-port", metavar="PORT", help="port of /metrics (chain.metrics_port, default "
                    "9465; 0: a free port, logged; off: none)")

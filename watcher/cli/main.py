@@ -31,8 +31,8 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
-LOG_LEVEL_HELP = ("log verbosity (default INFO; run, demo, simulate and statement take log_level from their "
-                  "--config file; given here, this wins)")
+LOG_LEVEL_HELP = ("log verbosity (default INFO; run, demo, simulate, deadletters and statement take log_level "
+                  "from their --config file; given here, this wins)")
 
 EPILOG = """\
 Start with `spendwatch demo --duration 30` (embedded broker, simulated fleet, about 40 s).

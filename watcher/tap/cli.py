@@ -62,15 +62,15 @@ def register(subparsers) -> None:
     p.add_argument("--topic", default="x402.payments", help="payments topic (default x402.payments)")
     p.add_argument("--buffer", type=int, default=10_000, metavar="N",
                    help="records held while Kafka is unreachable before drops (default 10000)")
-    p.add_argument("--breaker-topic", default="watcher.breaker",
+    p.add_argument("--breaker-topic", default="watcher.breaker", metavar="TOPIC",
                    help="the watcher's breaker topic, read from the beginning (default watcher.breaker)")
     p.add_argument("--admin-url", metavar="URL",
                    help="read breaker state from the watcher's admin API instead of the topic (token in "
                         "$SPENDWATCH_ADMIN_TOKEN; one daemon, at most 1000 open and 1000 held agents: past that, "
                         "agents it does not list count as unknown)")
-    p.add_argument("--refresh-seconds", type=float, default=2.0,
+    p.add_argument("--refresh-seconds", type=float, default=2.0, metavar="SECONDS",
                    help="admin API poll interval (default 2)")
-    p.add_argument("--stale-seconds", type=float, default=30.0,
+    p.add_argument("--stale-seconds", type=float, default=30.0, metavar="SECONDS",
                    help="breaker state older than this counts as unknown (default 30)")
     p.add_argument("--fail", choices=["open", "closed"], default="open",
                    help="when breaker state is unknown, or the payer cannot be read from the payment: open = let "
