@@ -6,6 +6,8 @@ import itertools
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from watcher.errors import CheckpointError
 from watcher.events import Decoder
@@ -200,3 +202,90 @@ def test_agents_with_spend_in_some_window_are_kept():
     sh.advance(T + 30 * 60_000)  # out of the 1m window, still in the 1h one
     sh.snapshot()
     assert len(sh.agents) == 20 and sh.agent_totals(_wallet(3)) == ([0, 100], [0, 1])
+
+
+# -- a settle after its payment's transfer: the settle's category and merchant facts ---------------------------
+DATA = "https://api.example/v1/data"
+
+
+def _by_resource(merchant, resource):
+    return "data" if resource and resource.startswith(DATA) else None
+
+
+def _all_windows(shard, category=None):
+    return shard.agent_totals(A) if category is None else shard.category_totals(A, category)
+
+
+def _every_window(amount, count):
+    n = len(ShardConfig().windows)
+    return [amount] * n, [count] * n
+
+
+def test_a_settle_after_its_transfer_moves_the_payment_into_its_resource_category():
+    """The bridge publishes transfers `pending` at the chain head, so a payment's transfer often comes first:
+    the category came from the transfer's `to` only, and the settle, which names the resource, moved
+    nothing (a category budget and the statements missed the payment)."""
+    first = Shard(categorize=_by_resource)
+    first.apply([settle(1, resource=DATA)])
+    first.apply([transfer(1), transfer(1, status="confirmed")])
+    later = Shard(categorize=_by_resource)
+    out = later.apply([transfer(1)])
+    assert later.category_totals(A, "data")[0][-1] == 0
+    out = later.apply([settle(1, resource=DATA)])
+    (d,) = out.deltas
+    assert out.moves == [0] and (d.amount, d.count, d.category, d.resource) == (0, 0, "data", DATA)
+    assert (d.move.amount, d.move.count, d.move.category, d.move.merchant) == (100, 1, None, M)
+    later.apply([transfer(1, status="confirmed")])
+    assert _all_windows(later, "data") == _all_windows(first, "data") == _every_window(100, 1)
+    assert _all_windows(later) == _all_windows(first) == _every_window(100, 1)   # counted once
+    assert later.join.payments.get(fake_hash(1)).category == "data"
+
+
+def test_a_settle_after_its_transfer_moves_the_payment_out_of_the_transfers_category():
+    """[categories] keyed by the payTo address, the rate card by resource URL, rate card first: the settle's
+    category wins, as when the settle comes first."""
+    cat = lambda merchant, resource: "data" if resource == DATA else "generic"  # noqa: E731
+    sh = Shard(categorize=cat)
+    sh.apply([transfer(1, amount=70)])
+    assert sh.category_totals(A, "generic")[0][-1] == 70
+    sh.apply([settle(1, amount=70, resource=DATA)])
+    assert sh.category_totals(A, "generic") == _every_window(0, 0)
+    assert sh.category_totals(A, "data") == _every_window(70, 1)
+    assert day(sh) == (70, 1)
+
+
+def test_an_old_checkpoints_payments_restore_and_move():
+    """Payments checkpointed before `records_before_settle` (one array item fewer) restore, and move."""
+    sh = Shard(categorize=_by_resource)
+    sh.apply([transfer(1)])
+    snap = msgspec.msgpack.decode(msgspec.msgpack.encode(sh.snapshot()))
+    for gen in ("current", "previous"):
+        snap["join"]["payments"][gen] = {k: v[:-1] for k, v in snap["join"]["payments"][gen].items()}
+    resumed = Shard.restore(snap, categorize=_by_resource)
+    out = resumed.apply([settle(1, resource=DATA)])
+    assert out.deltas[0].move.records == 0 and resumed.category_totals(A, "data")[0][-1] == 100
+
+
+def _payment_records(k: int, settled: int, moved: int) -> list:
+    """One payment: a settle (resource-keyed category) and its transfer, pending then confirmed."""
+    ts = T + k * 1000
+    return [settle(k, amount=settled, ts=ts, resource=DATA if k % 2 else "https://other.example/x"),
+            transfer(k, amount=moved, ts=ts + 300), transfer(k, amount=moved, status="confirmed", ts=ts + 300)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_category_and_agent_sums_do_not_depend_on_the_interleaving(data):
+    """Each payment's records arrive in any order (a settle first or after its transfers), cut into any
+    batches: agent and category windows end as when every settle comes first."""
+    payments = [_payment_records(k, data.draw(st.sampled_from([100, 90])), 100) for k in range(1, 5)]
+    reference = Shard(categorize=_by_resource)
+    for recs in payments:
+        reference.apply(recs)
+    stream = data.draw(st.permutations([r for recs in payments for r in recs]))
+    cuts = sorted(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=4, unique=True)))
+    sh = Shard(categorize=_by_resource)
+    for a, b in zip([0] + cuts, cuts + [len(stream)]):
+        sh.apply(stream[a:b])
+    assert _all_windows(sh) == _all_windows(reference) == _every_window(400, 4)
+    assert _all_windows(sh, "data") == _all_windows(reference, "data") == _every_window(200, 2)

@@ -7,6 +7,14 @@ amount. A transfer published `reverted`
 (a reorg dropped its block) un-counts it; a replacement in a new block counts it again. Every change is
 returned as a delta against the payment's first-seen time, so windows stay exact.
 
+A settle that follows its payment's transfer (the bridge publishes transfers `pending` at the chain head,
+so it often comes first) brings what only it knows: the payment takes the settle's merchant and the
+category of its resource (a rate card or [categories] entry keyed by resource URL), as if the settle had
+come first, and the settle returns a moving Delta (`Delta.move`, see `Move`): amount and count 0 (the agent's
+totals do not change), the counted amount leaving the category and merchant the transfer gave it for the
+settle's, and the settle's merchant and resource for the merchant rules and rate cards. The payment keeps
+its first-seen time.
+
 Findings, each reported once per payment:
   amount_mismatch  a settled amount differs from the confirmed transferred amount
   shadow_spend     a confirmed transfer no facilitator reported within `shadow_grace_ms`
@@ -76,10 +84,25 @@ class Payment(msgspec.Struct, array_like=True, gc=False):
     transfers: tuple[tuple[int, int, str, str], ...] = ()   # (log index, amount, status, event id)
     reported: int = 0                    # bitmask of findings already emitted
     token: str = ""                      # the token contract (settle asset / transfer token); "": older checkpoint
+    records_before_settle: int = 0       # its records folded before its settle (a transfer came first); 0: older
+
+
+class Move(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """What a settle that followed its payment's transfer moves: the payment's counted `amount` and `count`
+    leave `category` and `merchant` (the transfer's: its `to`, and no resource) for those of the Delta that
+    carries it (the settle's), at the payment's time. `records`: the payment's records folded before the
+    settle (their statement `changes` move with it)."""
+
+    amount: int
+    count: int
+    category: str | None
+    merchant: str
+    records: int
 
 
 class Delta(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """A change of what a payment counts for, at the payment's first-seen time."""
+    """A change of what a payment counts for, at the payment's first-seen time. With `move` (a settle after
+    its transfer) amount and count are 0: the agent's totals do not change, the payment moves (see `Move`)."""
 
     agent: str
     category: str | None
@@ -90,6 +113,7 @@ class Delta(msgspec.Struct, array_like=True, frozen=True, gc=False):
     merchant: str = ""           # of the record that caused the change (payTo, or the transfer's `to`)
     resource: str | None = None
     kind: int = -1               # that record's Kind
+    move: Move | None = None
 
 
 def _iso(ms: int) -> datetime:
@@ -122,6 +146,8 @@ class Join:
                 heapq.heappush(self.deadlines, (now_ms + self.unsettled_after_ms, key))
                 return Delta(p.agent, category, p.ts_ms, obs.amount, 1, obs.event_id, obs.merchant,
                              obs.resource, SETTLE), _NONE
+        elif obs.kind == SETTLE and p.settle_amount is None and p.transfers:
+            return self._settle_after_transfer(p, obs, categorize), self._mismatch(p, key, now_ms)
         elif p.category is None:
             p.category = categorize(obs.merchant, obs.resource)
         if obs.kind == SETTLE:
@@ -156,8 +182,10 @@ class Join:
                 return None, _NONE
             p.transfers = tuple(t for t in p.transfers if t[0] != li) + ((li, obs.amount, obs.status,
                                                                           obs.event_id),)
-            if obs.status == "confirmed" and p.settle_amount is None:
-                heapq.heappush(self.deadlines, (now_ms + self.shadow_grace_ms, key))
+            if p.settle_amount is None:
+                p.records_before_settle += 1
+                if obs.status == "confirmed":
+                    heapq.heappush(self.deadlines, (now_ms + self.shadow_grace_ms, key))
         findings = self._mismatch(p, key, now_ms)
         return self._recount(p, obs), findings
 
@@ -178,6 +206,15 @@ class Join:
     def confirmed_upto(self) -> dict[tuple[int, str], int]:
         """(chain id, token) -> how far its bridge confirmed (event time)."""
         return self.bridges.confirmed_upto
+
+    @staticmethod
+    def _settle_after_transfer(p: Payment, obs: Observation, categorize) -> Delta:
+        """The first settle of a payment a transfer made: the payment's merchant and category become what the
+        settle would have made them (its payTo and resource); the counted amount (the chain's) moves there."""
+        move = Move(p.counted, p.counted_n, p.category, p.merchant, p.records_before_settle)
+        p.category, p.merchant = categorize(obs.merchant, obs.resource), obs.merchant
+        p.settle_amount, p.settle_id = obs.amount, obs.event_id
+        return Delta(p.agent, p.category, p.ts_ms, 0, 0, obs.event_id, obs.merchant, obs.resource, SETTLE, move)
 
     def _recount(self, p: Payment, obs: Observation) -> Delta | None:
         if p.transfers:

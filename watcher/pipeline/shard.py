@@ -3,6 +3,8 @@
 dedupe -> join (settle + transfer = one payment) -> rolling windows per agent and per agent+category.
 A `chain.progress` heartbeat goes to the join only (`Join.progress`): it moves event time like any record,
 but is not remembered by dedupe (it is idempotent), counts no spend, is no signal and makes no agent.
+A settle that follows its payment's transfer returns a moving delta (`Delta.move`, listed in `Outcome.moves`):
+the agent's windows do not change, the payment's amount and count move between its category windows.
 No I/O here: the async shell hands in validated Observations and gets an Outcome back.
 
 One record that makes the fold raise (a configured `categorize` callable that fails on one merchant, a bug
@@ -30,6 +32,7 @@ import logging
 import msgspec
 import numpy as np
 
+from watcher.events.decode import MAX_TRACKED_AMOUNT
 from watcher.events.finding import Finding
 from watcher.events.observation import Kind, Observation
 from watcher.pipeline.categories import Categorize
@@ -60,6 +63,7 @@ class Outcome(msgspec.Struct):
     signals: list[Observation] = []
     findings: list[Finding] = []
     stream_positions: list[int] = []  # input index of each delta, then of each signal (their stream order)
+    moves: list[int] = []             # index in `deltas` of each moving delta (a settle after its transfer)
     failed: list[tuple[int, Exception]] = []  # (input index, what it raised): records left out, to dead-letter
 
     def without_failed(self, batch: list[Observation]) -> list[Observation]:
@@ -121,6 +125,7 @@ class Shard:
         deltas = out.deltas
         delta_pos: list[int] = []
         signal_pos: list[int] = []
+        moves = out.moves = []
         dup = 0
         for i, obs in enumerate(batch):
             if obs.ts_ms > wm:
@@ -150,6 +155,8 @@ class Shard:
                             row = rows_of[agent] = agent_row(bytes.fromhex(agent[2:]))
                         if delta.category is not None:
                             c_rows.append(cat_row(category_key(agent, delta.category)))
+                        if delta.move is not None:
+                            moves.append(len(deltas))
                         deltas.append(delta)
                         delta_pos.append(i)
                         a_rows.append(row)
@@ -177,6 +184,8 @@ class Shard:
             if c_rows:
                 has = np.fromiter((d.category is not None for d in deltas), bool, n)
                 self.categories.add(np.array(c_rows, np.int64), ts[has], amounts[has], counts[has])
+            if moves:
+                self._move_categories([deltas[j] for j in moves])
         self.agents.advance(wm)
         self.categories.advance(wm)
         out.findings.extend(self.join.sweep(wm))
@@ -193,6 +202,33 @@ class Shard:
             else:
                 st.uncounted -= d.count
         return out
+
+    def _move_categories(self, moving: list[Delta]) -> None:
+        """Each moving delta's amount and count leave its old category's windows for its new one's."""
+        rows, ts, amounts, counts = [], [], [], []
+        for d in moving:
+            mv = d.move
+            if mv.category == d.category:
+                continue
+            for category, sign in ((mv.category, -1), (d.category, 1)):
+                if category is None:
+                    continue
+                row = self.categories.row(category_key(d.agent, category))
+                # a payment of several transfers can count more than one int64 holds: in pieces of at most
+                # MAX_TRACKED_AMOUNT (the windows hold an overflowing sum at the limit)
+                left, count = mv.amount, mv.count
+                while True:
+                    piece = min(left, MAX_TRACKED_AMOUNT)
+                    rows.append(row)
+                    ts.append(d.ts_ms)
+                    amounts.append(sign * piece)
+                    counts.append(sign * count)
+                    left, count = left - piece, 0
+                    if not left:
+                        break
+        if rows:
+            self.categories.add(np.array(rows, np.int64), np.array(ts, np.int64), np.array(amounts, np.int64),
+                                np.array(counts, np.int32))
 
     def advance(self, now_ms: int) -> list[Finding]:
         """Move the clock with no event (idle partitions still age and sweep)."""
