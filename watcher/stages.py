@@ -81,7 +81,7 @@ class DetectStage:
         try:
             if out.deltas or out.signals or out.findings:
                 det.on_batch(out, ctx.shard, ctx.now_ms, ctx.observations, decisions)
-            else:  # e.g. only settles of transfers already counted: nothing to judge, but payees to learn
+            else:  # e.g. only transfers confirming what was settled: nothing to judge, but payees to learn
                 det.learn_payees(ctx.observations)
             det.tick(ctx.now_ms, decisions)
         finally:

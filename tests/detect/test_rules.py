@@ -1,5 +1,7 @@
 """Each rule with plain values, through the real decode -> shard -> detector path."""
 
+import pytest
+
 from tests.detect.conftest import AGENT, MERCHANT, T0
 
 U = 1_000_000
@@ -295,3 +297,80 @@ def test_a_payee_a_facilitator_verified_a_payment_to_is_known_before_its_transfe
             assert [d.rule for d in ds] == ([] if first else ["unknown_payee"]), (cut, payee)
         assert h.feed([encode(transfer_record(ts_ms=T0 + 30_000_000, payer=AGENT, to="0x" + "59" * 20, amount=U,
                                               tx=fake_hash("later"), status="confirmed"))]) == []   # learnt now
+
+
+# -- a settle after its payment's transfer: judged with the settle's merchant, resource and category ------------
+NO_MODELS = "[defaults.anomaly]\nenabled = false\n"
+
+
+def _known_payee(h):
+    """A facilitator accepted a payment to MERCHANT before: its transfers are no `unknown_payee`."""
+    from watcher.simulate.records import encode, verify_record
+
+    assert h.feed([encode(verify_record(event_id="v0", ts_ms=T0 - 60_000, payer=AGENT, pay_to=MERCHANT,
+                                        amount=1))]) == []
+    return h
+
+
+def _transfer_then_settle(k, amount, resource, ts=T0, payee=MERCHANT):
+    """The bridge publishes a transfer `pending` at the chain head: it often comes before the settle."""
+    from watcher.simulate.records import encode, fake_hash, settle_record, transfer_record
+
+    tx = fake_hash("first", k)
+    return [encode(transfer_record(ts_ms=ts, payer=AGENT, to=payee, amount=amount, tx=tx, status="pending",
+                                   authorizer=AGENT)),
+            encode(settle_record(event_id=f"s{k}", ts_ms=ts + 1000, payer=AGENT, pay_to=payee, amount=amount, tx=tx,
+                                 resource=resource))]
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_category_budget_counts_a_payment_whose_transfer_came_first(harness, cut):
+    h = _known_payee(harness('[defaults]\ncategory_budgets_usdc = { gpu = 1 }\n' + NO_MODELS +
+                             '[[rate_card]]\nmerchant = "https://gpu.example/*"\ncategory = "gpu"\n'))
+    recs = [r for k in range(3) for r in _transfer_then_settle(k, 400_000, "https://gpu.example/run", T0 + k * 30_000)]
+    ds = [d for r in recs for d in h.feed([r])] if cut else h.feed(recs)
+    assert [(d.kind, d.rule, d.category, d.observed, d.event_ids) for d in ds] == \
+        [("escalate", "category_budget", "gpu", 1_200_000, ["s2"])]
+    assert h.shard.agent_totals(AGENT)[0][-1] == 1_200_000     # counted once
+
+
+def test_a_blocked_resource_is_frozen_when_its_transfer_came_first(harness):
+    h = _known_payee(harness('[defaults.merchants]\nblock = ["https://casino.example/*"]\n' + NO_MODELS))
+    ds = h.feed(_transfer_then_settle(1, 10, "https://casino.example/spin"))
+    assert [(d.kind, d.rule, d.event_ids) for d in ds] == [("freeze", "blocked_merchant", ["s1"])]
+
+
+def test_a_blocked_category_of_a_resource_is_frozen_when_its_transfer_came_first(harness):
+    h = _known_payee(harness('[defaults.merchants]\nblock_categories = ["casino"]\n' + NO_MODELS +
+                             '[[rate_card]]\nmerchant = "https://casino.example/*"\ncategory = "casino"\n'))
+    ds = h.feed(_transfer_then_settle(1, 10, "https://casino.example/spin"))
+    assert [(d.kind, d.rule, d.category) for d in ds] == [("freeze", "blocked_category", "casino")]
+
+
+def test_an_allow_list_of_resources_judges_the_settle_not_its_transfer(harness):
+    h = _known_payee(harness('[defaults.merchants]\nallow = ["https://ok.example/*"]\n' + NO_MODELS))
+    assert h.feed(_transfer_then_settle(1, 10, "https://ok.example/a")) == []
+    ds = h.feed(_transfer_then_settle(2, 10, "https://else.example/a", T0 + 1000))
+    assert [(d.kind, d.rule, d.event_ids) for d in ds] == [("escalate", "merchant_not_allowed", ["s2"])]
+    # an allow-list of addresses only: a transfer to another address is not allowed, settle or not
+    other = "0x" + "44" * 20
+    h = _known_payee(harness(f'[defaults.merchants]\nallow = ["{MERCHANT}"]\n' + NO_MODELS))
+    ds = h.feed(_transfer_then_settle(3, 10, "https://ok.example/a", payee=other)[:1])
+    assert ("merchant_not_allowed", other) in [(d.rule, d.merchant) for d in ds]
+
+
+def test_price_drift_of_a_resource_card_when_its_transfer_came_first(harness):
+    h = _known_payee(harness('[[rate_card]]\nmerchant = "https://api.example/v1/*"\ncategory = "data"\n'
+                             'price_usdc = 0.01\nversion = "v7"\n' + NO_MODELS))
+    assert h.feed(_transfer_then_settle(1, 10_000, "https://api.example/v1/q")) == []
+    ds = h.feed(_transfer_then_settle(2, 12_000, "https://api.example/v1/q", T0 + 1000))
+    assert [(d.kind, d.rule, d.observed, d.event_ids, d.category) for d in ds] == \
+        [("warn", "price_drift", 12_000, ["s2"], "data")]
+
+
+def test_a_card_of_the_payee_address_judges_the_transfer_once(harness):
+    """The card entry the transfer already matched (its payTo address) is not judged again at the settle."""
+    h = _known_payee(harness(f'[[rate_card]]\nmerchant = "{MERCHANT}"\ncategory = "data"\nprice_usdc = 0.01\n'
+                             'version = "v7"\n[defaults]\nwarn_cooldown_seconds = 0\n' + NO_MODELS))
+    ds = h.feed(_transfer_then_settle(1, 12_000, "https://api.example/v1/q"))
+    assert [d.rule for d in ds] == ["price_drift"] and ds[0].event_ids != ["s1"]    # the transfer's

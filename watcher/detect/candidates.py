@@ -7,6 +7,9 @@
                      `price_drift`; then
       _models        the per-agent baselines (`baseline.spend_rate`, `baseline.payment_size`,
                      `new_merchant_burst`) and the fleet model (`fleet.hst`)
+      _settled_after_transfer  a settle that followed its payment's transfer (`Delta.move`): merchant lists
+                     and `price_drift` with the settle's merchant, resource and category, where they judge
+                     otherwise than the transfer's facts did (each payment judged once); no cap, no model
     _signals       refused verifications (`failed_verifications`)
     _findings      the join's findings (`finding.<kind>`)
 
@@ -32,8 +35,10 @@ import numpy as np
 from watcher.detect.baselines import merchant_hash
 from watcher.detect.rules import CAP_WINDOWS, NO_LIMIT, first_crossings, in_window, merchant_verdict
 from watcher.detect.verdicts import Candidate
+from watcher.events.decode import MAX_TRACKED_AMOUNT
 from watcher.events.observation import Kind, Observation
 from watcher.money import fmt_usdc
+from watcher.pipeline.shard import category_key
 
 log = logging.getLogger("watcher.detect")
 
@@ -60,7 +65,7 @@ def first_reports(batch: list[Observation]) -> dict[str, int]:
 
 
 class Candidates:
-    def _payments(self, deltas, shard, batch, cands: list[Candidate], positions=()) -> None:
+    def _payments(self, deltas, shard, batch, cands: list[Candidate], positions=(), moves=()) -> None:
         n = len(deltas)
         index, new_row = self.index, self._new_row
         rows = np.fromiter(((index.get(d.agent) if d.agent in index else new_row(d.agent)) for d in deltas),
@@ -71,11 +76,17 @@ class Candidates:
         live = ~self.frozen[rows]
         if not live.any():
             return
-        self._windows(deltas, shard, rows, ts, amt, live, cands)
-        self._categories(deltas, shard, rows, ts, amt, live, cands)
+        unmoved = live
+        if moves:   # a moving delta changes no agent total: the caps do not judge it again
+            unmoved = live.copy()
+            unmoved[moves] = False
+        self._windows(deltas, shard, rows, ts, amt, unmoved, cands)
+        self._categories(deltas, shard, rows, ts, live, cands)
         ni = np.nonzero((cnt > 0) & live)[0]
         if len(ni):
             self._new_payments(deltas, ni, rows, ts, amt, batch, cands, positions)
+        if moves and batch:
+            self._settled_after_transfer(deltas, moves, rows, live, cands)
 
     def _windows(self, deltas, shard, rows, ts, amt, live, cands) -> None:
         aw = shard.agents
@@ -109,25 +120,39 @@ class Candidates:
                                        f"spent {fmt_usdc(total)} USDC in {wname}, limit {fmt_usdc(int(limits[i]))}",
                                        category=d.category))
 
-    def _categories(self, deltas, shard, rows, ts, amt, live, cands) -> None:
+    def _categories(self, deltas, shard, rows, ts, live, cands) -> None:
         hb = self.table.has_budgets[rows] & live
         if not hb.any():
             return
         idx = np.nonzero(hb)[0]
         limits_of = self.table.limits
-        sel, lims, ckeys = [], [], []
+        cw = shard.categories
+        sel, amts, lims, ckeys = [], [], [], []
         for i in idx.tolist():
             d = deltas[i]
+            budgets = limits_of[rows[i]].category_budgets_usdc
+            a, mv = d.amount, d.move
+            if mv is not None:   # a settle after its transfer: the payment moves from mv.category to d.category
+                if mv.category == d.category:
+                    continue
+                a = min(mv.amount, MAX_TRACKED_AMOUNT)   # several transfers can count more than an int64 holds
+                if mv.category is not None and budgets.get(mv.category):   # leaving: never a crossing there
+                    old = category_key(d.agent, mv.category)
+                    if old in cw.index:
+                        sel.append(i)
+                        amts.append(-a)
+                        lims.append(NO_LIMIT)
+                        ckeys.append(old)
             if d.category is None:
                 continue
-            budget = limits_of[rows[i]].category_budgets_usdc.get(d.category)
+            budget = budgets.get(d.category)
             if budget:
                 sel.append(i)
+                amts.append(a)
                 lims.append(int(round(budget * 1_000_000)))
-                ckeys.append(bytes.fromhex(d.agent[2:]) + b"|" + d.category.encode())
+                ckeys.append(category_key(d.agent, d.category))
         if not sel:
             return
-        cw = shard.categories
         local: dict[bytes, int] = {}
         keys = np.fromiter((local.setdefault(k, len(local)) for k in ckeys), np.int64, len(ckeys))
         srows = np.fromiter((cw.index[k] for k in local), np.int64, len(local))
@@ -139,7 +164,7 @@ class Candidates:
         sums, _ = cw.totals(srows)
         sel_a = np.array(sel)
         inw = in_window(ts[sel_a], cw.watermark_ms, spec.granularity_ms, spec.buckets)
-        hit, run = first_crossings(keys, amt[sel_a], inw, sums[:, col], np.array(lims, np.int64))
+        hit, run = first_crossings(keys, np.array(amts, np.int64), inw, sums[:, col], np.array(lims, np.int64))
         for j, total in zip(hit.tolist(), run.tolist()):
             i = sel[j]
             d = deltas[i]
@@ -179,11 +204,10 @@ class Candidates:
             if not have:
                 continue
             if lists[r]:
-                rule = merchant_verdict(t.limits[r], m, d.resource, d.category)
+                # a transfer has no resource: an allow-list its settle may still satisfy waits for the settle
+                rule = merchant_verdict(t.limits[r], m, d.resource, d.category, settled=d.kind != Kind.TRANSFER)
                 if rule is not None:
-                    cands.append(Candidate(i, d.ts_ms, r, rule, "policy", a, 0, USDC, "payment", [d.event_id],
-                                           f"paid {m} ({d.resource or 'no resource'}, category "
-                                           f"{d.category or 'none'}): {rule.replace('_', ' ')}", m, d.category))
+                    cands.append(self._listed(i, d, r, rule, a))
             if d.kind == Kind.SETTLE:
                 if m not in known and len(known) < KNOWN_MERCHANTS_MAX:
                     known[m] = None
@@ -198,11 +222,43 @@ class Candidates:
                                            f"{d.event_id}|{m}"))
             rate = lookup(m, d.resource)
             if rate is not None and rate.price is not None and not rate.low <= a <= rate.high:
-                cands.append(Candidate(i, d.ts_ms, r, "price_drift", "policy", a, rate.price, USDC, "payment",
-                                       [d.event_id], f"charged {fmt_usdc(a)} USDC, card {rate.version} says "
-                                       f"{fmt_usdc(rate.price)} (allowed {fmt_usdc(rate.low)}..{fmt_usdc(rate.high)})",
-                                       m, rate.category, f"{d.event_id}|{m}|{rate.version}"))
+                cands.append(self._drift(i, d, r, rate, a))
         self._models(deltas, ni, rows, ts, amt, merchants, cands)
+
+    def _settled_after_transfer(self, deltas, moves, rows, live, cands) -> None:
+        """The settle's facts judged where the transfer's (its `to`, no resource, its category: `Delta.move`)
+        judged otherwise in `_new_payments`, so a payment is judged once whichever record came first."""
+        t, lookup = self.table, self.ratecard.lookup
+        for i in moves:
+            d, r = deltas[i], int(rows[i])
+            mv = d.move
+            if not live[i] or mv.count <= 0:   # frozen, or the chain reverted it: nothing counted to judge
+                continue
+            m, a = d.merchant, mv.amount
+            if t.has_lists[r]:
+                lim = t.limits[r]
+                rule = merchant_verdict(lim, m, d.resource, d.category)
+                if rule is not None and rule != merchant_verdict(lim, mv.merchant, None, mv.category, settled=False):
+                    cands.append(self._listed(i, d, r, rule, a))
+            rate = lookup(m, d.resource)
+            if (rate is not None and rate.price is not None and not rate.low <= a <= rate.high
+                    and rate is not lookup(mv.merchant, None)):
+                cands.append(self._drift(i, d, r, rate, a))
+
+    @staticmethod
+    def _listed(i: int, d, r: int, rule: str, a: int) -> Candidate:
+        m = d.merchant
+        return Candidate(i, d.ts_ms, r, rule, "policy", a, 0, USDC, "payment", [d.event_id],
+                         f"paid {m} ({d.resource or 'no resource'}, category {d.category or 'none'}): "
+                         f"{rule.replace('_', ' ')}", m, d.category)
+
+    @staticmethod
+    def _drift(i: int, d, r: int, rate, a: int) -> Candidate:
+        m = d.merchant
+        return Candidate(i, d.ts_ms, r, "price_drift", "policy", a, rate.price, USDC, "payment", [d.event_id],
+                         f"charged {fmt_usdc(a)} USDC, card {rate.version} says {fmt_usdc(rate.price)} (allowed "
+                         f"{fmt_usdc(rate.low)}..{fmt_usdc(rate.high)})", m, rate.category,
+                         f"{d.event_id}|{m}|{rate.version}")
 
     def _models(self, deltas, ni, rows, ts, amt, merchants, cands) -> None:
         t = self.table

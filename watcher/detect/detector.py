@@ -128,7 +128,8 @@ class Detector(Candidates, Verdicts, Forgetting):
         cands: list[Candidate] = []
         n = len(outcome.deltas)
         if n:
-            self._payments(outcome.deltas, shard, batch, cands, getattr(outcome, "stream_positions", ()))
+            self._payments(outcome.deltas, shard, batch, cands, getattr(outcome, "stream_positions", ()),
+                           getattr(outcome, "moves", ()))
         if batch:
             self.learn_payees(batch)
         if outcome.signals:

@@ -167,8 +167,11 @@ def _listed(entries: list[str], merchant: str, resource: str | None) -> bool:
     return False
 
 
-def merchant_verdict(lim: Limits, merchant: str, resource: str | None, category: str | None) -> str | None:
-    """The list rule a payment breaks, or None."""
+def merchant_verdict(lim: Limits, merchant: str, resource: str | None, category: str | None,
+                     settled: bool = True) -> str | None:
+    """The list rule a payment breaks, or None. `settled=False`: a transfer no settle has named a resource for
+    yet; an allow-list that its settle could still satisfy (it has resource URLs or categories) is left to
+    the settle (watcher/detect/candidates.py `_settled_after_transfer`)."""
     m = lim.merchants
     if m.block and _listed(m.block, merchant, resource):
         return "blocked_merchant"
@@ -176,5 +179,11 @@ def merchant_verdict(lim: Limits, merchant: str, resource: str | None, category:
         return "blocked_category"
     if m.allow or m.allow_categories:
         if not (_listed(m.allow, merchant, resource) or (category is not None and category in m.allow_categories)):
+            if not settled and (m.allow_categories or not all(_is_address(e) for e in m.allow)):
+                return None
             return "merchant_not_allowed"
     return None
+
+
+def _is_address(entry: str) -> bool:
+    return entry.startswith("0x") and len(entry) == 42
