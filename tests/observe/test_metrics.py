@@ -18,7 +18,7 @@ from watcher.events.observation import Kind, Observation
 from watcher.metrics import FAMILIES, Metrics, MetricsSettings
 from watcher.observe.bench import build_shards
 from watcher.observe.stage import MetricsStage
-from watcher.pipeline.join import Delta
+from watcher.pipeline.join import Delta, Move
 from watcher.pipeline.shard import Outcome, Shard
 from watcher.pipeline.windows import DEFAULT_WINDOWS, WindowSpec
 from watcher.simulate.records import BASE_USDC
@@ -61,6 +61,24 @@ def test_stage_counts_spend_by_category_network_merchant_and_reversals():
     assert g("spendwatch_events_total", {"source": "chain"}) == 1
     assert g("spendwatch_event_latency_seconds_count") == 2
     assert g("spendwatch_event_latency_seconds_sum") == pytest.approx(3.0)
+
+
+def test_a_settle_after_its_transfer_moves_the_spend_to_its_category():
+    """The transfer came first (no category: it has no resource); its settle names a resource of category data.
+    The spend moves there: a correction of the uncategorized spend, as when the settle comes first."""
+    m = _metrics()
+    stage = MetricsStage(m)
+    obs = [_obs("t1", 700_000, 1_000, Kind.TRANSFER)]
+    stage.on_batch(_ctx(0, Shard(), Outcome(processed=1, deltas=[Delta(A1, None, 1_000, 700_000, 1, "t1")]),
+                        obs, 2_000))
+    moving = Delta(A1, "data", 1_000, 0, 0, "s1", M1, "https://x/", Kind.SETTLE, Move(700_000, 1, None, M1, 1))
+    stage.on_batch(_ctx(0, Shard(), Outcome(processed=1, deltas=[moving], moves=[0]), [_obs("s1", 700_000, 1_500)],
+                        3_000))
+    g = m.registry.get_sample_value
+    data, none = {"category": "data", "network": "eip155:8453"}, {"category": "uncategorized", "network": "eip155:8453"}
+    assert (g("spendwatch_spend_usdc_total", data), g("spendwatch_payments_total", data)) == (0.7, 1)
+    assert (g("spendwatch_spend_usdc_total", none), g("spendwatch_spend_reversed_usdc_total", none)) == (0.7, 0.7)
+    assert g("spendwatch_merchant_spend_usdc_total", {"merchant": M1}) == 0.7          # once
 
 
 def test_merchant_label_is_capped():

@@ -373,3 +373,45 @@ async def test_the_statements_topic_is_created_to_keep_statements_past_a_brokers
     assert int(topic.topic_configs["retention.ms"]) == 400 * DAY_MS
     await ensure_statement_topic(kafka, StatementSettings(topic="stm2", topic_retention_days=31))
     assert int(created[-1].topic_configs["retention.ms"]) == 31 * DAY_MS
+
+
+def test_a_settle_after_its_transfer_moves_the_payment_to_its_category_row_in_any_interleaving():
+    """The bridge publishes a transfer `pending` at the chain head, so it often comes before its settle: the
+    row was the transfer's category (none: the category is keyed by the settle's resource) and stayed so.
+    Now the settle moves the payment, with the changes of its records so far, to the row it makes when it
+    comes first; a row emptied before anyone saw it is not published."""
+    from watcher.events.decode import Decoder
+    from watcher.pipeline.shard import Shard
+    from watcher.simulate.records import encode, fake_hash, settle_record, transfer_record
+
+    agent, merchant = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+    t0, dec, data = DAY + 60_000, Decoder(max_future_skew_ms=None), "https://api.example/v1/data"
+
+    def records(i):
+        tx = fake_hash("tx", i)
+        return [dec.decode(encode(settle_record(event_id=f"s{i}", ts_ms=t0 + i * 1000, payer=agent, pay_to=merchant,
+                                                amount=100, tx=tx, resource=data))),
+                *(dec.decode(encode(transfer_record(ts_ms=t0 + i * 1000 + 500, payer=agent, to=merchant, amount=100,
+                                                    tx=tx, status=s, block_number=10 + i))) for s in ("pending",
+                                                                                                       "confirmed"))]
+
+    def rows(batches, published=False):
+        stage, shard = StatementStage(StatementSettings(publish_interval_seconds=3600)), Shard(
+            categorize=lambda m, resource: "data" if resource == data else None)
+        stage.restore(0, None)
+        stage.parts[0].last_publish_ms = 0 if published else t0 + 60_000   # publish at the first batch, or not
+        for obs in batches:
+            stage.on_batch(SimpleNamespace(partition=0, shard=shard, outcome=shard.apply(obs), observations=obs,
+                                           now_ms=t0 + 60_000, decisions=[], publish=[]))
+        return {k[3]: (r[0], r[1], r[7]) for k, r in stage.parts[0].rows.items()}
+
+    reference = rows([records(1), records(2)])   # the settle first
+    assert reference == {"data": (2, 200, 6)}
+    for order in itertools.permutations(records(1)):
+        for cut in range(4):                     # one batch, or cut after the first, second or third record
+            batches = [list(order[:cut]), list(order[cut:])] if cut else [list(order)]
+            assert rows(batches + [records(2)]) == reference, (order, cut)
+    # an uncategorized row published before its payment's settle came is published again, empty
+    (transfer_first,) = [o for o in itertools.permutations(records(1)) if o[0].kind == Kind.TRANSFER][:1]
+    assert rows([[o] for o in transfer_first] + [records(2)], published=True) == \
+        {"data": (2, 200, 6), "uncategorized": (0, 0, 0)}

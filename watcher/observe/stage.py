@@ -50,15 +50,13 @@ class MetricsStage:
             for d in deltas:
                 o = by_id.get(d.event_id)
                 net = o.network if o is not None else "unknown"
-                key = (d.category or UNCATEGORIZED, net)
-                acc = spend.get(key)
-                if acc is None:
-                    acc = spend[key] = [0, 0, 0]
-                if d.amount >= 0:
-                    acc[0] += d.amount
-                else:
-                    acc[1] -= d.amount
-                acc[2] += d.count
+                mv = d.move
+                if mv is not None:   # a settle after its transfer: the spend moves category (a correction)
+                    if mv.category != d.category:
+                        _spend(spend, mv.category, net, -mv.amount, 0)
+                        _spend(spend, d.category, net, mv.amount, mv.count)
+                    continue
+                _spend(spend, d.category, net, d.amount, d.count)
                 if o is not None and d.amount > 0:
                     merchants[o.merchant] += d.amount
             for (cat, net), (plus, minus, count) in spend.items():
@@ -87,3 +85,16 @@ class MetricsStage:
     def drop(self, partition: int) -> None:
         self.shards.pop(partition, None)
         self.metrics.refresh_agents(self.shards)
+
+
+def _spend(spend: dict[tuple[str, str], list[int]], category: str | None, net: str, amount: int, count: int) -> None:
+    """Fold one change into spend[(category, network)] = [counted, un-counted, payments]."""
+    key = (category or UNCATEGORIZED, net)
+    acc = spend.get(key)
+    if acc is None:
+        acc = spend[key] = [0, 0, 0]
+    if amount >= 0:
+        acc[0] += amount
+    else:
+        acc[1] -= amount
+    acc[2] += count

@@ -21,7 +21,10 @@ of its own. Both rows are then the checkpoint plus a prefix of each input topic,
 `changes` describes more of it. The replay may interleave the two topics (settles, transfers) otherwise
 than the first run did, which changes how many deltas a payment makes (a settle then a transfer of
 another amount: a count and a correction; the transfer first: one count), so deltas are not counted:
-records are, and their number does not depend on the interleaving. Revision numbers of two owners say
+records are, and their number does not depend on the interleaving. A settle that follows its payment's
+transfer moves the payment (`Delta.move`) from the transfer's row (its `to`, the category it gave) to the
+settle's, with the changes of the payment's records folded so far, as if the settle had come first; a row
+left empty that was never published is dropped. Revision numbers of two owners say
 nothing about progress, and neither do `count` or `lastAt` (an un-count lowers the count and leaves
 `lastAt`). A reader (`latest`, `spendwatch statement`) keeps per id the row ranked highest by (changes,
 final, revision, lastAt, count), then by its encoded bytes, so the order in which rows arrive never
@@ -119,11 +122,22 @@ class StatementStage:
         if st is None:
             st = self.parts[ctx.partition] = _Partition()
         out, obs = ctx.outcome, ctx.observations
+        left: dict[str, tuple[int, tuple]] = {}   # tx of a payment moved in this batch -> (input index, old row)
         if out.deltas:
             self._fold(st, out.deltas, obs, ctx.now_ms)
+            moves = getattr(out, "moves", ())
+            if moves:
+                left = self._move(st, [out.deltas[j] for j in moves], [out.stream_positions[j] for j in moves],
+                                  obs, ctx.now_ms)
         join = getattr(ctx.shard, "join", None)
         if join is not None and len(obs) > len(out.stream_positions):
-            self._count_quiet(st, obs, out.stream_positions, join.payments)
+            self._count_quiet(st, obs, out.stream_positions, join.payments, left)
+        for _, key in left.values():
+            row = st.rows.get(key)
+            if row is not None and row[REV] == 0 and row[COUNT] == row[AMOUNT] == 0 and row[CHANGES] <= 0:
+                del st.rows[key]   # the payment moved out of a row no one has seen
+            elif row is not None and row[CHANGES] < 0:
+                row[CHANGES] = 0   # a row restored from a v1 checkpoint counted its changes from then
         self._publish(st, ctx)
 
     def snapshot(self, partition: int) -> object:
@@ -153,36 +167,69 @@ class StatementStage:
     def _fold(self, st: _Partition, deltas, observations, now_ms: int) -> None:
         by_id = {o.event_id: o for o in observations}
         oldest = now_ms // DAY_MS - self.s.retain_days
-        rows = st.rows
         for d in deltas:
-            day = d.ts_ms // DAY_MS
+            if d.move is not None:
+                continue   # _move
             o = by_id.get(d.event_id)
             merchant = o.merchant if o is not None else "unknown"
-            key = (day, d.agent, merchant, d.category or UNCATEGORIZED)
-            row = rows.get(key)
-            if row is None:
-                if day < oldest or len(rows) >= self.s.max_rows:
-                    st.dropped += 1
-                    log.warning("statement row dropped (day %s %s): %s", day_text(day),
-                                "past retention" if day < oldest else "max_rows reached", key)
-                    continue
-                row = rows[key] = [0, 0, d.ts_ms, d.ts_ms, None, None, 0, 0, True]
-            row[COUNT] += d.count
-            row[CHANGES] += 1   # one per record that moved the row (each delta has one); _count_quiet adds the rest
-            row[AMOUNT] += d.amount
-            if d.count > 0:   # a payment counted: it may be the day's first or last transaction
-                tx = o.tx if o is not None else None
-                if row[FIRST_TX] is None or d.ts_ms < row[FIRST]:
-                    row[FIRST], row[FIRST_TX] = d.ts_ms, tx
-                if row[LAST_TX] is None or d.ts_ms >= row[LAST]:
-                    row[LAST], row[LAST_TX] = d.ts_ms, tx
-            row[DIRTY] = True
+            key = (d.ts_ms // DAY_MS, d.agent, merchant, d.category or UNCATEGORIZED)
+            # one change per record that moved the row (each delta has one); _count_quiet adds the rest
+            self._add(st, key, d.ts_ms, d.count, d.amount, 1, o.tx if o is not None else None, oldest)
+
+    def _add(self, st: _Partition, key: tuple, ts_ms: int, count: int, amount: int, changes: int, tx: str | None,
+             oldest: int) -> None:
+        row = st.rows.get(key)
+        if row is None:
+            day = key[0]
+            if day < oldest or len(st.rows) >= self.s.max_rows:
+                st.dropped += 1
+                log.warning("statement row dropped (day %s %s): %s", day_text(day),
+                            "past retention" if day < oldest else "max_rows reached", key)
+                return
+            row = st.rows[key] = [0, 0, ts_ms, ts_ms, None, None, 0, 0, True]
+        row[COUNT] += count
+        row[CHANGES] += changes
+        row[AMOUNT] += amount
+        if count > 0:   # a payment counted: it may be the day's first or last transaction
+            if row[FIRST_TX] is None or ts_ms < row[FIRST]:
+                row[FIRST], row[FIRST_TX] = ts_ms, tx
+            if row[LAST_TX] is None or ts_ms >= row[LAST]:
+                row[LAST], row[LAST_TX] = ts_ms, tx
+        row[DIRTY] = True
+
+    def _move(self, st: _Partition, moving, positions: list[int], observations, now_ms: int) -> dict:
+        """Each settle that followed its payment's transfer: the payment leaves the transfer's row (with the
+        changes of its records so far) for the settle's, which also gets the settle's change. Returns, per
+        moved payment's tx, the settle's input index and the row it left (for `_count_quiet`)."""
+        oldest = now_ms // DAY_MS - self.s.retain_days
+        left = {}
+        for d, pos in zip(moving, positions):
+            mv, day = d.move, d.ts_ms // DAY_MS
+            tx = observations[pos].tx if pos < len(observations) else None
+            old = (day, d.agent, mv.merchant, mv.category or UNCATEGORIZED)
+            new = (day, d.agent, d.merchant, d.category or UNCATEGORIZED)
+            row = st.rows.get(old)
+            if old == new:
+                if row is not None:   # None: the payment's delta was dropped (retention, max_rows)
+                    row[CHANGES] += 1
+                    row[DIRTY] = True
+                continue
+            if row is not None:
+                row[COUNT] -= mv.count
+                row[AMOUNT] -= mv.amount
+                row[CHANGES] -= mv.records
+                row[DIRTY] = True
+            self._add(st, new, d.ts_ms, mv.count, mv.amount, mv.records + 1, tx, oldest)
+            if tx is not None:
+                left[tx] = (pos, old)
+        return left
 
     @staticmethod
-    def _count_quiet(st: _Partition, observations, moved_or_signal: list[int], payments) -> None:
+    def _count_quiet(st: _Partition, observations, moved_or_signal: list[int], payments, left=None) -> None:
         """One change per settle or transfer record of a row's payment that did not move the row (a transfer
         confirming what was settled, a redelivery); the join's memory, after the batch, says which payment
-        and so which row. Read-only on the join."""
+        and so which row, except for a record before its payment's settle moved it in this batch (`left`:
+        tx -> (the settle's input index, the row it left)), which was in the row left. Read-only on the join."""
         rows, in_cur, in_prev = st.rows, payments.current.get, payments.previous.get
         for i in set(range(len(observations))).difference(moved_or_signal):
             o = observations[i]
@@ -192,7 +239,11 @@ class StatementStage:
             p = in_cur(tx) or in_prev(tx)
             if p is None:   # a 0-value transfer of no payment, or a payment already forgotten
                 continue
-            row = rows.get((p.ts_ms // DAY_MS, p.agent, o.merchant, p.category or UNCATEGORIZED))
+            moved = left.get(tx) if left else None
+            if moved is not None and i < moved[0]:
+                row = rows.get(moved[1])
+            else:
+                row = rows.get((p.ts_ms // DAY_MS, p.agent, o.merchant, p.category or UNCATEGORIZED))
             if row is not None:   # None: the payment's delta was dropped (retention, max_rows)
                 row[CHANGES] += 1
 
