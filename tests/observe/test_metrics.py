@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.errors import ConfigError
+from watcher.failures import StageErrors
 from watcher.events.addresses import key_address
 from watcher.events.observation import Kind, Observation
 from watcher.metrics import FAMILIES, Metrics, MetricsSettings
@@ -262,7 +263,6 @@ def test_daemon_collector_exports_late_payments_and_forced_rotations():
     sh.apply([settle(i, ts=T + i) for i in range(5)])                   # 5 keys > 3: rotated early
     sh.apply([settle(99, ts=T - 3 * 86_400_000)])                       # older than every window
     from watcher.batch import Counters
-    from watcher.failures import StageErrors
 
     daemon = SimpleNamespace(counters=Counters(consumed=6, processed=6, batches=2),
                              dlq_reasons={}, shards={0: sh}, tracked_agents=lambda: 1, consumer=None, covered={},
@@ -322,7 +322,6 @@ def test_readme_metrics_table_names_every_family_the_daemon_serves():
 
     from watcher.batch import Counters
     from watcher.breaker.metrics import BreakerMetrics
-    from watcher.failures import StageErrors
     from watcher.observe.server import DaemonCollector
 
     m = _metrics()
@@ -379,7 +378,8 @@ def test_consumer_lag_of_a_partition_with_no_covered_offset_counts_from_where_re
                           ("pay", 1): (None, 7), ("chain", 1): (900, 1_000)})
     daemon = SimpleNamespace(counters=Counters(), dlq_reasons={}, shards={}, tracked_agents=lambda: 0,
                              consumer=consumer, covered={0: {}, 1: {"chain": 400}},
-                             k=SimpleNamespace(payments_topic="pay", chain_topic="chain"))
+                             k=SimpleNamespace(payments_topic="pay", chain_topic="chain"),
+                             stages=[], stage_errors=StageErrors())
     reg = CollectorRegistry()
     reg.register(DaemonCollector(daemon))
     lag = {(s.labels["topic"], s.labels["partition"]): s.value
