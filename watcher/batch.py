@@ -20,6 +20,11 @@ class BatchContext:
     records to publish as (topic, key, value) to `publish`; the daemon publishes them all and waits for the
     broker before it commits the batch's offsets. Stages are also called with an empty outcome on every
     poll, so clock-driven work (timeouts) runs without traffic.
+
+    Clocks (watcher/pipeline/eventtime.py): `now_ms` is what the partition is judged by, the wall clock once
+    it has caught up and its own event time (the shard's watermark) while it catches up a backlog;
+    `wall_ms` is the real time (event latencies, how often to publish); durations meant for the real world
+    (escalation deadlines, breaker cool-downs) start no earlier than `real_from_ms`.
     """
 
     partition: int
@@ -29,6 +34,19 @@ class BatchContext:
     now_ms: int
     decisions: list = field(default_factory=list)
     publish: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    wall_ms: int | None = None       # None: now_ms (a live batch)
+    catching_up: bool = False
+
+    def __post_init__(self) -> None:
+        if self.wall_ms is None:
+            self.wall_ms = self.now_ms
+
+    @property
+    def real_from_ms(self) -> int:
+        """Escalation deadlines and breaker cool-downs start no earlier than this: the wall clock for
+        decisions about a backlog (their events are old: a person still needs the whole time to answer),
+        else 0 (from the event's own time)."""
+        return self.wall_ms if self.catching_up else 0
 
 
 class Stage(Protocol):

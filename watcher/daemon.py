@@ -1,7 +1,15 @@
 """The async shell around the pure core: Kafka in, shards, dead letters, findings and checkpoints out.
 
 Per batch: getmany() -> decode each record (bad ones to the dead-letter topic) -> Shard.apply per input
-partition -> publish findings and stage outputs -> wait for every publish -> commit offsets. State is
+partition, in runs cut where event time enters a new 10 s bucket, each run judged by the stages before the
+next -> publish findings and stage outputs -> wait for every publish -> commit offsets.
+
+Clocks (watcher/pipeline/eventtime.py): a partition with records left to read on any input topic (after a
+restart, an outage, a handoff, a slow replica) is judged by its own event time, as `spendwatch replay`
+judges the same records: its shard is not advanced to the wall clock, so a backlog is not counted late
+and its window caps still fire. Once nothing is left to read it is advanced to the wall clock every batch
+(idle partitions age, join deadlines pass). Escalation deadlines and breaker cool-downs of decisions made
+while catching up start at the wall clock (`BatchContext.real_from_ms`). State is
 checkpointed with the input offsets it covers every `checkpoint.interval_seconds`, when partitions are
 revoked, and at shutdown; on assignment a partition's shard is restored and its input replayed from the
 covered offsets (no checkpoint: from the earliest offset), so a restart counts nothing twice or never.
@@ -40,6 +48,7 @@ from watcher.events.decode import Decoder
 from watcher.events.observation import Observation
 from watcher.failures import INTERNAL_ERROR, Span, StageErrors, sources
 from watcher.pipeline.categories import CategoryMap
+from watcher.pipeline.eventtime import Clocks, PartitionClock, event_runs
 from watcher.pipeline.shard import Outcome, Shard
 from watcher.sources import kafka as kafka_io
 from watcher.sources.checkpoints import CheckpointStore
@@ -114,6 +123,8 @@ class Daemon:
         self.categorize = categorize or CategoryMap(settings.categories)
         self.shards: dict[int, Shard] = {}
         self.covered: dict[int, dict[str, int]] = {}
+        self.clocks = Clocks(live_clock)   # which partitions have caught up (judged by the wall clock)
+        self._inputs = (self.k.payments_topic, self.k.chain_topic)
         self.counters = Counters()
         self.dlq_reasons: Counter[str] = Counter()
         self.stage_errors = StageErrors()
@@ -221,8 +232,11 @@ class Daemon:
     async def _process(self, batch) -> None:
         pending: list[Outgoing] = []
         commits: dict[TopicPartition, OffsetAndMetadata] = {}
-        now_ms = int(time.time() * 1000)
-        outcomes: dict[int, list[tuple[Outcome, list[Observation], Span]]] = {}
+        wall_ms = int(time.time() * 1000)
+        # positions are past this batch already: who has more to read after it (watcher.pipeline.eventtime)
+        behind = (await kafka_io.partitions_behind(self.consumer, self._inputs, list(self.shards))
+                  if self.live_clock else set())
+        judged: set[int] = set()
         for tp, msgs in batch.items():
             shard = self.shards.get(tp.partition)
             if shard is None:
@@ -256,38 +270,38 @@ class Daemon:
                     reason, detail, error = INTERNAL_ERROR, f"decoding: {exc!r}", exc
                 skipped.append(len(obs) + len(skipped))
                 pending.append(self._dead_letter(reason, detail, m, error))
-            outcome = shard.apply(obs)
-            if outcome.failed:   # records whose fold raised: left out of the shard, dead-lettered
-                src = sources(msgs, skipped)
-                for i, exc in outcome.failed:
-                    pending.append(self._dead_letter(INTERNAL_ERROR, f"folding into the shard: {exc!r}", src[i], exc))
-                obs = outcome.without_failed(obs)
-            outcomes.setdefault(tp.partition, []).append((outcome, obs, (tp.topic, msgs[0].offset, msgs[-1].offset)))
+            p = tp.partition
+            src = sources(msgs, skipped)   # the Kafka message of each observation
+            start = 0
+            # each run is judged before the next is applied, at the shard's state after it (window rules
+            # are exact per run: eventtime.event_runs); a live batch spans less than a bucket
+            for run in event_runs(obs):
+                n = len(run)
+                outcome = shard.apply(run)
+                span = (tp.topic, src[start].offset, src[start + n - 1].offset) if n else None
+                if outcome.failed:   # records whose fold raised: left out of the shard, dead-lettered
+                    for i, exc in outcome.failed:
+                        pending.append(self._dead_letter(INTERNAL_ERROR, f"folding into the shard: {exc!r}",
+                                                         src[start + i], exc))
+                    run = outcome.without_failed(run)
+                start += n
+                self.counters.processed += outcome.processed
+                self.counters.duplicates += outcome.duplicates
+                self._judge(p, shard, outcome, run, self.clocks.of(p, shard.watermark_ms, wall_ms), pending, span)
+            judged.add(p)
             self.counters.consumed += len(msgs)
-            self.counters.processed += outcome.processed
-            self.counters.duplicates += outcome.duplicates
-            self.covered[tp.partition][tp.topic] = msgs[-1].offset + 1
+            self.covered[p][tp.topic] = msgs[-1].offset + 1
             commits[tp] = OffsetAndMetadata(msgs[-1].offset + 1, "")
+        self.clocks.update(behind, self.shards)
         for p, shard in self.shards.items():
-            work = outcomes.get(p) or []
-            if self.live_clock:
-                found = shard.advance(now_ms)
+            clock = self.clocks.of(p, shard.watermark_ms, wall_ms)
+            if p in self.clocks.live:  # caught up: the shard ages by the wall clock (idle ones sweep)
+                found = shard.advance(wall_ms)
                 if found:
-                    work.append((Outcome(findings=found), [], None))
-            if not work and self.stages:
-                work.append((Outcome(), [], None))
-            for outcome, obs, span in work:
-                for f in outcome.findings:
-                    self.counters.findings += 1
-                    pending.append((self.k.findings_topic, f.agent.encode(), _enc.encode(f), None))
-                if self.stages:
-                    ctx = BatchContext(p, shard, outcome, obs, now_ms)
-                    self.stage_errors.run(self.stages, ctx, span)
-                    for d in ctx.decisions:
-                        self.recent_decisions.append(d)
-                        self.decision_counts[d.kind] += 1
-                    for topic, key, value in ctx.publish:
-                        pending.append((topic, key, value, None))
+                    self._judge(p, shard, Outcome(findings=found), [], clock, pending)
+                    continue
+            if p not in judged:
+                self._judge(p, shard, Outcome(), [], clock, pending)
         if pending:
             await self._send(pending)
         if commits:
@@ -302,6 +316,24 @@ class Daemon:
                 log.warning("offset commit failed (%r); the next owner restores from the checkpoint", exc)
             self._uncommitted = {}
             self._last_commit = time.monotonic()
+
+    def _judge(self, p: int, shard: Shard, outcome: Outcome, obs: list[Observation], clock: PartitionClock,
+               pending: list[Outgoing], span: Span = None) -> None:
+        """Findings out, then every stage over one run (or a tick) of partition p; a stage that raises is
+        logged with `span` and counted (`watcher.failures`), and the later stages still run."""
+        for f in outcome.findings:
+            self.counters.findings += 1
+            pending.append((self.k.findings_topic, f.agent.encode(), _enc.encode(f), None))
+        if not self.stages:
+            return
+        ctx = BatchContext(p, shard, outcome, obs, clock.now_ms, wall_ms=clock.wall_ms,
+                           catching_up=clock.catching_up)
+        self.stage_errors.run(self.stages, ctx, span)
+        for d in ctx.decisions:
+            self.recent_decisions.append(d)
+            self.decision_counts[d.kind] += 1
+        for topic, key, value in ctx.publish:
+            pending.append((topic, key, value, None))
 
     def _dead_letter(self, reason: str, detail: str, m, error: BaseException | None = None) -> "Outgoing":
         """The dead letter of message `m`; `error`: our own code raised on it (logged with its traceback)."""
@@ -405,6 +437,7 @@ class Daemon:
         for p in partitions:
             self.shards.pop(p, None)
             self.covered.pop(p, None)
+            self.clocks.forget(p)
             for stage in self.stages:
                 stage.drop(p)
 

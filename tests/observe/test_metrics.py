@@ -36,7 +36,7 @@ def _obs(eid: str, amount: int, ts_ms: int, kind=Kind.SETTLE) -> Observation:
 
 def _ctx(partition, shard, outcome, obs, now_ms, decisions=()):
     return SimpleNamespace(partition=partition, shard=shard, outcome=outcome, observations=obs, now_ms=now_ms,
-                           decisions=list(decisions), publish=[])
+                           wall_ms=now_ms, decisions=list(decisions), publish=[])
 
 
 def _metrics(**kw) -> Metrics:

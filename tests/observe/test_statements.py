@@ -30,11 +30,31 @@ def _obs(eid, ts, tx):
 
 def _ctx(deltas, obs, now_ms, partition=0):
     return SimpleNamespace(partition=partition, shard=None, outcome=Outcome(deltas=deltas), observations=obs,
-                           now_ms=now_ms, decisions=[], publish=[])
+                           now_ms=now_ms, wall_ms=now_ms, decisions=[], publish=[])
 
 
 def _records(ctx):
     return [decode_statement(v) for _, _, v in ctx.publish]
+
+
+def test_while_catching_up_a_day_closes_by_the_partitions_clock_and_publishes_by_the_wall_clock():
+    """The daemon reads yesterday's last records two hours into today: yesterday is not final yet (its last
+    records are still being read), and changed rows go out once per interval of the wall clock."""
+    st = StatementStage(StatementSettings(publish_interval_seconds=60, close_after_seconds=3600))
+    late, wall = DAY + DAY_MS - 10_000, DAY + DAY_MS + 7_200_000
+    ctx = _ctx([Delta(A, "data", late - 120_000, 5, 1, "e1")], [_obs("e1", late - 120_000, "0xaa")],
+               now_ms=late - 120_000)
+    ctx.wall_ms = wall
+    st.on_batch(ctx)
+    assert [(r.count, r.final) for r in _records(ctx)] == [(1, False)]   # the wall clock would close it
+    ctx = _ctx([Delta(A, "data", late, 5, 1, "e2")], [_obs("e2", late, "0xab")], now_ms=late)
+    ctx.wall_ms = wall + 1_000
+    st.on_batch(ctx)
+    assert ctx.publish == []                          # 2 min of backlog read in 1 s of wall clock: not yet
+    ctx = _ctx([], [], now_ms=DAY + DAY_MS + 3_600_000)                   # its time reaches the close
+    ctx.wall_ms = wall + 2_000
+    st.on_batch(ctx)
+    assert [(r.count, r.final) for r in _records(ctx)] == [(2, True)]
 
 
 def test_rows_per_day_agent_merchant_category_then_final_and_corrections():
@@ -316,7 +336,8 @@ def test_a_replay_that_interleaves_settles_and_transfers_otherwise_still_superse
         out = []
         for obs in batches:
             ctx = SimpleNamespace(partition=0, shard=shard, outcome=shard.apply(obs), observations=obs,
-                                  now_ms=t0 + 60_000 + len(out), decisions=[], publish=[])
+                                  now_ms=t0 + 60_000 + len(out), wall_ms=t0 + 60_000 + len(out), decisions=[],
+                                  publish=[])
             stage.on_batch(ctx)
             out += _records(ctx)
         return out

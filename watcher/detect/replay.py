@@ -1,7 +1,8 @@
 """Offline replay: recorded topic records -> the same decode, shard and detector -> decisions.
 
 Time comes from the events. Batches are cut when the event time crosses a 10 s boundary (the finest
-bucket of the default windows, so window rules are exact) or at `batch_max` records. After each batch the
+bucket of the default windows, so window rules are exact: watcher/pipeline/eventtime.py; the daemon cuts
+the same way) or at `batch_max` records. After each batch the
 detector's clock is ticked to the shard's watermark, so unanswered escalations freeze as they would live.
 Lines that fail decoding are counted by reason and skipped (or stop the run with `strict`).
 """
@@ -18,12 +19,12 @@ from watcher.detect.policy import Policy
 from watcher.errors import EventError
 from watcher.events.decode import Decoder
 from watcher.pipeline.categories import rate_card_first
+from watcher.pipeline.eventtime import CUT_MS
 from watcher.pipeline.shard import Shard, ShardConfig
 
 if TYPE_CHECKING:
     from watcher.config import EventSettings, Settings
 
-CUT_MS = 10_000
 
 
 @dataclass

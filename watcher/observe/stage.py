@@ -41,7 +41,8 @@ class MetricsStage:
             # a heartbeat's time is its block's, published up to chain.progress_interval_seconds later on
             # purpose: not an event latency (spendwatch_bridge_confirmed_timestamp_seconds shows it)
             ts = np.fromiter((o.ts_ms for o in obs if o.kind != PROGRESS), np.int64, len(obs) - progress)
-            m.event_latencies(np.maximum(ctx.now_ms - ts, 0) / 1000.0)
+            # the wall clock: while a backlog is read, ctx.now_ms is the partition's own event time
+            m.event_latencies(np.maximum(ctx.wall_ms - ts, 0) / 1000.0)
         deltas = ctx.outcome.deltas
         if deltas:
             by_id = {o.event_id: o for o in obs}

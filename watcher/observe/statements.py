@@ -8,8 +8,10 @@ first-seen time, agent, merchant, category) and publishes them to `statements.to
      "amount": "1234567" (base units, decimal string), "firstAt": "...Z", "lastAt": "...Z",
      "firstTx": "0x...", "lastTx": "0x...", "revision": 3, "final": false, "changes": 14}
 
-Changed rows of open days are published every `publish_interval_seconds` (final: false); a day is
-published final once `close_after_seconds` have passed after its end (wall clock), and corrections that
+Changed rows of open days are published every `publish_interval_seconds` of the wall clock (final:
+false); a day is published final once `close_after_seconds` have passed after its end by the partition's
+clock (`ctx.now_ms`: the wall clock, or the partition's own event time while the daemon catches up a
+backlog, so a day is not closed while its last records are still to be read), and corrections that
 arrive later (a reorg) are republished final with a higher revision while the day is retained
 (`retain_days`). State is part of the partition checkpoint, so a restart neither loses nor doubles a row.
 
@@ -251,11 +253,11 @@ class StatementStage:
         now = ctx.now_ms
         due_days = {day for day in {k[0] for k in st.rows} if day not in st.closed
                     and now >= (day + 1) * DAY_MS + self.s.close_after_seconds * 1000}
-        periodic = now - st.last_publish_ms >= self.s.publish_interval_seconds * 1000
+        periodic = ctx.wall_ms - st.last_publish_ms >= self.s.publish_interval_seconds * 1000
         if not due_days and not periodic:
             return
         if periodic:
-            st.last_publish_ms = now
+            st.last_publish_ms = ctx.wall_ms
         out = 0
         for key, row in st.rows.items():
             day = key[0]

@@ -10,13 +10,14 @@ import asyncio
 import logging
 from typing import Any, Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from watcher.config import KafkaSettings
 from watcher.errors import BrokerError
+from watcher.pipeline.eventtime import records_left
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,26 @@ async def _warn_unless_compacted(admin: AIOKafkaAdminClient, topic: str) -> None
         log.warning("checkpoint topic %s has cleanup.policy=%s, not compact: restores read every checkpoint "
                     "ever kept and slow down until they time out; run kafka-configs --alter --entity-type "
                     "topics --entity-name %s --add-config cleanup.policy=compact", topic, policy, topic)
+
+
+async def partitions_behind(consumer: AIOKafkaConsumer, topics: tuple[str, ...], partitions) -> set[int]:
+    """The partitions with records still to read on any of `topics`: the position (of the records handed
+    out so far) below the highwater mark of the last fetch, or either not known yet. The highwater, not
+    end_offsets(): Tansu reports the latter too low."""
+    out = set()
+    for p in partitions:
+        for topic in topics:
+            tp = TopicPartition(topic, p)
+            try:
+                hw = consumer.highwater(tp)
+                # known highwater: a fetch answered at the current position, so position() does not wait
+                pos = None if hw is None else await consumer.position(tp)
+            except Exception:  # not (or no longer) assigned: not known
+                hw = pos = None
+            if records_left(hw, pos):
+                out.add(p)
+                break
+    return out
 
 
 async def input_partition_count(consumer: AIOKafkaConsumer, topic: str) -> int:
