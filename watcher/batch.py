@@ -23,8 +23,8 @@ class BatchContext:
 
     Clocks (watcher/pipeline/eventtime.py): `now_ms` is what the partition is judged by, the wall clock once
     it has caught up and its own event time (the shard's watermark) while it catches up a backlog;
-    `wall_ms` is the real time (event latencies, how often to publish); durations meant for the real world
-    (escalation deadlines, breaker cool-downs) start no earlier than `real_from_ms`.
+    `wall_ms` is the real time (event latencies, how often to publish); the time a person gets to answer
+    an escalation starts no earlier than `real_from_ms`.
     """
 
     partition: int
@@ -43,9 +43,9 @@ class BatchContext:
 
     @property
     def real_from_ms(self) -> int:
-        """Escalation deadlines and breaker cool-downs start no earlier than this: the wall clock for
-        decisions about a backlog (their events are old: a person still needs the whole time to answer),
-        else 0 (from the event's own time)."""
+        """Escalation deadlines start no earlier than this: the wall clock for decisions about a backlog
+        (their events are old: a person still needs the whole time to answer), else 0 (from the event's
+        own time). Breaker cool-downs do not use it: see watcher/breaker/stage.py."""
         return self.wall_ms if self.catching_up else 0
 
 

@@ -8,11 +8,13 @@ Clocks (watcher/pipeline/eventtime.py): a partition with records left to read on
 restart, an outage, a handoff, a slow replica) is judged by its own event time, as `spendwatch replay`
 judges the same records: its shard is not advanced to the wall clock, so a backlog is not counted late
 and its window caps still fire. Once nothing is left to read it is advanced to the wall clock every batch
-(idle partitions age, join deadlines pass). Escalation deadlines and breaker cool-downs of decisions made
-while catching up start at the wall clock (`BatchContext.real_from_ms`). State is
-checkpointed with the input offsets it covers every `checkpoint.interval_seconds`, when partitions are
-revoked, and at shutdown; on assignment a partition's shard is restored and its input replayed from the
-covered offsets (no checkpoint: from the earliest offset), so a restart counts nothing twice or never.
+(idle partitions age, join deadlines pass). Escalations raised while catching up get their whole timeout
+from the wall clock (`BatchContext.real_from_ms`).
+
+State is checkpointed with the input offsets it covers every `checkpoint.interval_seconds`, when
+partitions are revoked, and at shutdown; on assignment a partition's shard is restored and its input
+replayed from the covered offsets (no checkpoint: from the earliest offset), so a restart counts nothing
+twice or never.
 
 Shutdown (SIGTERM/SIGINT set a flag): stop intake, finish the batch, checkpoint, commit, close.
 

@@ -2,7 +2,7 @@
 
 Pure parts (runs, lag, Clocks) with plain values; the daemon's choice through `Daemon._process` with a
 stand-in consumer that reports highwater marks and positions as aiokafka does; the clocks the stages then
-use for deadlines (detector escalations, breaker cool-downs) and for real-time figures (latency, statements).
+use: escalation deadlines from the wall clock, breakers by the partition's clock, latency by the wall clock.
 """
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import msgspec
 import numpy as np
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from watcher.batch import BatchContext
+from watcher.breaker import BreakerStage
 from watcher.config import load_settings
 from watcher.daemon import Daemon
+from watcher.detect import Detector, Policy
 from watcher.events import Decoder
 from watcher.metrics import Metrics
 from watcher.observe.stage import MetricsStage
@@ -28,6 +31,16 @@ A = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 M = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 U = 1_000_000
 D = Decoder(max_future_skew_ms=None)
+POLICY = Policy.from_text("""
+[defaults.caps]
+per_minute_usdc = 5
+[defaults.escalation]
+payment_above_usdc = 2
+timeout_seconds = 120
+[defaults.anomaly]
+enabled = false
+fleet = false
+""")
 
 
 def obs_at(ts_ms: int, amount: int = U, i: int = 0):
@@ -143,6 +156,56 @@ async def test_a_partition_not_fetched_yet_is_not_advanced():
 
 
 # -- what the stages do with the clocks ------------------------------------------------------------------------
+def test_escalation_deadline_of_a_backlog_event_runs_from_the_wall_clock():
+    old, wall = 1_790_000_000_000, 1_790_000_180_000
+    det = Detector(POLICY)
+    shard = Shard()
+    batch = [obs_at(old, 3 * U)]
+    (esc,) = det.on_batch(shard.apply(batch), shard, old, batch, real_from_ms=wall)
+    assert esc.kind == "escalate" and esc.at_ms == old          # the decision keeps its event's time
+    assert det.pending[det.index[A]][0] == wall + 120_000       # old code: old + 120 s, past on arrival
+    assert det.tick(old + 120_000) == [] and det.tick(wall + 119_999) == []
+    assert [d.rule for d in det.tick(wall + 120_000)] == ["escalation_timeout"]
+
+    live = Detector(POLICY)                                      # caught up: from the event's time, as before
+    shard = Shard()
+    live.on_batch(shard.apply(batch), shard, old, batch)
+    assert live.pending[live.index[A]][0] == old + 120_000
+
+
+def test_approval_during_catch_up_counts_from_the_wall_clock():
+    old, wall = 1_790_000_000_000, 1_790_000_180_000
+    det = Detector(POLICY)
+    shard = Shard()
+    batch = [obs_at(old, 3 * U)]
+    det.on_batch(shard.apply(batch), shard, old, batch, real_from_ms=wall)
+    assert det.approve(A)
+    assert det.approved_until[det.index[A]] == wall + POLICY.defaults.escalation.approval_ttl_seconds * 1000
+
+
+def test_breakers_tick_at_the_partitions_clock_and_cool_down_from_the_decision():
+    """A backlog freeze cools down from its decision's time (the same records give the same webhook body);
+    while catching up the breakers tick at event time, so the cool-down ends where the backlog reaches it."""
+    old, wall = 1_790_000_000_000, 1_790_003_600_000           # the runaway an hour before the daemon reads it
+    det = Detector(POLICY)
+    shard = Shard()
+    batch = [obs_at(old + i * 100, U, i) for i in range(7)]
+    freeze = [d for d in det.on_batch(shard.apply(batch), shard, old, batch) if d.kind == "freeze"][0]
+    stage = BreakerStage()
+    cool = stage.timing.cooldown_ms
+    ctx = BatchContext(0, shard, shard.apply([]), [], shard.watermark_ms, decisions=[freeze], wall_ms=wall,
+                       catching_up=True)
+    stage.on_batch(ctx)
+    (opened,) = [msgspec.json.decode(v) for _, _, v in ctx.publish]
+    assert opened["kind"] == "opened" and opened["breaker"]["reopen_ms"] == freeze.at_ms + cool
+    ctx = BatchContext(0, shard, shard.apply([]), [], freeze.at_ms + cool - 1, wall_ms=wall, catching_up=True)
+    stage.on_batch(ctx)
+    assert stage.view(A)["state"] == "open"                    # old code ticked at the wall clock: half-open
+    ctx = BatchContext(0, shard, shard.apply([]), [], freeze.at_ms + cool, wall_ms=wall, catching_up=True)
+    stage.on_batch(ctx)
+    assert stage.view(A)["state"] == "half_open"
+
+
 def test_event_latency_is_measured_by_the_wall_clock_while_catching_up():
     old, wall = 1_790_000_000_000, 1_790_000_180_000
     metrics = Metrics(CollectorRegistry())

@@ -2,9 +2,22 @@
 
 Runs after the detection stage, reading `ctx.decisions` (freeze -> open, escalate -> escalation, an
 escalation_timeout the policy does not freeze on -> the escalation expires) and
-ticking the clock (cool-down -> half-open, probation -> closed). Each change is appended to
-`ctx.publish` as a `change` record of `watcher.breaker` (durable before the batch's input offsets are
-committed) and, when the wallet service must hear of it, queued for the webhook sender at once.
+ticking the clock (cool-down -> half-open, probation -> closed).
+
+Clocks: the breakers tick at `ctx.now_ms`, the partition's clock: its own event time while the daemon
+catches up a backlog, the wall clock once caught up. A change's time (`since`, the record's `at_ms`, the
+webhook's `occurred_at`) is its decision's, i.e. the triggering event's, and a cool-down runs from it
+(`reopens_at`), so reading the same records again (a handoff, a crash, a second group) gives the same
+webhook bodies under the same Idempotency-Key. For a freeze about a backlog older than the cool-down
+this means the breaker replays the history: it opens and, once the backlog's time passes `reopens_at`,
+goes half-open (probation caps), and trips again if the agent kept spending. Deadlines a person must
+meet are different: an escalation raised while catching up times out from the wall clock
+(watcher/detect/verdicts.py), and a freeze on that timeout carries the wall-clock deadline. `created_ms` of the record and of the
+delivery is the wall clock; people's actions (hold, release, approve, caps) happen at the wall clock.
+
+Each change is appended to `ctx.publish` as a `change` record of `watcher.breaker` (durable before the
+batch's input offsets are committed) and, when the wallet service must hear of it, queued for the webhook
+sender at once.
 
 State per input partition: the breakers and the undelivered webhooks (the outbox), both in the
 checkpoint; restore merges the checkpoint with the breaker log's fold (see outbox.py), re-queues every

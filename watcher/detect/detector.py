@@ -8,6 +8,7 @@ event's position in the batch and passed through a small per-agent state machine
   frozen      a freeze was decided: nothing more is said about the agent until `release(agent)`
   escalation  one question to a person at a time; `approve(agent)` answers it and silences further
               escalations for `escalation.approval_ttl_seconds`; `tick(now)` freezes unanswered ones
+              (the deadline runs from the wall clock for a backlog's events: see verdicts.py)
   cooldown    the same warning (agent, rule, merchant) is repeated at most once per `warn_cooldown_seconds`
 Decision ids hash (agent, rule, triggering event), so the same events give the same ids.
 
@@ -71,6 +72,7 @@ class Detector(Candidates, Verdicts, Forgetting):
         self.approved_until: dict[int, int] = {}
         self.known_merchants: dict[str, None] = {}
         self.now_ms = 0
+        self.real_from_ms = 0     # the last batch's floor for escalation deadlines and approvals (not saved)
         self.counts = {k: 0 for k in SEVERITY}
         self._unwindowed: set[tuple[str, str]] = set()
         self._grow(1024)
@@ -119,10 +121,13 @@ class Detector(Candidates, Verdicts, Forgetting):
 
     # -- the batch ----------------------------------------------------------------------------
     def on_batch(self, outcome, shard, now_ms: int, batch: list[Observation] | None = None,
-                 out: list[Decision] | None = None) -> list[Decision]:
+                 out: list[Decision] | None = None, *, real_from_ms: int = 0) -> list[Decision]:
         """Decide on what one `Shard.apply` did. `batch` is the observations handed to it; without it
         (a clock tick) merchant rules and novelty are skipped. Decisions are appended to `out` as they are
-        taken (see `Verdicts._decide`)."""
+        taken (see `Verdicts._decide`). `real_from_ms`: escalation deadlines start no earlier (the wall
+        clock while the daemon catches up a backlog: a person needs the whole timeout to answer); 0 in
+        replay and live, where they start at the triggering event's time."""
+        self.real_from_ms = int(real_from_ms)
         now = max(int(now_ms), shard.watermark_ms)
         self.now_ms = max(self.now_ms, now)
         cands: list[Candidate] = []

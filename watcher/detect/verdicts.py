@@ -2,11 +2,16 @@
 
   frozen      a freeze was decided: nothing more is said about the agent until `release(agent)`
   escalation  one question to a person at a time; `approve(agent)` answers it and silences further
-              escalations for `escalation.approval_ttl_seconds`; `tick(now)` freezes unanswered ones
+              escalations for `escalation.approval_ttl_seconds`; `tick(now)` freezes unanswered ones.
+              The deadline is the event's time + `timeout_seconds`, but never earlier than `real_from_ms`
+              + `timeout_seconds` (the wall clock, set while the daemon catches up a backlog: a person
+              gets the whole timeout from when the question is asked); an approval counts from
+              the later of the detector's time and `real_from_ms`
   cooldown    the same warning (agent, rule, merchant) is repeated at most once per `warn_cooldown_seconds`
 
 `Verdicts` is a mixin of `Detector` (watcher/detect/detector.py), which owns the state it reads: `agents`,
-`index`, `table`, `frozen`, `pending`, `approved_until`, `cooldown`, `counts`, `policy`, `now_ms`.
+`index`, `table`, `frozen`, `pending`, `approved_until`, `cooldown`, `counts`, `policy`, `now_ms`,
+`real_from_ms`.
 """
 
 from __future__ import annotations
@@ -63,8 +68,9 @@ class Verdicts:
                 if row in self.pending or self.approved_until.get(row, NEVER) > c.ts_ms:
                     continue
             d = self._decision(c, kind)
-            if kind == "escalate":
-                self.pending[row] = (c.ts_ms + lim.escalation.timeout_seconds * 1000, d.id, c.rule)
+            if kind == "escalate":  # the person's time runs from now when the event is old (a backlog)
+                start = max(c.ts_ms, self.real_from_ms)
+                self.pending[row] = (start + lim.escalation.timeout_seconds * 1000, d.id, c.rule)
             elif kind == "freeze":
                 self.frozen[row] = True
                 self.pending.pop(row, None)
@@ -115,7 +121,7 @@ class Verdicts:
         row = self.index.get(agent)
         if row is None or (only_pending and row not in self.pending):
             return False
-        now = self.now_ms if now_ms is None else int(now_ms)
+        now = max(self.now_ms, self.real_from_ms) if now_ms is None else int(now_ms)
         ttl = self.table.limits[row].escalation.approval_ttl_seconds * 1000
         self.approved_until[row] = now + ttl
         return self.pending.pop(row, None) is not None

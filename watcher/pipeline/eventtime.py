@@ -16,11 +16,11 @@ The clock of a partition (`PartitionClock`), chosen by the daemon per batch:
         now_ms = the shard's own event time (its watermark): the shard is not advanced, and decisions are
         those replay makes over the same records
 
-`BatchContext.real_from_ms` (watcher/batch.py) is where durations meant for the real world start: an
-escalation's deadline (a person needs real time to answer) and a breaker's cool-down (the wallet service
-freezes the agent when it hears of it).
-For a decision about events that are already old (catching up) they start at the wall clock; caught up,
-at the event's own time (0: no floor), so live decisions do not depend on when a batch happened to run.
+`BatchContext.real_from_ms` (watcher/batch.py) is where the time a person gets to answer an escalation
+starts: for a question about events that are already old (catching up) at the wall clock, so its deadline
+is never past on arrival; caught up, at the event's own time (0: no floor), so live decisions do not depend
+on when a batch happened to run. Everything else (windows, cool-downs of warnings and of breakers, the
+webhook bodies) follows event time, so the same records give the same decisions and bodies.
 """
 
 from __future__ import annotations
