@@ -80,7 +80,8 @@ class DetectStage:
         decisions: list = []   # filled as they are taken: if the detector raises, those are still published
         try:
             if out.deltas or out.signals or out.findings:
-                det.on_batch(out, ctx.shard, ctx.now_ms, ctx.observations, decisions, real_from_ms=ctx.real_from_ms)
+                det.on_batch(out, ctx.shard, ctx.now_ms, ctx.observations, decisions,
+                             real_from_ms=ctx.real_from_ms)
             else:  # e.g. only transfers confirming what was settled: nothing to judge, but payees to learn
                 det.learn_payees(ctx.observations)
             det.tick(ctx.now_ms, decisions)
