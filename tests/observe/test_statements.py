@@ -423,7 +423,8 @@ def test_a_settle_after_its_transfer_moves_the_payment_to_its_category_row_in_an
         stage.parts[0].last_publish_ms = 0 if published else t0 + 60_000   # publish at the first batch, or not
         for obs in batches:
             stage.on_batch(SimpleNamespace(partition=0, shard=shard, outcome=shard.apply(obs), observations=obs,
-                                           now_ms=t0 + 60_000, decisions=[], publish=[]))
+                                           now_ms=t0 + 60_000, wall_ms=t0 + 60_000, decisions=[],
+                                           publish=[]))
         return {k[3]: (r[0], r[1], r[7]) for k, r in stage.parts[0].rows.items()}
 
     reference = rows([records(1), records(2)])   # the settle first
