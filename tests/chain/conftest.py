@@ -138,6 +138,20 @@ def chain_cli():
     return spendwatch_chain
 
 
+class ListSink:
+    """A bridge's Sink in memory (for tests that need no Kafka)."""
+
+    def __init__(self) -> None:
+        self.records: list = []
+        self.progress_records: list = []
+
+    async def publish(self, records) -> None:
+        self.records.extend(records)
+
+    async def progress(self, record) -> None:
+        self.progress_records.append((len(self.records), record))   # with how many transfers came before it
+
+
 @dataclass(frozen=True)
 class Got:
     key: bytes

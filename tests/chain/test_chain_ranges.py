@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.chain.conftest import ListSink
 from tests.polling import wait_for
 from watcher.chain.abi import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC, address_topic
 from watcher.chain.bridge import ChainBridge
@@ -126,18 +127,6 @@ class StandInNode(Node):
             self.calls.ranges.append((first, last, error is not None))
             return {"error": error} if error is not None else {"result": found}
         return {"error": {"code": -32601, "message": f"the method {method} does not exist"}}
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list = []
-        self.progress_records: list = []
-
-    async def publish(self, records) -> None:
-        self.records.extend(records)
-
-    async def progress(self, record) -> None:
-        self.progress_records.append((len(self.records), record))   # with how many transfers came before it
 
 
 def _settings(tmp_path, **kw) -> ChainSettings:

@@ -3,7 +3,8 @@
     node (web3, WebSocket or HTTP) ──► sync pass ──► ChainTracker ──► Sink (Kafka x402.chain) ──► checkpoint
 
 A sync pass reads the head, checks that the remembered tip is still canonical (else walks back to the
-common ancestor and publishes `reverted`), reads blocks that are already `confirmations` deep with
+common ancestor and publishes `reverted`; a node behind the tip, with no block there yet, is waited for: only
+another block at a remembered height is a reorg), reads blocks that are already `confirmations` deep with
 eth_getLogs over bounded block ranges (published `confirmed` at once; a range the node refuses as too
 large is read again in halves, see `watcher.chain.ranges`), then the recent blocks one by
 one (eth_getLogs by block hash; published `pending`, later `confirmed`). The checkpoint is written after
@@ -94,6 +95,7 @@ class ChainBridge:
         self._resume_from: int | None = None
         self._read_from: int | None = None  # the first block read: never vouch below it (kept in the checkpoint)
         self._read_from_header: Header | None = None   # its header, once asked (for its time)
+        self._behind: int | None = None     # the node's head when it fell behind the tip (logged once)
         self._backoff = settings.reconnect_min_seconds
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -251,17 +253,14 @@ class ChainBridge:
                 return
             start = self._resume_from
         else:
-            if head.number == tip.number:
-                canon_hash = head.hash
-            elif head.number == tip.number + 1 and head.parent_hash == tip.hash:
-                canon_hash = tip.hash        # the head extends the tip: no need to ask
-            else:
-                canon = await node.header(tip.number)
-                canon_hash = canon.hash if canon is not None else None
-            if canon_hash != tip.hash:
+            state = await self._tip_state(node, head, tip)
+            if state == "behind":
+                return
+            if state == "replaced":
                 await self._reorg(node)
                 self._wake.set()            # go again from the common ancestor
                 return
+            self._behind = None
             start = tip.number + 1
         deep_end = head.number - tracker.confirmations
         if deep_end >= start + 1:
@@ -283,6 +282,39 @@ class ChainBridge:
             self._resume_from = None
             self._commit()
             self.stats["blocks"] += 1
+
+    async def _tip_state(self, node: Node, head: Header, tip: Header) -> str:
+        """Whether the tip is still "canonical", was "replaced" (a reorg), or the node is "behind" it and
+        cannot tell. Only another block at a number the bridge remembers is a reorg: a node that has no block
+        there (a node still syncing, an RPC endpoint balancing nodes at different heights) is waited for, or
+        the transfers of blocks it has not reached yet would be published `reverted`."""
+        if head.number < tip.number:
+            known = self.tracker.hash_at(head.number)
+            if known is not None and known != head.hash:
+                return "replaced"
+            self._node_behind(head, tip, f"its head is block {head.number}" + (
+                "" if known else f", below the {len(self.tracker.headers)} blocks the bridge remembers"))
+            return "behind"
+        if head.number == tip.number:
+            return "canonical" if head.hash == tip.hash else "replaced"
+        if head.number == tip.number + 1 and head.parent_hash == tip.hash:
+            return "canonical"               # the head extends the tip: no need to ask
+        canon = await node.header(tip.number)
+        if canon is None:
+            self._node_behind(head, tip, f"it answered head {head.number} but has no block {tip.number}")
+            return "behind"
+        return "canonical" if canon.hash == tip.hash else "replaced"
+
+    def _node_behind(self, head: Header, tip: Header, what: str) -> None:
+        """The node cannot say whether the tip is still canonical: wait for it (logged once per episode)."""
+        self.stats["node_behind"] += 1
+        if self._behind is None:
+            self._behind = head.number
+            log.warning("chain bridge: the node is behind the bridge's block %d (%s): waiting for it to catch "
+                        "up before reading on; nothing is reverted unless the node shows another block at a "
+                        "remembered height. If the chain was reset (a dev chain restarted without its state), "
+                        "stop the bridge and delete the checkpoint %s", tip.number, what,
+                        self.settings.checkpoint_path)
 
     async def _backfill(self, node: Node, first: int, last: int) -> None:
         """Blocks first..last are `confirmations` deep: read them by range, publish `confirmed`. A range the

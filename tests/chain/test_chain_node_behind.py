@@ -1,0 +1,122 @@
+"""A node that answers from behind the bridge (a node still syncing, or an RPC endpoint that balances nodes at
+different heights) is not a reorg: real anvil, seen through a `Node` that hides its newest blocks on demand.
+
+Only another block at a height the bridge remembers proves a reorg. A node with no block there yet cannot say:
+the bridge waits for it, and publishes nothing `reverted` (the old code walked back past the missing blocks
+and reverted the pending transfers in them, which the watcher then un-counted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import pytest
+
+from tests.chain.conftest import ListSink
+from tests.polling import wait_for
+from watcher.chain.abi import Header
+from watcher.chain.bridge import ChainBridge
+from watcher.chain.node import Node
+
+pytestmark = pytest.mark.integration
+
+
+class BehindNode(Node):
+    """anvil, except that `latest` may be `lag` blocks old (the blocks above it do not exist), and the
+    blocks in `hidden` do not exist. `latest_calls` counts the bridge's passes."""
+
+    def __init__(self, settings, wallets) -> None:
+        super().__init__(ws_url=None, http_url=settings.http_url, token=settings.token, wallets=wallets,
+                         request_timeout_seconds=settings.request_timeout_seconds)
+        self.lag = 0
+        self.hidden: set[int] = set()
+        self.latest_calls = 0
+
+    async def header(self, number: int | str = "latest") -> Header | None:
+        if number == "latest":
+            self.latest_calls += 1
+            real = await super().header("latest")
+            return real if not self.lag else await super().header(real.number - self.lag)
+        if number in self.hidden:
+            return None
+        if self.lag:
+            real = await super().header("latest")
+            if number > real.number - self.lag:
+                return None
+        return await super().header(number)
+
+
+def _settings(settings_for, chain, tmp_path, **kw):
+    """Polling over HTTP, to an in-memory sink."""
+    return settings_for(chain, tmp_path, "127.0.0.1:9", "unused", ws_url=None, http_url=chain.node.http_url,
+                        poll_interval_seconds=0.05, **kw)
+
+
+@contextlib.asynccontextmanager
+async def _polling(settings):
+    """(bridge, sink, the BehindNodes it connected through), past the bridge's first pass."""
+    nodes: list[BehindNode] = []
+
+    def connect(s, wallets):
+        nodes.append(BehindNode(s, wallets))
+        return nodes[-1]
+
+    sink = ListSink()
+    async with ChainBridge(settings, sink, connect=connect) as bridge:
+        await wait_for(lambda: bridge.head_seen >= 0, 15, "the bridge's first pass", show=lambda: bridge.stats)
+        yield bridge, sink, nodes
+
+
+def _statuses(sink: ListSink) -> list[str]:
+    return [r.status for r in sink.records]
+
+
+@pytest.mark.parametrize(("lag", "remembered"), [(2, 8), (6, 3)], ids=["within-remembered", "below-remembered"])
+async def test_a_node_behind_the_bridge_reverts_nothing(lag, remembered, chain, settings_for, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="spendwatch.chain")
+    settings = _settings(settings_for, chain, tmp_path, confirmations=2, max_reorg_depth=remembered)
+    async with _polling(settings) as (bridge, sink, nodes):
+        await chain.mine(lag)                                   # blocks the lagging node will not show
+        await chain.token.pay(chain.agents[0], chain.merchant, 111)
+        top = await chain.mine(0)
+        await wait_for(lambda: bridge.head_seen == top and _statuses(sink) == ["pending"], 15,
+                       "the payment published pending", show=lambda: (bridge.head_seen, _statuses(sink)))
+
+        node = nodes[-1]
+        node.lag = lag
+        calls = node.latest_calls
+        await wait_for(lambda: node.latest_calls >= calls + 10, 30, "10 passes with the node behind")
+        assert _statuses(sink) == ["pending"], "a node behind the bridge made it revert"
+        assert bridge.stats["reorgs"] == 0 and bridge.stats["node_behind"] >= 10
+
+        node.lag = 0
+        await chain.mine(2)
+        await wait_for(lambda: _statuses(sink) == ["pending", "confirmed"], 15, "the payment confirmed",
+                       show=lambda: (bridge.head_seen, _statuses(sink)))
+        assert bridge.failed is None and bridge.stats["reorgs"] == 0
+    behind = [r for r in caplog.records if "behind the bridge" in r.message]
+    assert len(behind) == 1 and str(settings.checkpoint_path) in behind[0].message   # once per episode
+
+
+async def test_a_node_without_the_tip_block_below_its_head_reverts_nothing(chain, settings_for, tmp_path):
+    """The endpoint answers a head above the tip, then has no block at the tip (another node behind it)."""
+    settings = _settings(settings_for, chain, tmp_path, confirmations=3)
+    async with _polling(settings) as (bridge, sink, nodes):
+        _, receipt = await chain.token.pay(chain.agents[0], chain.merchant, 111)
+        block = int(receipt["blockNumber"], 16)
+        await wait_for(lambda: bridge.head_seen == block and _statuses(sink) == ["pending"], 15,
+                       "the payment published pending", show=lambda: (bridge.head_seen, _statuses(sink)))
+
+        node = nodes[-1]
+        node.hidden = {block}
+        calls = node.latest_calls
+        await chain.mine(2)
+        await wait_for(lambda: node.latest_calls >= calls + 10, 30, "10 passes without the tip block")
+        assert _statuses(sink) == ["pending"] and bridge.head_seen == block
+
+        node.hidden = set()
+        await chain.mine(1)
+        await wait_for(lambda: _statuses(sink) == ["pending", "confirmed"], 15, "the payment confirmed",
+                       show=lambda: (bridge.head_seen, _statuses(sink)))
+        assert bridge.failed is None and bridge.stats["reorgs"] == 0
