@@ -392,11 +392,17 @@ class ChainBridge:
             if h is not None and h.hash == tracker.hash_at(n):
                 break
             n -= 1
-        deep = n < floor
-        if deep:
-            self.stats["deep_reorgs"] += 1
+        c = tracker.confirmations
+        deep = n < floor or old_tip - n > c     # a dropped block had been published confirmed
+        if n < floor:
             log.error("chain bridge: reorg deeper than the %d remembered blocks (below %d); transfers there "
                       "that were already confirmed cannot be reverted", len(tracker.headers), floor)
+        elif deep:
+            log.error("chain bridge: reorg of %d blocks, deeper than chain.confirmations = %d: blocks %d..%d were "
+                      "already published confirmed and their transfers cannot be reverted (one the new chain does "
+                      "not hold stays counted; one it moved is published again); fix: raise chain.confirmations",
+                      old_tip - n, c, n + 1, old_tip - c)
+        self.stats["deep_reorgs"] += deep
         emissions = tracker.rewind(n)
         self._read_from_header = None       # asked again: the reorg may have replaced the first block read
         if tracker.tip is None:

@@ -69,8 +69,9 @@ class ChainMetrics:
         self.reorgs = Counter("spendwatch_chain_reorgs", "Chain reorganisations seen by the bridge.", registry=r)
         self.reorg_depth = Histogram("spendwatch_chain_reorg_depth_blocks", "Blocks dropped by a "
                                      "reorganisation.", buckets=REORG_DEPTH_BUCKETS, registry=r)
-        self.deep_reorgs = Counter("spendwatch_chain_deep_reorgs", "Reorganisations deeper than the remembered "
-                                   "blocks: transfers already confirmed there could not be reverted.",
+        self.deep_reorgs = Counter("spendwatch_chain_deep_reorgs", "Reorganisations deeper than confirmations "
+                                   "(or than the remembered blocks): transfers already published confirmed in "
+                                   "the dropped blocks could not be reverted.",
                                    registry=r)
         self.errors = Counter("spendwatch_chain_errors", "Errors by kind. node, kafka, chain: a session ended, "
                               "then a reconnect after a back-off. range_refused: the node refused an eth_getLogs "
@@ -164,7 +165,8 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_chain_records_published_total", "counter", "status", "records Kafka acknowledged"),
     ("spendwatch_chain_reorgs_total", "counter", "", "reorgs seen"),
     ("spendwatch_chain_reorg_depth_blocks", "histogram", "", "blocks dropped per reorg"),
-    ("spendwatch_chain_deep_reorgs_total", "counter", "", "reorgs deeper than the remembered blocks"),
+    ("spendwatch_chain_deep_reorgs_total", "counter", "", "reorgs deeper than confirmations: confirmed "
+     "transfers not reverted"),
     ("spendwatch_chain_errors_total", "counter", "kind", "errors: node, kafka, chain end the session (then a "
      "reconnect); range_refused: an eth_getLogs range refused as too large (read in smaller ranges)"),
 ]

@@ -1,9 +1,10 @@
-"""A node that answers from behind the bridge (a node still syncing, or an RPC endpoint that balances nodes at
-different heights) is not a reorg: real anvil, seen through a `Node` that hides its newest blocks on demand.
+"""What the bridge makes of what the node answers: real anvil, seen through a `Node` that can hide its newest
+blocks (a node still syncing, or an RPC endpoint that balances nodes at different heights).
 
 Only another block at a height the bridge remembers proves a reorg. A node with no block there yet cannot say:
 the bridge waits for it, and publishes nothing `reverted` (the old code walked back past the missing blocks
-and reverted the pending transfers in them, which the watcher then un-counted).
+and reverted the pending transfers in them, which the watcher then un-counted). A reorg that drops blocks
+already published `confirmed` is deeper than `confirmations`: the bridge cannot revert them, and says so.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from watcher.chain.node import Node
 pytestmark = pytest.mark.integration
 
 
-class BehindNode(Node):
-    """anvil, except that `latest` may be `lag` blocks old (the blocks above it do not exist), and the
-    blocks in `hidden` do not exist. `latest_calls` counts the bridge's passes."""
+class UnreliableNode(Node):
+    """anvil, except that `latest` may be `lag` blocks old (the blocks above it do not exist), and the blocks in
+    `hidden` do not exist. `latest_calls` counts the bridge's passes."""
 
     def __init__(self, settings, wallets) -> None:
         super().__init__(ws_url=None, http_url=settings.http_url, token=settings.token, wallets=wallets,
@@ -55,11 +56,11 @@ def _settings(settings_for, chain, tmp_path, **kw):
 
 @contextlib.asynccontextmanager
 async def _polling(settings):
-    """(bridge, sink, the BehindNodes it connected through), past the bridge's first pass."""
-    nodes: list[BehindNode] = []
+    """(bridge, sink, the UnreliableNodes it connected through), past the bridge's first pass."""
+    nodes: list[UnreliableNode] = []
 
     def connect(s, wallets):
-        nodes.append(BehindNode(s, wallets))
+        nodes.append(UnreliableNode(s, wallets))
         return nodes[-1]
 
     sink = ListSink()
@@ -120,3 +121,24 @@ async def test_a_node_without_the_tip_block_below_its_head_reverts_nothing(chain
         await wait_for(lambda: _statuses(sink) == ["pending", "confirmed"], 15, "the payment confirmed",
                        show=lambda: (bridge.head_seen, _statuses(sink)))
         assert bridge.failed is None and bridge.stats["reorgs"] == 0
+
+
+async def test_a_reorg_deeper_than_confirmations_is_logged_and_counted_as_deep(chain, settings_for, tmp_path,
+                                                                                caplog):
+    caplog.set_level(logging.WARNING, logger="spendwatch.chain")
+    settings = _settings(settings_for, chain, tmp_path, confirmations=1)
+    async with _polling(settings) as (bridge, sink, _):
+        _, receipt = await chain.token.pay(chain.agents[0], chain.merchant, 111)
+        block = int(receipt["blockNumber"], 16)
+        await chain.mine(1)
+        await wait_for(lambda: _statuses(sink) == ["pending", "confirmed"], 15, "the payment confirmed",
+                       show=lambda: (bridge.head_seen, _statuses(sink)))
+        await chain.rpc.call("anvil_reorg", 2, [])          # the payment's block and the one on top: empty now
+        await wait_for(lambda: bridge.stats["reorgs"] == 1 and bridge.head_seen == block + 1, 15, "the reorg",
+                       show=lambda: (bridge.head_seen, bridge.stats))
+        assert bridge.stats["deep_reorgs"] == 1
+        assert bridge.metrics.registry.get_sample_value("spendwatch_chain_deep_reorgs_total") == 1
+    assert _statuses(sink) == ["pending", "confirmed"]      # the limit: a confirmed transfer is not reverted
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert f"blocks {block}..{block}" in error.message and "raise chain.confirmations" in error.message
+
