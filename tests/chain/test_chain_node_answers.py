@@ -1,10 +1,12 @@
 """What the bridge makes of what the node answers: real anvil, seen through a `Node` that can hide its newest
-blocks (a node still syncing, or an RPC endpoint that balances nodes at different heights).
+blocks (a node still syncing, or an RPC endpoint that balances nodes at different heights) or answer a call with
+something unusable once.
 
 Only another block at a height the bridge remembers proves a reorg. A node with no block there yet cannot say:
 the bridge waits for it, and publishes nothing `reverted` (the old code walked back past the missing blocks
 and reverted the pending transfers in them, which the watcher then un-counted). A reorg that drops blocks
-already published `confirmed` is deeper than `confirmations`: the bridge cannot revert them, and says so.
+already published `confirmed` is deeper than `confirmations`: the bridge cannot revert them, and says so. An
+unusable answer is a node error: the bridge reconnects and reads the block again (the old code stopped).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ pytestmark = pytest.mark.integration
 
 
 class UnreliableNode(Node):
-    """anvil, except that `latest` may be `lag` blocks old (the blocks above it do not exist), and the blocks in
-    `hidden` do not exist. `latest_calls` counts the bridge's passes."""
+    """anvil, except that `latest` may be `lag` blocks old (the blocks above it do not exist), the blocks in
+    `hidden` do not exist, and `garbage[method]` is the next answer of `method` (once). `latest_calls` counts
+    the bridge's passes."""
 
     def __init__(self, settings, wallets) -> None:
         super().__init__(ws_url=None, http_url=settings.http_url, token=settings.token, wallets=wallets,
@@ -33,6 +36,12 @@ class UnreliableNode(Node):
         self.lag = 0
         self.hidden: set[int] = set()
         self.latest_calls = 0
+        self.garbage: dict[str, object] = {}
+
+    async def request(self, method: str, params: list):
+        if method in self.garbage:
+            return {"result": self.garbage.pop(method)}
+        return await super().request(method, params)
 
     async def header(self, number: int | str = "latest") -> Header | None:
         if number == "latest":
@@ -142,3 +151,20 @@ async def test_a_reorg_deeper_than_confirmations_is_logged_and_counted_as_deep(c
     [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert f"blocks {block}..{block}" in error.message and "raise chain.confirmations" in error.message
 
+
+@pytest.mark.parametrize(("method", "answer"), [("eth_getLogs", None), ("eth_getLogs", [{"address": "0x1"}]),
+                                                 ("eth_getBlockByNumber", {"number": "0x1"}),
+                                                 ("eth_getBlockByNumber", "0x1")],
+                         ids=["logs-null", "log-without-fields", "block-without-fields", "block-not-an-object"])
+async def test_an_unusable_answer_is_a_node_error_and_the_block_is_read_again(method, answer, chain, settings_for,
+                                                                              tmp_path):
+    settings = _settings(settings_for, chain, tmp_path, confirmations=1)
+    async with _polling(settings) as (bridge, sink, nodes):
+        nodes[-1].garbage[method] = answer
+        await chain.token.pay(chain.agents[0], chain.merchant, 111)
+        await chain.mine(1)
+        await wait_for(lambda: _statuses(sink) == ["pending", "confirmed"] or bridge.failed, 15,
+                       "the payment confirmed", show=lambda: (bridge.head_seen, _statuses(sink), bridge.stats))
+        assert bridge.failed is None
+        assert bridge.stats["reconnects"] == 1 and bridge.metrics.registry.get_sample_value(
+            "spendwatch_chain_errors_total", {"kind": "node"}) == 1

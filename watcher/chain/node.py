@@ -23,6 +23,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3, WebSocketProvider
 
 from watcher.chain.abi import WATCHED_TOPICS, Header, Log, address_topic, parse_header, parse_log
 from watcher.chain.errors import NodeError, RangeRefusedError
+from watcher.errors import EventError
 
 log = logging.getLogger("spendwatch.chain.node")
 
@@ -121,12 +122,19 @@ class Node:
         return resp.get("result")
 
     async def chain_id(self) -> int:
-        return int(await self.call("eth_chainId", []), 16)
+        raw = await self.call("eth_chainId", [])
+        try:
+            return int(raw, 16)
+        except (TypeError, ValueError):
+            raise NodeError(f"eth_chainId answered {str(raw)[:200]}, not a 0x quantity") from None
 
     async def header(self, number: int | str = "latest") -> Header | None:
         tag = hex(number) if isinstance(number, int) else number
         raw = await self.call("eth_getBlockByNumber", [tag, False])
-        return parse_header(raw) if raw else None
+        try:
+            return parse_header(raw) if raw else None
+        except EventError as exc:
+            raise NodeError(f"eth_getBlockByNumber {tag} answered an unusable block: {exc}") from None
 
     async def headers(self, numbers: list[int]) -> dict[int, Header]:
         """Several headers, at most 16 calls in flight."""
@@ -142,7 +150,7 @@ class Node:
 
     async def logs_by_hash(self, block_hash: str) -> list[Log]:
         raw = await self.call("eth_getLogs", [{**self._filter(), "blockHash": block_hash}])
-        return [parse_log(x) for x in raw]
+        return _logs(raw, f"eth_getLogs of block {block_hash}")
 
     async def logs_range(self, first: int, last: int) -> list[Log]:
         """Logs of blocks first..last; RangeRefusedError when the node finds the range too large (only for
@@ -155,11 +163,7 @@ class Node:
                 raise RangeRefusedError(f"eth_getLogs over blocks {first}..{last} ({last - first + 1} blocks) "
                                         f"refused as too large: {error}", first=first, last=last)
             raise NodeError(f"eth_getLogs over blocks {first}..{last} refused: {error}")
-        raw = resp.get("result")
-        if not isinstance(raw, list):
-            raise NodeError(f"eth_getLogs over blocks {first}..{last} answered {str(raw)[:200]}, not a list "
-                            "of logs")
-        return [parse_log(x) for x in raw]
+        return _logs(resp.get("result"), f"eth_getLogs over blocks {first}..{last}")
 
     async def follow(self, on_wake: Callable[[int], None], on_subscribed: Callable[[], None] | None = None) -> None:
         """Subscribe to new heads and the token's logs; call on_wake(block number) for each message, and
@@ -185,3 +189,14 @@ class Node:
         except Exception as exc:
             raise NodeError(f"subscription on {self.ws_url} ended: {exc!r}") from exc
         raise NodeError(f"subscription on {self.ws_url} ended")
+
+
+def _logs(raw: Any, what: str) -> list[Log]:
+    """The logs of an eth_getLogs answer; NodeError when it is not a list of logs (the bridge reads the
+    blocks again after a reconnect, instead of stopping or taking them as empty)."""
+    if not isinstance(raw, list):
+        raise NodeError(f"{what} answered {str(raw)[:200]}, not a list of logs")
+    try:
+        return [parse_log(x) for x in raw]
+    except EventError as exc:
+        raise NodeError(f"{what} answered an unusable log: {exc}") from None
