@@ -1,6 +1,8 @@
 """Join of facilitator settles and on-chain transfers: one payment, counted once.
 
-A payment is keyed by its transaction hash (EIP-155 makes it unique across chains). Whatever arrives
+A payment is keyed by its transaction hash (EIP-155 makes it unique across chains) and its payer: another
+payer in the same transaction (a facilitator that batches settles, a bundle of user operations) has a payment
+of its own, keyed "tx:payer" (its findings' ids too), so its spend is never counted to the first. Whatever arrives
 first counts; the chain is the authority once it speaks: the counted amount is the sum of the
 transaction's live transfers (pending or confirmed) when any transfer record was seen, else the settled
 amount. A transfer published `reverted`
@@ -136,9 +138,13 @@ class Join:
         key = obs.tx  # EIP-155 signatures bind a tx to one chain: its hash alone is unique
         payments = self.payments
         p = payments.current.get(key) or payments.get(key)
+        if p is not None and p.agent != obs.agent:
+            # another payer in the same transaction (a facilitator that batches settles, a bundle): its own payment
+            key = f"{key}:{obs.agent}"
+            p = payments.current.get(key) or payments.get(key)
         if p is None:
             category = categorize(obs.merchant, obs.resource)
-            p = Payment(obs.agent, obs.merchant, obs.ts_ms, obs.chain_id, key, category, token=obs.asset)
+            p = Payment(obs.agent, obs.merchant, obs.ts_ms, obs.chain_id, obs.tx, category, token=obs.asset)
             payments.put(key, p)
             if obs.kind == SETTLE:  # the common case: a new payment, reported by its facilitator
                 p.settle_amount, p.settle_id = obs.amount, obs.event_id
@@ -240,7 +246,7 @@ class Join:
         if got is None or got == p.settle_amount:
             return _NONE
         p.reported |= MISMATCH
-        return [self._finding("amount_mismatch", p, now_ms,
+        return [self._finding("amount_mismatch", p, key, now_ms,
                               f"facilitator settled {p.settle_amount} base units, chain transferred {got}")]
 
     def sweep(self, now_ms: int) -> list[Finding]:
@@ -269,22 +275,23 @@ class Join:
                         self.bridges.hold(held, p.ts_ms, key)
                         continue
                     p.reported |= UNSETTLED
-                    out.append(self._finding("unsettled", p, now_ms,
+                    out.append(self._finding("unsettled", p, key, now_ms,
                                              f"settled {p.settle_amount} base units but no confirmed transfer "
                                              f"after {(now_ms - p.ts_ms) // 1000} s"))
             elif not p.reported & SHADOW:
                 confirmed = self._confirmed_amount(p)
                 if confirmed is not None:
                     p.reported |= SHADOW
-                    out.append(self._finding("shadow_spend", p, now_ms,
+                    out.append(self._finding("shadow_spend", p, key, now_ms,
                                              f"confirmed transfer of {confirmed} base units with no facilitator "
                                              "settle record"))
         return out
 
-    def _finding(self, kind: str, p: Payment, now_ms: int, detail: str) -> Finding:
+    def _finding(self, kind: str, p: Payment, key: str, now_ms: int, detail: str) -> Finding:
+        """`key`: the payment's, its tx hash (and for a second payer of the transaction, ":" and the payer)."""
         got = self._confirmed_amount(p)
         ids = ([p.settle_id] if p.settle_id else []) + [t[3] for t in p.transfers]
-        return Finding(f"{kind}:{p.chain_id}:{p.tx}", kind, p.agent, p.merchant, p.chain_id, p.tx, _iso(now_ms),
+        return Finding(f"{kind}:{p.chain_id}:{key}", kind, p.agent, p.merchant, p.chain_id, p.tx, _iso(now_ms),
                        None if p.settle_amount is None else str(p.settle_amount),
                        None if got is None else str(got), ids, detail)
 
