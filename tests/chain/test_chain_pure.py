@@ -146,6 +146,20 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
         read_checkpoint(path, chain_id=8453, token=TOKEN)
 
 
+@pytest.mark.parametrize("damage", [
+    lambda doc: doc | {"version": 2}, lambda doc: doc | {"headers": []}, lambda doc: doc | {"block": 7},
+    lambda doc: "{not json"], ids=["version", "no-headers", "block-not-an-object", "not-json"])
+def test_every_unusable_checkpoint_says_how_to_go_on_without_a_gap(tmp_path, damage):
+    """Deleting the checkpoint alone makes the bridge start after the head (the blocks in between are never
+    read): every refusal names start_block as the way to resume without a gap."""
+    path = tmp_path / "cp.json"
+    write_checkpoint(path, Checkpoint(8453, TOKEN, (_h(1), _h(2)), ()))
+    damaged = damage(json.loads(path.read_text()))
+    path.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    with pytest.raises(CheckpointError, match="fix: .*set chain.start_block to a block at or before the last"):
+        read_checkpoint(path, chain_id=8453, token=TOKEN)
+
+
 def test_checkpoint_keeps_the_first_block_read_and_reads_older_ones_without_it(tmp_path):
     path = tmp_path / "cp.json"
     cp = Checkpoint(8453, TOKEN, (_h(1), _h(2)), (), read_from=2)

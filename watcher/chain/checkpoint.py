@@ -29,6 +29,10 @@ from watcher.errors import CheckpointError
 from watcher.events.wire import ChainTransfer
 
 VERSION = 1
+# how to go on from a checkpoint that cannot be used (deleting it alone starts after the head: a gap)
+REPAIR_FIX = ("fix: restore it from a backup, or delete it and set chain.start_block to a block at or before the "
+              "last one processed (overlap is harmless: record ids are stable); deleted without start_block, the "
+              "bridge starts after the head and never reads the blocks in between")
 _transfer_decoder = msgspec.json.Decoder(ChainTransfer)
 
 
@@ -88,11 +92,11 @@ def read_checkpoint(path: Path, *, chain_id: int, token: str) -> Checkpoint | No
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"chain checkpoint {path} is unreadable ({exc}); fix: delete it to start "
-                              "from chain.start_block, or restore it") from exc
+        raise CheckpointError(f"chain checkpoint {path} is unreadable ({exc}); {REPAIR_FIX}") from exc
     try:
         if doc["version"] != VERSION:
-            raise CheckpointError(f"chain checkpoint {path} has version {doc['version']}, expected {VERSION}")
+            raise CheckpointError(f"chain checkpoint {path} has version {doc['version']}, expected {VERSION} (written "
+                                  f"by another release?); {REPAIR_FIX}")
         if doc["chainId"] != chain_id or doc["token"].lower() != token.lower():
             raise CheckpointError(
                 f"chain checkpoint {path} is for chain {doc['chainId']} token {doc['token']}, but the config "
@@ -100,7 +104,7 @@ def read_checkpoint(path: Path, *, chain_id: int, token: str) -> Checkpoint | No
         headers = tuple(sorted((Header(int(h["number"]), h["hash"], h["parentHash"], int(h["timestamp"]))
                                 for h in doc["headers"]), key=lambda h: h.number))
         if not headers or headers[-1].number != doc["block"]["number"] or headers[-1].hash != doc["block"]["hash"]:
-            raise CheckpointError(f"chain checkpoint {path}: block does not match its last header")
+            raise CheckpointError(f"chain checkpoint {path}: block does not match its last header; {REPAIR_FIX}")
         unconfirmed = tuple(from_wire(_transfer_decoder.decode(json.dumps(r))) for r in doc["unconfirmed"])
         read_from = doc.get("readFrom")
         if read_from is not None and (type(read_from) is not int or read_from < 0):
@@ -108,6 +112,5 @@ def read_checkpoint(path: Path, *, chain_id: int, token: str) -> Checkpoint | No
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, msgspec.ValidationError) as exc:
-        raise CheckpointError(f"chain checkpoint {path} is malformed ({exc!r}); fix: delete it to start "
-                              "from chain.start_block") from exc
+        raise CheckpointError(f"chain checkpoint {path} is malformed ({exc!r}); {REPAIR_FIX}") from exc
     return Checkpoint(chain_id, doc["token"], headers, unconfirmed, read_from)
