@@ -57,3 +57,12 @@ def test_a_second_payer_with_a_wrong_amount_is_its_own_mismatch():
     assert [(f.kind, f.agent, f.settledAmount, f.transferredAmount) for f in out.findings] == [
         ("amount_mismatch", B, "250", "200")]
     assert (day(sh), _totals(sh, B)) == ((100, 1), (200, 1))
+
+
+def test_a_zero_value_transfer_of_another_wallet_in_a_known_transaction_is_no_payment():
+    """0-value transfers cost nothing and anyone can emit one from any wallet (Shard.apply): one in a known
+    transaction is not a payment of its wallet (no count, no shadow_spend)."""
+    sh = Shard(ShardConfig(shadow_grace_ms=AFTER, unsettled_after_ms=AFTER))
+    sh.apply([_settle(A, 100), _transfer(A, 100, 1), _transfer(B, 0, 4)])
+    assert sh.advance(T + 20 * AFTER) == []
+    assert (day(sh), _totals(sh, B)) == ((100, 1), (0, 0))

@@ -142,6 +142,8 @@ class Join:
             # another payer in the same transaction (a facilitator that batches settles, a bundle): its own payment
             key = f"{key}:{obs.agent}"
             p = payments.current.get(key) or payments.get(key)
+            if p is None and not obs.amount and obs.kind != SETTLE:
+                return None, _NONE   # a 0-value transfer: spend of no payment (as in Shard.apply), not a payment
         if p is None:
             category = categorize(obs.merchant, obs.resource)
             p = Payment(obs.agent, obs.merchant, obs.ts_ms, obs.chain_id, obs.tx, category, token=obs.asset)
