@@ -313,7 +313,8 @@ class ChainBridge:
             log.warning("chain bridge: the node is behind the bridge's block %d (%s): waiting for it to catch "
                         "up before reading on; nothing is reverted unless the node shows another block at a "
                         "remembered height. If the chain was reset (a dev chain restarted without its state), "
-                        "stop the bridge and delete the checkpoint %s", tip.number, what,
+                        "stop the bridge, delete the checkpoint %s and set chain.start_block (0: the new chain "
+                        "from its start)", tip.number, what,
                         self.settings.checkpoint_path)
 
     async def _backfill(self, node: Node, first: int, last: int) -> None:
