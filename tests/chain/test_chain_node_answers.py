@@ -18,7 +18,7 @@ import pytest
 
 from tests.chain.conftest import ListSink
 from tests.polling import wait_for
-from watcher.chain.abi import Header
+from watcher.chain.abi import TRANSFER_TOPIC, Header, address_topic
 from watcher.chain.bridge import ChainBridge
 from watcher.chain.node import Node
 
@@ -149,15 +149,24 @@ async def test_a_reorg_deeper_than_confirmations_is_logged_and_counted_as_deep(c
     assert f"blocks {block}..{block}" in error.message and "raise chain.confirmations" in error.message
 
 
+def _log_of_another_block(chain) -> list[dict]:
+    """A well-formed Transfer of a watched agent, but in a block other than the one asked for."""
+    return [{"address": chain.token.address.lower(), "data": "0x" + f"{5:064x}", "blockNumber": "0x1",
+             "topics": [TRANSFER_TOPIC, address_topic(chain.agents[0].address), address_topic(chain.merchant)],
+             "blockHash": "0x" + "ab" * 32, "transactionHash": "0x" + "cd" * 32, "logIndex": "0x0"}]
+
+
 @pytest.mark.parametrize(("method", "answer"), [("eth_getLogs", None), ("eth_getLogs", [{"address": "0x1"}]),
+                                                 ("eth_getLogs", _log_of_another_block),
                                                  ("eth_getBlockByNumber", {"number": "0x1"}),
                                                  ("eth_getBlockByNumber", "0x1")],
-                         ids=["logs-null", "log-without-fields", "block-without-fields", "block-not-an-object"])
+                         ids=["logs-null", "log-without-fields", "log-of-another-block", "block-without-fields",
+                              "block-not-an-object"])
 async def test_an_unusable_answer_is_a_node_error_and_the_block_is_read_again(method, answer, chain, settings_for,
                                                                               tmp_path):
     settings = _settings(settings_for, chain, tmp_path, confirmations=1)
     async with _polling(settings) as (bridge, sink, nodes):
-        nodes[-1].garbage[method] = answer
+        nodes[-1].garbage[method] = answer(chain) if callable(answer) else answer
         await chain.token.pay(chain.agents[0], chain.merchant, 111)
         await chain.mine(1)
         await wait_for(lambda: _statuses(sink) == ["pending", "confirmed"] or bridge.failed, 15,

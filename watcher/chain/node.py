@@ -150,7 +150,11 @@ class Node:
 
     async def logs_by_hash(self, block_hash: str) -> list[Log]:
         raw = await self.call("eth_getLogs", [{**self._filter(), "blockHash": block_hash}])
-        return _logs(raw, f"eth_getLogs of block {block_hash}")
+        logs = _logs(raw, f"eth_getLogs of block {block_hash}")
+        other = next((x.block_hash for x in logs if x.block_hash != block_hash), None)
+        if other is not None:   # a provider that answers for another block: read it again, never mix blocks
+            raise NodeError(f"eth_getLogs of block {block_hash} answered logs of block {other}")
+        return logs
 
     async def logs_range(self, first: int, last: int) -> list[Log]:
         """Logs of blocks first..last; RangeRefusedError when the node finds the range too large (only for
