@@ -7,7 +7,8 @@ next -> publish findings and stage outputs -> wait for every publish -> commit o
 Clocks (watcher/pipeline/eventtime.py): a partition with records left to read on any input topic (after a
 restart, an outage, a handoff, a slow replica) is judged by its own event time, as `spendwatch replay`
 judges the same records: its shard is not advanced to the wall clock, so a backlog is not counted late
-and its window caps still fire. Once nothing is left to read it is advanced to the wall clock every batch
+and its window caps still fire (its two input topics are read as fetched, not merged by time: see the
+README's Catching up). Once nothing is left to read it is advanced to the wall clock every batch
 (idle partitions age, join deadlines pass). Escalations raised while catching up get their whole timeout
 from the wall clock (`BatchContext.real_from_ms`).
 
@@ -48,7 +49,7 @@ from watcher.config import Settings
 from watcher.errors import BrokerError, CheckpointError, EventError, SpendwatchError
 from watcher.events.decode import Decoder
 from watcher.events.observation import Observation
-from watcher.failures import INTERNAL_ERROR, Span, StageErrors, sources
+from watcher.failures import INTERNAL_ERROR, Span, StageErrors
 from watcher.pipeline.categories import CategoryMap
 from watcher.pipeline.eventtime import Clocks, PartitionClock, event_runs
 from watcher.pipeline.shard import Outcome, Shard
@@ -258,25 +259,24 @@ class Daemon:
             elif msgs[0].offset > covered >= 0:
                 self._gap(tp, covered, msgs[0].offset)
             obs = []
-            skipped: list[int] = []   # indices in msgs of the records dead-lettered here
+            src = []   # the Kafka message of each observation (those dead-lettered here have none)
             decode = self.decoder.decode
             for m in msgs:
                 try:
                     if m.value is None:
                         raise EventError("bad_json", "empty record (null value)")
                     obs.append(decode(m.value))
+                    src.append(m)
                     continue
                 except EventError as exc:
                     reason, detail, error = exc.reason, exc.detail, None
                 except Exception as exc:  # a bug must not stop the daemon or lose the record
                     reason, detail, error = INTERNAL_ERROR, f"decoding: {exc!r}", exc
-                skipped.append(len(obs) + len(skipped))
                 pending.append(self._dead_letter(reason, detail, m, error))
             p = tp.partition
-            src = sources(msgs, skipped)   # the Kafka message of each observation
             start = 0
             # each run is judged before the next is applied, at the shard's state after it (window rules
-            # are exact per run: eventtime.event_runs); a live batch spans less than a bucket
+            # are exact per run: eventtime.event_runs); a live batch is one run, or two across a 10 s boundary
             for run in event_runs(obs):
                 n = len(run)
                 outcome = shard.apply(run)
@@ -338,11 +338,13 @@ class Daemon:
             pending.append((topic, key, value, None))
 
     def _dead_letter(self, reason: str, detail: str, m, error: BaseException | None = None) -> "Outgoing":
-        """The dead letter of message `m`; `error`: our own code raised on it (logged with its traceback)."""
+        """The dead letter of message `m`; `error`: our own code raised on it (logged with its traceback, once
+        per exception type and `reason`: a cause that fails every record must not log thousands of them)."""
         self.counters.dead_lettered += 1
         self.dlq_reasons[reason] += 1
+        trace = error if error is not None and self.stage_errors.first_trace(reason, error) else None
         log.log(logging.WARNING if error is None else logging.ERROR, "dead-lettered %s[%d]@%d: %s: %s", m.topic,
-                m.partition, m.offset, reason, detail[:200], exc_info=error)
+                m.partition, m.offset, reason, detail[:200], exc_info=trace)
         dl = make_dead_letter(reason, detail, m.topic, m.partition, m.offset, m.key, m.value, m.headers)
         return (self.k.dead_letter_topic, dead_letter_key(m.key), dead_letter_value(dl), dead_letter_headers(dl))
 

@@ -11,8 +11,7 @@ same records from the checkpoint, they raise again, and the whole fleet goes unw
                    topic, partition, offset, key, bytes and headers: `spendwatch deadletters --redrive
                    --reason internal_error` replays it once the cause is fixed (the daemon counts an event
                    once by its dedupe key, which the failed fold does not keep). Alert
-                   RecordsFailedInternally (critical). `sources` maps the shard's index of the record back to
-                   its Kafka message.
+                   RecordsFailedInternally (critical). Its traceback is logged once per exception type.
   a stage          a stage (detection, breakers, statements, metrics) raising on a partition's batch is
                    logged with the partition and the batch's source offsets, counted in
                    `spendwatch_stage_errors_total{stage}` (alert StageFailing, critical) and skipped for that
@@ -70,15 +69,6 @@ def describe(partition: int, span: Span) -> str:
     return f"{topic}[{partition}]@{first}..{last}"
 
 
-def sources(msgs: Sequence, skipped: Sequence[int]) -> list:
-    """The Kafka message of each observation handed to the shard: `msgs` without those at the `skipped`
-    indices (dead-lettered by decode)."""
-    if not skipped:
-        return list(msgs)
-    gone = set(skipped)
-    return [m for i, m in enumerate(msgs) if i not in gone]
-
-
 class StageErrors:
     """Runs the stages on a batch, each isolated from the others' exceptions; counts failures per stage."""
 
@@ -96,18 +86,24 @@ class StageErrors:
             except Exception as exc:
                 self.failed(stage_name(stage), ctx.partition, span, exc)
 
+    def first_trace(self, name: str, exc: BaseException) -> bool:
+        """Whether to log this exception's traceback: once per (name, exception type), for MAX_TRACED pairs."""
+        key = (name, type(exc))
+        if key in self._traced or len(self._traced) >= MAX_TRACED:
+            return False
+        self._traced.add(key)
+        return True
+
     def failed(self, name: str, partition: int, span: Span, exc: Exception) -> None:
         self.counts[name] += 1
         now = self.clock()
-        first = (name, type(exc)) not in self._traced and len(self._traced) < MAX_TRACED
+        first = self.first_trace(name, exc)
         if not first and now - self._logged_at.get(name, float("-inf")) < LOG_INTERVAL_SECONDS:
             self._quiet[name] += 1
             return
         quiet = self._quiet.pop(name, 0)
         self._logged_at[name] = now
         since = f" ({quiet} more failure(s) of this stage since its last line)" if quiet else ""
-        if first:
-            self._traced.add((name, type(exc)))
         log.error("stage %s raised on %s: %r%s; its outputs so far are kept, the later stages ran, the daemon "
                   "goes on (spendwatch_stage_errors_total{stage=%r})", name, describe(partition, span), exc, since,
                   name, exc_info=exc if first else None)

@@ -67,7 +67,8 @@ def _stage(h: Harness, log: Log, snap) -> BreakerStage:
 
 def _batch(h: Harness, brk: BreakerStage, log: Log, records) -> list:
     ds = h.feed(records)
-    ctx = SimpleNamespace(partition=0, decisions=list(ds), publish=[], now_ms=h.shard.watermark_ms)
+    ctx = SimpleNamespace(partition=0, decisions=list(ds), publish=[], now_ms=h.shard.watermark_ms,
+                          real_from_ms=0)
     brk.on_batch(ctx)
     log.add(ctx.publish)
     return ds

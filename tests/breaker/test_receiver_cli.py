@@ -164,7 +164,7 @@ async def test_a_hold_kafka_does_not_record_is_answered_503_and_recorded_later()
             assert key == a.encode() and decode_record(value).kind == "held"
             stage.producer.down = True
             assert (await http.post(f"/v1/agents/{b}/hold", json={})).status_code == 503
-    ctx = SimpleNamespace(partition=0, decisions=[], publish=[], now_ms=0)
+    ctx = SimpleNamespace(partition=0, decisions=[], publish=[], now_ms=0, real_from_ms=0)
     stage.on_batch(ctx)
     [(_, key, value)] = ctx.publish
     assert key == b.encode() and decode_record(value).kind == "held" and stage.unrecorded == []

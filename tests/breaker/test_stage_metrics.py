@@ -27,8 +27,9 @@ def _replica() -> tuple[Metrics, BreakerStage]:
     return m, BreakerStage(metrics=BreakerMetrics(m.registry, fleet=m), partitions=1)
 
 
-def _batch(stage: BreakerStage, decisions, now_ms: int = T0) -> None:
-    stage.on_batch(SimpleNamespace(partition=0, decisions=decisions, now_ms=now_ms, publish=[]))
+def _batch(stage: BreakerStage, decisions, now_ms: int = T0, real_from_ms: int = 0) -> None:
+    stage.on_batch(SimpleNamespace(partition=0, decisions=decisions, now_ms=now_ms, publish=[],
+                                   real_from_ms=real_from_ms))
 
 
 def _seen(m: Metrics) -> dict:
@@ -103,3 +104,20 @@ def test_restored_breakers_keep_changing_normally():
     seen = _seen(m)
     assert seen["breakers"] == {"open": 0, "half_open": 1, "held": 1}
     assert seen["transitions"] == 1
+
+
+def test_an_escalation_about_a_backlog_waits_from_when_it_is_asked():
+    """Catching up a backlog, the watcher asks about a payment half an hour old: the detector gives the person
+    the whole timeout from the wall clock, so the waiting-since series (EscalationWaitingTooLong pages at half
+    the timeout) starts there too. It started at the payment's time and paged at once. Live (no floor), it is
+    the decision's time."""
+    m, stage = _replica()
+    stage.restore(0, None)
+    asked = T0 + 1_800_000
+    _batch(stage, [_dec("escalate", WAIT_C, "d-3")], real_from_ms=asked)
+    since = "spendwatch_agent_escalation_waiting_since_timestamp_seconds"
+    assert m.registry.get_sample_value(since, {"agent": WAIT_C}) == asked / 1000
+    m, stage = _replica()
+    stage.restore(0, None)
+    _batch(stage, [_dec("escalate", WAIT_C, "d-3")])
+    assert m.registry.get_sample_value(since, {"agent": WAIT_C}) == T0 / 1000

@@ -110,7 +110,7 @@ def test_spendwatch_run_puts_registry_names_in_webhook_bodies(config):
 
     stage.restore(0, None)
     stage.on_batch(SimpleNamespace(partition=0, decisions=[freeze(BOT, "d-1"), freeze(STRANGER, "d-2")],
-                                   now_ms=T0, publish=[]))
+                                   now_ms=T0, publish=[], real_from_ms=0))
     bodies = {b["wallet"]: b for b in (msgspec.json.decode(d.body) for d in stage.outbox[0].values())}
     assert bodies[BOT]["agent"] == "pricing-bot" and bodies[BOT]["type"] == "freeze"
     assert bodies[STRANGER]["agent"] == STRANGER          # not in the registry: the wallet

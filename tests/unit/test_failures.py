@@ -122,6 +122,17 @@ def test_the_daemon_dead_letters_a_record_whose_fold_raises_with_its_source_and_
     assert shard.agent_totals(A, T)[0][-1] == 2_000 and [key_address(k) for k in shard.agents.keys] == [A]
 
 
+def test_a_cause_that_fails_every_record_logs_its_traceback_once(caplog):
+    """A categorize function that fails on every record (a bad reload) dead-letters each one with a line, but
+    logged a full traceback for each: thousands per batch. Once per exception type, as stages do."""
+    d = _daemon(categorize=Broken())
+    with caplog.at_level(logging.ERROR, logger="watcher.daemon"):
+        _process(d, [_msg(10 + i, raw(i, payer=B, pay_to=BAD), key=B.encode()) for i in range(1, 6)])
+    lines = [r for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert len(lines) == 5 and d.dlq_reasons["internal_error"] == 5
+    assert [r.exc_info is not None for r in lines] == [True, False, False, False, False]
+
+
 class Recorder:
     def __init__(self) -> None:
         self.seen: list[tuple[int, list[str], list]] = []

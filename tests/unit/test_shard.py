@@ -241,6 +241,18 @@ def test_a_settle_after_its_transfer_moves_the_payment_into_its_resource_categor
     assert later.join.payments.get(fake_hash(1)).category == "data"
 
 
+def test_a_settle_after_its_transfer_adds_no_row_to_the_agent_windows():
+    """The moving delta counts nothing new; it went into the agent windows anyway, as an empty row, and for a
+    settle arriving after the payment had left every window it counted as a late payment
+    (spendwatch_late_payments) though nothing was late."""
+    sh = Shard(categorize=_by_resource)
+    sh.apply([transfer(1), transfer(1, status="confirmed")])
+    sh.advance(T + 2 * 86_400_000)        # a facilitator that reports two days late
+    out = sh.apply([settle(1, resource=DATA, ts=T + 2 * 86_400_000)])
+    assert out.moves == [0]
+    assert sh.agents.late_dropped == 0      # what spendwatch_late_payments exports
+
+
 def test_a_settle_after_its_transfer_moves_the_payment_out_of_the_transfers_category():
     """[categories] keyed by the payTo address, the rate card by resource URL, rate card first: the settle's
     category wins, as when the settle comes first."""

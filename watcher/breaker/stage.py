@@ -123,7 +123,7 @@ class BreakerStage:
         for d in ctx.decisions:
             if br.acts_on(d):
                 self.where[d.agent] = p
-                effects = br.on_decision(d)
+                effects = br.on_decision(d, ctx.real_from_ms)
                 for e in effects:
                     self._emit(p, e, ctx.publish)
                 if not effects:
@@ -317,23 +317,24 @@ class BreakerStage:
             e = br.release(agent, now, by, cmd, reason)
         elif action == "approve":
             e = br.approve(agent, now, by, cmd, reason)
-            if e is None and cmd not in br.applied:   # no escalation at the breaker, and not a retry
-                answered = self._approve_in_detector(p, agent, cmd)
+            if e is None and not br.seen(cmd):   # no escalation at the breaker, and not a retry
+                answered = self._approve_in_detector(br, p, agent, cmd)
         else:
             e = br.set_caps(agent, caps, now, by, cmd)
         if e is not None:
             self.where[agent] = p
             self._emit(p, e, self.unrecorded)
-        await self._record(f"{action} of {agent}" + ("" if e is not None else " (unchanged; an earlier change)"))
+        await self._record(f"{action} of {agent}" + ("" if e is not None or answered else
+                                                      " (unchanged; an earlier change)"))
         return {"agent": agent, "action": action, "changed": e is not None or answered,
                 "effect": e.id if e else None, "partition": p, "breaker": self.view(agent)}
 
-    def _approve_in_detector(self, p: int, agent: str, cmd: str) -> bool:
+    def _approve_in_detector(self, br: Breakers, p: int, agent: str, cmd: str) -> bool:
         """Approve an escalation the detector holds and the breaker missed. None there either: nothing
         changes (no approval ahead of time), and an agent neither of them knows is refused as unknown."""
         c = self.control
         if c is not None and c.approve(p, agent, only_pending=True):
-            self.parts[p]._remember(cmd)
+            br._remember(cmd)
             return True
         knows = getattr(c, "knows", None)
         if agent not in self.where and knows is not None and not knows(p, agent):

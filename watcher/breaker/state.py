@@ -162,8 +162,11 @@ class Breakers:
         """A decision breakers act on: a freeze, an escalation, or an escalation's timeout (whatever its kind)."""
         return d.kind in ("freeze", "escalate") or getattr(d, "rule", None) == "escalation_timeout"
 
-    def on_decision(self, d: Any) -> list[Effect]:
-        """Apply one Decision (kind observe|warn|escalate|freeze). Repeats of an applied id do nothing."""
+    def on_decision(self, d: Any, asked_ms: int = 0) -> list[Effect]:
+        """Apply one Decision (kind observe|warn|escalate|freeze). Repeats of an applied id do nothing.
+        `asked_ms`: an escalation waits for a person from then at the earliest (the wall clock when the
+        decision is about a backlog: the detector's deadline starts there too, see `BatchContext.real_from_ms`),
+        so the waiting-since metric and its page do not count the outage as time the person had."""
         if not self.acts_on(d) or d.id in self.applied:
             return []
         timeout = getattr(d, "rule", None) == "escalation_timeout"
@@ -183,7 +186,7 @@ class Breakers:
             return [self._open(b, at, "detector", d.id, d.reason, evidence_of(d))]
         if b.state in FROZEN or b.escalation is not None:
             return []
-        b.escalation, b.escalation_ms = d.id, at
+        b.escalation, b.escalation_ms = d.id, max(at, asked_ms)
         return [self._change(b, "escalated", "escalate", b.state, at, "detector", d.id, d.reason,
                              evidence_of(d))]
 

@@ -61,9 +61,6 @@ class Verdicts:
                 last = self.cooldown.get(key)
                 if last is not None and c.ts_ms - last < lim.warn_cooldown_seconds * 1000:
                     continue
-                if len(self.cooldown) >= COOLDOWN_MAX:
-                    self._prune_cooldown()
-                self.cooldown[key] = c.ts_ms
             elif kind == "escalate":
                 if row in self.pending or self.approved_until.get(row, NEVER) > c.ts_ms:
                     continue
@@ -74,6 +71,10 @@ class Verdicts:
             elif kind == "freeze":
                 self.frozen[row] = True
                 self.pending.pop(row, None)
+            else:   # the cool-down starts once the warning is taken (not if taking it raised)
+                if len(self.cooldown) >= COOLDOWN_MAX:
+                    self._prune_cooldown()
+                self.cooldown[key] = c.ts_ms
             out.append(d)
         return out
 

@@ -125,9 +125,10 @@ class Shard:
         deltas = out.deltas
         delta_pos: list[int] = []
         signal_pos: list[int] = []
-        moves = out.moves = []
+        moves = out.moves
         dup = 0
         for i, obs in enumerate(batch):
+            before = wm
             if obs.ts_ms > wm:
                 wm = obs.ts_ms
             try:
@@ -153,13 +154,14 @@ class Shard:
                         row = rows_of.get(agent)
                         if row is None:
                             row = rows_of[agent] = agent_row(bytes.fromhex(agent[2:]))
-                        if delta.category is not None:
-                            c_rows.append(cat_row(category_key(agent, delta.category)))
-                        if delta.move is not None:
+                        if delta.move is not None:   # counts nothing new: only its category moves
                             moves.append(len(deltas))
+                        else:
+                            a_rows.append(row)
+                            if delta.category is not None:
+                                c_rows.append(cat_row(category_key(agent, delta.category)))
                         deltas.append(delta)
                         delta_pos.append(i)
-                        a_rows.append(row)
                     if found:
                         out.findings.extend(found)
                 else:
@@ -167,25 +169,27 @@ class Shard:
                     signal_pos.append(i)
             except Exception as exc:  # this record only: see the module docstring
                 out.failed.append((i, exc))
+                wm = before
                 if obs.kind != PROGRESS:
                     cur.pop(obs.dedupe_key, None)
-                gone = {j for j, _ in out.failed}
-                wm = max([self.watermark_ms] + [batch[j].ts_ms for j in range(i) if j not in gone])
         out.duplicates = dup
         out.processed -= len(out.failed)
         out.stream_positions = delta_pos + signal_pos
         self.watermark_ms = wm
-        if deltas:
-            n = len(deltas)
-            ts = np.fromiter((d.ts_ms for d in deltas), np.int64, n)
-            amounts = np.fromiter((d.amount for d in deltas), np.int64, n)
-            counts = np.fromiter((d.count for d in deltas), np.int32, n)
+        # the windows take the deltas that count (a moving delta, amount 0, would only add an empty row, or
+        # a late one for an old payment); the moves then shift amounts between category windows
+        counting = [d for d in deltas if d.move is None] if moves else deltas
+        if counting:
+            n = len(counting)
+            ts = np.fromiter((d.ts_ms for d in counting), np.int64, n)
+            amounts = np.fromiter((d.amount for d in counting), np.int64, n)
+            counts = np.fromiter((d.count for d in counting), np.int32, n)
             self.agents.add(np.array(a_rows, np.int64), ts, amounts, counts)
             if c_rows:
-                has = np.fromiter((d.category is not None for d in deltas), bool, n)
+                has = np.fromiter((d.category is not None for d in counting), bool, n)
                 self.categories.add(np.array(c_rows, np.int64), ts[has], amounts[has], counts[has])
-            if moves:
-                self._move_categories([deltas[j] for j in moves])
+        if moves:
+            self._move_categories([deltas[j] for j in moves])
         self.agents.advance(wm)
         self.categories.advance(wm)
         out.findings.extend(self.join.sweep(wm))

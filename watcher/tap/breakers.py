@@ -355,7 +355,7 @@ class Gate:
             refusal = self.check(payer, where)
             if refusal is not None:
                 return payer, refusal
-        return (payers[0] if payers else None), None
+        return payers[0], None
 
     def check(self, payer: str | None, where: str = "verify") -> Refusal | None:
         if not payer:
