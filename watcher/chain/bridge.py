@@ -95,7 +95,7 @@ class ChainBridge:
         self._resume_from: int | None = None
         self._read_from: int | None = None  # the first block read: never vouch below it (kept in the checkpoint)
         self._read_from_header: Header | None = None   # its header, once asked (for its time)
-        self._behind: int | None = None     # the node's head when it fell behind the tip (logged once)
+        self._behind = False                # waiting for a node behind the tip (logged once per episode)
         self._backoff = settings.reconnect_min_seconds
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -260,7 +260,7 @@ class ChainBridge:
                 await self._reorg(node)
                 self._wake.set()            # go again from the common ancestor
                 return
-            self._behind = None
+            self._behind = False
             start = tip.number + 1
         deep_end = head.number - tracker.confirmations
         if deep_end >= start + 1:
@@ -292,7 +292,7 @@ class ChainBridge:
             known = self.tracker.hash_at(head.number)
             if known is not None and known != head.hash:
                 return "replaced"
-            self._node_behind(head, tip, f"its head is block {head.number}" + (
+            self._node_behind(tip, f"its head is block {head.number}" + (
                 "" if known else f", below the {len(self.tracker.headers)} blocks the bridge remembers"))
             return "behind"
         if head.number == tip.number:
@@ -301,15 +301,15 @@ class ChainBridge:
             return "canonical"               # the head extends the tip: no need to ask
         canon = await node.header(tip.number)
         if canon is None:
-            self._node_behind(head, tip, f"it answered head {head.number} but has no block {tip.number}")
+            self._node_behind(tip, f"it answered head {head.number} but has no block {tip.number}")
             return "behind"
         return "canonical" if canon.hash == tip.hash else "replaced"
 
-    def _node_behind(self, head: Header, tip: Header, what: str) -> None:
+    def _node_behind(self, tip: Header, what: str) -> None:
         """The node cannot say whether the tip is still canonical: wait for it (logged once per episode)."""
         self.stats["node_behind"] += 1
-        if self._behind is None:
-            self._behind = head.number
+        if not self._behind:
+            self._behind = True
             log.warning("chain bridge: the node is behind the bridge's block %d (%s): waiting for it to catch "
                         "up before reading on; nothing is reverted unless the node shows another block at a "
                         "remembered height. If the chain was reset (a dev chain restarted without its state), "
