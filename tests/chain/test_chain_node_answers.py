@@ -79,6 +79,11 @@ def _statuses(sink: ListSink) -> list[str]:
     return [r.status for r in sink.records]
 
 
+def _node_behind(bridge: ChainBridge) -> float | None:
+    """The gauge ChainNodeBehind reads (the lag reads 0 meanwhile, so ChainBridgeStalled cannot tell)."""
+    return bridge.metrics.registry.get_sample_value("spendwatch_chain_node_behind")
+
+
 @pytest.mark.parametrize(("lag", "remembered"), [(2, 8), (6, 3)], ids=["within-remembered", "below-remembered"])
 async def test_a_node_behind_the_bridge_reverts_nothing(lag, remembered, chain, settings_for, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="spendwatch.chain")
@@ -96,12 +101,14 @@ async def test_a_node_behind_the_bridge_reverts_nothing(lag, remembered, chain, 
                        "10 passes with the node behind", show=lambda: (bridge.stats, _statuses(sink)))
         assert _statuses(sink) == ["pending"], "a node behind the bridge made it revert"
         assert bridge.stats["reorgs"] == 0
+        assert _node_behind(bridge) == 1
 
         node.lag = 0
         await chain.mine(2)
         await wait_for(lambda: _statuses(sink) == ["pending", "confirmed"], 15, "the payment confirmed",
                        show=lambda: (bridge.head_seen, _statuses(sink)))
         assert bridge.failed is None and bridge.stats["reorgs"] == 0
+        assert _node_behind(bridge) == 0
     behind = [r for r in caplog.records if "behind the bridge" in r.message]
     assert len(behind) == 1 and str(settings.checkpoint_path) in behind[0].message   # once per episode
 
@@ -121,12 +128,14 @@ async def test_a_node_without_the_tip_block_below_its_head_reverts_nothing(chain
         await wait_for(lambda: bridge.stats["node_behind"] >= 10 or bridge.stats["reorgs"], 30,
                        "10 passes without the tip block", show=lambda: (bridge.stats, _statuses(sink)))
         assert _statuses(sink) == ["pending"] and bridge.head_seen == block
+        assert _node_behind(bridge) == 1
 
         node.hidden = set()
         await chain.mine(1)
         await wait_for(lambda: _statuses(sink) == ["pending", "confirmed"], 15, "the payment confirmed",
                        show=lambda: (bridge.head_seen, _statuses(sink)))
         assert bridge.failed is None and bridge.stats["reorgs"] == 0
+        assert _node_behind(bridge) == 0
 
 
 async def test_a_reorg_deeper_than_confirmations_is_logged_and_counted_as_deep(chain, settings_for, tmp_path,

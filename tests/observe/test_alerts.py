@@ -13,7 +13,7 @@ from watcher.tap.metrics import TapMetrics
 
 ISSUE_ALERTS = {"AgentRunawaySpend", "AgentSpendRateHigh", "BreakerOpened", "EscalationWaiting", "AnomalyScoreHigh",
                 "ShadowSpend", "UnsettledPayments", "ConsumerLagHigh", "DeadLetterRateHigh", "WebhookFailing",
-                "WebhookDeadLettered", "ChainBridgeStalled", "AgentAlertsCapped"}
+                "WebhookDeadLettered", "ChainBridgeStalled", "ChainNodeBehind", "AgentAlertsCapped"}
 TAP_ALERTS = {"TapBreakerViewStale", "TapRecordsLost", "TapPublishFailing", "TapUpstreamErrors", "TapUpstreamSlow"}
 
 

@@ -22,8 +22,8 @@ time (`readFrom`, `readFromTime`: the watcher judges no settle older than it), u
 a bridge before `readFrom` (unknown: then none is named), and `watchesAll` with chain.watch_all (the
 heartbeat then vouches for every wallet, not only those the watcher saw the bridge publish).
 
-Progress (head, lag, records by status, reorgs, errors) goes to `ChainMetrics` (`watcher.chain.metrics`),
-which `spendwatch chain` serves on /metrics.
+Progress (head, lag, records by status, reorgs, errors, waiting for a node behind) goes to `ChainMetrics`
+(`watcher.chain.metrics`), which `spendwatch chain` serves on /metrics.
 
 Passes run when a subscription message arrives (WebSocket) or every poll_interval_seconds. Any node or
 Kafka failure ends the session: state goes back to the last checkpoint, and the bridge reconnects after
@@ -256,11 +256,12 @@ class ChainBridge:
             state = await self._tip_state(node, head, tip)
             if state == "behind":
                 return
+            self._behind = False
+            self.metrics.set_node_behind(False)
             if state == "replaced":
                 await self._reorg(node)
                 self._wake.set()            # go again from the common ancestor
                 return
-            self._behind = False
             start = tip.number + 1
         deep_end = head.number - tracker.confirmations
         if deep_end >= start + 1:
@@ -306,8 +307,10 @@ class ChainBridge:
         return "canonical" if canon.hash == tip.hash else "replaced"
 
     def _node_behind(self, tip: Header, what: str) -> None:
-        """The node cannot say whether the tip is still canonical: wait for it (logged once per episode)."""
+        """The node cannot say whether the tip is still canonical: wait for it (logged once per episode, and
+        shown by the gauge spendwatch_chain_node_behind until a pass finds the tip again)."""
         self.stats["node_behind"] += 1
+        self.metrics.set_node_behind(True)
         if not self._behind:
             self._behind = True
             log.warning("chain bridge: the node is behind the bridge's block %d (%s): waiting for it to catch "

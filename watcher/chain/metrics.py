@@ -5,7 +5,8 @@
 
 The bridge (`watcher.chain.bridge.ChainBridge`) is the only writer; `spendwatch chain` serves them on
 `chain.metrics_host:metrics_port` (job "chain" in deploy/prometheus.yml; the alert ChainBridgeStalled reads
-the head's update time and the lag). Every family is unlabelled or has a fixed label set: one bridge
+the head's update time and the lag, ChainNodeBehind the node_behind gauge: while the node is behind the
+bridge's tip, the lag reads 0 and new heads may still come, so ChainBridgeStalled cannot tell). Every family is unlabelled or has a fixed label set: one bridge
 process follows one chain, so the chain and token are labels of `spendwatch_chain_info` only.
 
 `FAMILIES` lists every family with its meaning (the README's chain metrics table; a test checks both).
@@ -54,6 +55,9 @@ class ChainMetrics:
                                      "were all published and checkpointed.", registry=r)
         self.lag = Gauge("spendwatch_chain_head_lag_blocks", "Blocks between the node's head and the highest "
                          "block whose transfers were all published (0 when caught up).", registry=r)
+        self.node_behind = Gauge("spendwatch_chain_node_behind", "1 while the bridge waits for a node that is "
+                                 "behind the bridge's remembered tip (a lagging node, or a dev chain that was reset): "
+                                 "no transfers are read meanwhile; 0 otherwise.", registry=r)
         self.backfill_remaining = Gauge("spendwatch_chain_backfill_blocks_remaining", "Blocks left to read by "
                                         "range while catching up (0 when following block by block).",
                                         registry=r)
@@ -95,6 +99,10 @@ class ChainMetrics:
         self._head = (number, block_hash)
         self.head_block.set(number)
         self._set_lag()
+
+    def set_node_behind(self, behind: bool) -> None:
+        """Whether the last sync pass waited for a node behind the bridge's tip."""
+        self.node_behind.set(1 if behind else 0)
 
     def processed(self, number: int, unconfirmed: int) -> None:
         """Every transfer up to block `number` is published and checkpointed; `unconfirmed` wait."""
@@ -159,6 +167,7 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_chain_head_updated_timestamp_seconds", "gauge", "", "when a new head was last seen"),
     ("spendwatch_chain_processed_block", "gauge", "", "highest block fully published and checkpointed"),
     ("spendwatch_chain_head_lag_blocks", "gauge", "", "head - highest fully published block"),
+    ("spendwatch_chain_node_behind", "gauge", "", "1 while waiting for a node behind the bridge's tip"),
     ("spendwatch_chain_backfill_blocks_remaining", "gauge", "", "blocks left to read by range when catching up"),
     ("spendwatch_chain_unconfirmed_transfers", "gauge", "", "published pending, not yet confirmed or reverted"),
     ("spendwatch_chain_progress_block", "gauge", "", "block of the last chain.progress sent to every partition"),
