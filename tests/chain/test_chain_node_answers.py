@@ -165,12 +165,22 @@ def _log_of_another_block(chain) -> list[dict]:
              "blockHash": "0x" + "ab" * 32, "transactionHash": "0x" + "cd" * 32, "logIndex": "0x0"}]
 
 
+def _log_with_a_malformed_block_number(chain) -> list[dict]:
+    return [{**_log_of_another_block(chain)[0], "blockNumber": "0xzz"}]
+
+
+BLOCK_WITH_A_MALFORMED_NUMBER = {"number": "0xzz", "hash": "0x" + "ab" * 32, "parentHash": "0x" + "cd" * 32,
+                                 "timestamp": "0x1"}
+
+
 @pytest.mark.parametrize(("method", "answer"), [("eth_getLogs", None), ("eth_getLogs", [{"address": "0x1"}]),
                                                  ("eth_getLogs", _log_of_another_block),
+                                                 ("eth_getLogs", _log_with_a_malformed_block_number),
                                                  ("eth_getBlockByNumber", {"number": "0x1"}),
+                                                 ("eth_getBlockByNumber", BLOCK_WITH_A_MALFORMED_NUMBER),
                                                  ("eth_getBlockByNumber", "0x1")],
-                         ids=["logs-null", "log-without-fields", "log-of-another-block", "block-without-fields",
-                              "block-not-an-object"])
+                         ids=["logs-null", "log-without-fields", "log-of-another-block", "log-malformed-quantity",
+                              "block-without-fields", "block-malformed-quantity", "block-not-an-object"])
 async def test_an_unusable_answer_is_a_node_error_and_the_block_is_read_again(method, answer, chain, settings_for,
                                                                               tmp_path):
     settings = _settings(settings_for, chain, tmp_path, confirmations=1)

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from watcher.chain.abi import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC, Header, Log, address_topic, parse_log
+from watcher.chain.abi import (AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC, Header, Log, address_topic, parse_header,
+                               parse_log)
 from watcher.chain.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from watcher.chain.config import load_settings, settings_from_mapping
 from watcher.chain.logs import JoinStats, Transfer, join_transfers
 from watcher.chain.reorg import ChainTracker, ReorgDetected
-from watcher.errors import CheckpointError, ConfigError
+from watcher.errors import CheckpointError, ConfigError, EventError
 
 TOKEN = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
 AGENT = "0x" + "aa" * 20
@@ -66,6 +67,18 @@ def test_parse_log_takes_node_json():
            "logIndex": "0x2", "removed": False, "transactionIndex": "0x0"}
     log = parse_log(raw)
     assert (log.block_number, log.log_index, log.block_hash, log.address) == (16, 2, "0x" + "ab" * 32, TOKEN.lower())
+
+
+@pytest.mark.parametrize("quantity", ["0xzz", "0x", "16", 1.5])
+def test_a_malformed_quantity_is_an_event_error_naming_the_field(quantity):
+    """The node (watcher.chain.node) turns an EventError into a NodeError: a reconnect, not a stopped bridge."""
+    raw = {"address": TOKEN, "topics": [TRANSFER_TOPIC], "data": "0x", "blockNumber": quantity,
+           "blockHash": "0x" + "ab" * 32, "transactionHash": "0x" + "01" * 32, "logIndex": "0x0"}
+    with pytest.raises(EventError, match="blockNumber=.* is not a 0x quantity"):
+        parse_log(raw)
+    with pytest.raises(EventError, match="timestamp=.* is not a 0x quantity"):
+        parse_header({"number": "0x1", "hash": "0x" + "ab" * 32, "parentHash": "0x" + "cd" * 32,
+                      "timestamp": quantity})
 
 
 def _h(n, fork="a"):

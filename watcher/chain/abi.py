@@ -38,11 +38,15 @@ class Header:
 
 
 def _int(v: object, field: str) -> int:
+    """A JSON-RPC quantity; EventError (never ValueError) when it is none, e.g. "0xzz" or "0x"."""
     if isinstance(v, int):
         return v
     if isinstance(v, str) and v.startswith("0x"):
-        return int(v, 16)
-    raise EventError("bad_schema", f"{field}={v!r} is not a 0x quantity")
+        try:
+            return int(v, 16)
+        except ValueError:
+            pass
+    raise EventError("bad_schema", f"{field}={str(v)[:80]!r} is not a 0x quantity")
 
 
 def parse_log(raw: dict) -> Log:
