@@ -54,6 +54,17 @@ def test_plain_transfer_has_no_authorizer_and_filters_apply():
     assert len(_join(logs, watched=None)) == 2
 
 
+def test_a_transfer_whose_amount_is_not_hex_is_bad_data_not_a_stopped_bridge():
+    """32 bytes of data that are not hex raised ValueError out of join_transfers and stopped the bridge; data of
+    another length was already counted as bad_data."""
+    stats = JoinStats()
+    logs = [_log(TRANSFER_TOPIC, AGENT, SHOP, idx=1, data="0x" + "zz" * 32),
+            _log(TRANSFER_TOPIC, AGENT, SHOP, idx=2, data="0x" + "00" * 31),
+            _log(TRANSFER_TOPIC, AGENT, SHOP, idx=3)]
+    assert [t.log_index for t in _join(logs, stats=stats)] == [3]
+    assert stats["bad_data"] == 2
+
+
 def test_two_authorizations_in_one_transaction_pair_in_order():
     n2 = "0x" + "34" * 32
     logs = [_log(AUTHORIZATION_USED_TOPIC, AGENT, NONCE, idx=0), _log(TRANSFER_TOPIC, AGENT, SHOP, idx=1),

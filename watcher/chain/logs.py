@@ -78,7 +78,11 @@ def join_transfers(logs: Iterable[Log], *, chain_id: int, token: str, watched: f
         if topics[0] != TRANSFER_TOPIC:
             stats["not_transfer"] += 1
             continue
-        if len(log.data) != 66:
+        try:   # a uint256: 32 bytes of hex
+            value = int(log.data, 16) if len(log.data) == 66 else None
+        except ValueError:
+            value = None
+        if value is None:
             stats["bad_data"] += 1
             continue
         sender = topic_address(topics[1])
@@ -89,7 +93,7 @@ def join_transfers(logs: Iterable[Log], *, chain_id: int, token: str, watched: f
             stats["unwatched"] += 1
             continue
         out.append(Transfer(chain_id, book.checksum(token_lower, "token"), from_,
-                            book.checksum(topic_address(topics[2]), "to"), int(log.data, 16), log.tx_hash,
+                            book.checksum(topic_address(topics[2]), "to"), value, log.tx_hash,
                             log.log_index, log.block_number, log.block_hash, times.get(log.block_hash),
                             from_ if nonce is not None else None, nonce))
     stats["auth_unmatched"] += sum(len(v) for v in auths.values())
