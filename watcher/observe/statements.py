@@ -124,16 +124,16 @@ class StatementStage:
         if st is None:
             st = self.parts[ctx.partition] = _Partition()
         out, obs = ctx.outcome, ctx.observations
-        left: dict[str, tuple[int, tuple]] = {}   # tx of a payment moved in this batch -> (input index, old row)
+        join = getattr(ctx.shard, "join", None)
+        left: dict = {}   # payment key of a payment moved in this batch -> (input index, old row)
         if out.deltas:
             self._fold(st, out.deltas, obs, ctx.now_ms)
             moves = getattr(out, "moves", ())
             if moves:
                 left = self._move(st, [out.deltas[j] for j in moves], [out.stream_positions[j] for j in moves],
-                                  obs, ctx.now_ms)
-        join = getattr(ctx.shard, "join", None)
+                                  obs, ctx.now_ms, join)
         if join is not None and len(obs) > len(out.stream_positions):
-            self._count_quiet(st, obs, out.stream_positions, join.payments, left)
+            self._count_quiet(st, obs, out.stream_positions, join, left)
         for _, key in left.values():
             row = st.rows.get(key)
             if row is not None and row[REV] == 0 and row[COUNT] == row[AMOUNT] == 0 and row[CHANGES] <= 0:
@@ -199,15 +199,16 @@ class StatementStage:
                 row[LAST], row[LAST_TX] = ts_ms, tx
         row[DIRTY] = True
 
-    def _move(self, st: _Partition, moving, positions: list[int], observations, now_ms: int) -> dict:
+    def _move(self, st: _Partition, moving, positions: list[int], observations, now_ms: int, join) -> dict:
         """Each settle that followed its payment's transfer: the payment leaves the transfer's row (with the
         changes of its records so far) for the settle's, which also gets the settle's change. Returns, per
-        moved payment's tx, the settle's input index and the row it left (for `_count_quiet`)."""
+        moved payment (its key in `join`, or (tx, agent) without a join), the settle's input index and the
+        row it left (for `_count_quiet`)."""
         oldest = now_ms // DAY_MS - self.s.retain_days
         left = {}
         for d, pos in zip(moving, positions):
             mv, day = d.move, d.ts_ms // DAY_MS
-            tx = observations[pos].tx if pos < len(observations) else None
+            tx = observations[pos].tx
             old = (day, d.agent, mv.merchant, mv.category or UNCATEGORIZED)
             new = (day, d.agent, d.merchant, d.category or UNCATEGORIZED)
             row = st.rows.get(old)
@@ -223,25 +224,28 @@ class StatementStage:
                 row[DIRTY] = True
             self._add(st, new, d.ts_ms, mv.count, mv.amount, mv.records + 1, tx, oldest)
             if tx is not None:
-                left[tx] = (pos, old)
+                left[(tx, d.agent) if join is None else join.payment_key(tx, d.agent)] = (pos, old)
         return left
 
     @staticmethod
-    def _count_quiet(st: _Partition, observations, moved_or_signal: list[int], payments, left=None) -> None:
+    def _count_quiet(st: _Partition, observations, moved_or_signal: list[int], join, left: dict) -> None:
         """One change per settle or transfer record of a row's payment that did not move the row (a transfer
         confirming what was settled, a redelivery); the join's memory, after the batch, says which payment
-        and so which row, except for a record before its payment's settle moved it in this batch (`left`:
-        tx -> (the settle's input index, the row it left)), which was in the row left. Read-only on the join."""
-        rows, in_cur, in_prev = st.rows, payments.current.get, payments.previous.get
+        (`Join.payment_key`: a second payer of a transaction has its own) and so which row, except for a
+        record before its payment's settle moved it in this batch (`left`: payment key -> (the settle's input
+        index, the row it left)), which was in the row left. Read-only on the join."""
+        rows, payments, key_of = st.rows, join.payments, join.payment_key
+        in_cur, in_prev = payments.current.get, payments.previous.get
         for i in set(range(len(observations))).difference(moved_or_signal):
             o = observations[i]
             tx, kind = o.tx, o.kind
             if tx is None or kind == VERIFY or (kind == SETTLE and o.status != "settled"):
                 continue
-            p = in_cur(tx) or in_prev(tx)
+            key = key_of(tx, o.agent)
+            p = in_cur(key) or in_prev(key)
             if p is None:   # a 0-value transfer of no payment, or a payment already forgotten
                 continue
-            moved = left.get(tx) if left else None
+            moved = left.get(key) if left else None
             if moved is not None and i < moved[0]:
                 row = rows.get(moved[1])
             else:

@@ -137,10 +137,10 @@ class Join:
         `categorize(merchant, resource)` is asked only when the payment has no category yet."""
         key = obs.tx  # EIP-155 signatures bind a tx to one chain: its hash alone is unique
         payments = self.payments
-        p = payments.current.get(key) or payments.get(key)
+        p = payments.current.get(key) or payments.get(key)   # the common case: one lookup
         if p is not None and p.agent != obs.agent:
             # another payer in the same transaction (a facilitator that batches settles, a bundle): its own payment
-            key = f"{key}:{obs.agent}"
+            key = self.payment_key(key, obs.agent)
             p = payments.current.get(key) or payments.get(key)
             if p is None and not obs.amount and obs.kind != SETTLE:
                 return None, _NONE   # a 0-value transfer: spend of no payment (as in Shard.apply), not a payment
@@ -196,6 +196,12 @@ class Join:
                     heapq.heappush(self.deadlines, (now_ms + self.shadow_grace_ms, key))
         findings = self._mismatch(p, key, now_ms)
         return self._recount(p, obs), findings
+
+    def payment_key(self, tx: str, agent: str) -> str:
+        """The key of the payment a record of `agent` in transaction `tx` belongs to: `tx`, or "tx:agent" when
+        the payment keyed `tx` is another payer's. Read-only (keeps no payment alive)."""
+        p = self.payments.current.get(tx) or self.payments.previous.get(tx)
+        return tx if p is None or p.agent == agent else f"{tx}:{agent}"
 
     def progress(self, chain_id: int, upto_ms: int, token: str = "", read_from_ms: int | None = None,
                  watches_all: bool = False) -> None:
