@@ -48,6 +48,7 @@ log = logging.getLogger("watcher.statements")
 DAY_MS = 86_400_000
 UNCATEGORIZED = "uncategorized"
 SETTLE, VERIFY = Kind.SETTLE, Kind.VERIFY
+_NEVER = 1 << 62   # a time no partition clock reaches
 
 
 class StatementSettings(BaseModel):
@@ -108,6 +109,7 @@ class _Partition:
     def __init__(self) -> None:
         self.rows: dict[tuple[int, str, str, str], list] = {}
         self.closed: set[int] = set()
+        self.next_close_ms = 0   # no open day with rows closes before this (partition time); 0: not known yet
         self.last_publish_ms = 0
         self.dropped = 0
 
@@ -189,6 +191,8 @@ class StatementStage:
                             "past retention" if day < oldest else "max_rows reached", key)
                 return
             row = st.rows[key] = [0, 0, ts_ms, ts_ms, None, None, 0, 0, True]
+            if day not in st.closed:
+                st.next_close_ms = min(st.next_close_ms, self._close_ms(day))
         row[COUNT] += count
         row[CHANGES] += changes
         row[AMOUNT] += amount
@@ -253,10 +257,28 @@ class StatementStage:
             if row is not None:   # None: the payment's delta was dropped (retention, max_rows)
                 row[CHANGES] += 1
 
+    def _close_ms(self, day: int) -> int:
+        return (day + 1) * DAY_MS + self.s.close_after_seconds * 1000
+
+    def _due_days(self, st: _Partition, now: int) -> set[int]:
+        """Open days with rows whose close `now` reached. The rows are read only once `now` reaches the
+        earliest close (`st.next_close_ms`, kept here and by `_add`): a backlog runs the stage every few
+        seconds of its event time, and most runs close nothing."""
+        if now < st.next_close_ms:
+            return set()
+        due, next_close = set(), _NEVER
+        for day in {k[0] for k in st.rows}.difference(st.closed):
+            at = self._close_ms(day)
+            if now >= at:
+                due.add(day)
+            elif at < next_close:
+                next_close = at
+        st.next_close_ms = next_close
+        return due
+
     def _publish(self, st: _Partition, ctx) -> None:
         now = ctx.now_ms
-        due_days = {day for day in {k[0] for k in st.rows} if day not in st.closed
-                    and now >= (day + 1) * DAY_MS + self.s.close_after_seconds * 1000}
+        due_days = self._due_days(st, now)
         periodic = ctx.wall_ms - st.last_publish_ms >= self.s.publish_interval_seconds * 1000
         if not due_days and not periodic:
             return
@@ -273,9 +295,10 @@ class StatementStage:
                 out += 1
         st.closed |= due_days
         oldest = now // DAY_MS - self.s.retain_days
-        for key in [k for k in st.rows if k[0] < oldest and k[0] in st.closed]:
-            del st.rows[key]
-        st.closed = {d for d in st.closed if d >= oldest}
+        if st.closed and min(st.closed) < oldest:   # a closed day past retention: read the rows to forget it
+            for key in [k for k in st.rows if k[0] < oldest and k[0] in st.closed]:
+                del st.rows[key]
+            st.closed = {d for d in st.closed if d >= oldest}
         if out and self.metrics is not None:
             self.metrics.statements.inc(out)
 
