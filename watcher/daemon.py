@@ -8,9 +8,10 @@ Clocks (watcher/pipeline/eventtime.py): a partition with records left to read on
 restart, an outage, a handoff, a slow replica) is judged by its own event time, as `spendwatch replay`
 judges the same records: its shard is not advanced to the wall clock, so a backlog is not counted late
 and its window caps still fire (its two input topics are read as fetched, not merged by time: see the
-README's Catching up). Once nothing is left to read it is advanced to the wall clock every batch
-(idle partitions age, join deadlines pass). Escalations raised while catching up get their whole timeout
-from the wall clock (`BatchContext.real_from_ms`).
+README's Catching up; a transfer's shadow_spend waits for its settle to be read, `hold_shadows`). Once
+nothing is left to read it is advanced to the wall clock every batch (idle partitions age, join deadlines
+pass). Escalations raised while catching up get their whole timeout from the wall clock
+(`BatchContext.real_from_ms`).
 
 State is checkpointed with the input offsets it covers every `checkpoint.interval_seconds`, when
 partitions are revoked, and at shutdown; on assignment a partition's shard is restored and its input
@@ -275,11 +276,14 @@ class Daemon:
                 pending.append(self._dead_letter(reason, detail, m, error))
             p = tp.partition
             start = 0
+            # catching up, the chain topic may be read far ahead of the payments topic: a transfer's shadow
+            # deadline waits for its settle to be read (Shard.apply; a caught-up partition's advance judges it)
+            hold = self.clocks.catching_up(p)
             # each run is judged before the next is applied, at the shard's state after it (window rules
             # are exact per run: eventtime.event_runs); a live batch is one run, or two across a 10 s boundary
             for run in event_runs(obs):
                 n = len(run)
-                outcome = shard.apply(run)
+                outcome = shard.apply(run, hold_shadows=hold)
                 span = (tp.topic, src[start].offset, src[start + n - 1].offset) if n else None
                 if outcome.failed:   # records whose fold raised: left out of the shard, dead-lettered
                     for i, exc in outcome.failed:
@@ -297,11 +301,16 @@ class Daemon:
         self.clocks.update(behind, self.shards)
         for p, shard in self.shards.items():
             clock = self.clocks.of(p, shard.watermark_ms, wall_ms)
+            found = None
             if p in self.clocks.live:  # caught up: the shard ages by the wall clock (idle ones sweep)
                 found = shard.advance(wall_ms)
-                if found:
-                    self._judge(p, shard, Outcome(findings=found), [], clock, pending)
-                    continue
+            elif shard.join.held_shadows and not await kafka_io.partitions_behind(
+                    self.consumer, (self.k.payments_topic,), [p]):
+                # catching up on the chain topic only: every settle published is read, none is coming
+                found = shard.judge_held_shadows()
+            if found:
+                self._judge(p, shard, Outcome(findings=found), [], clock, pending)
+                continue
             if p not in judged:
                 self._judge(p, shard, Outcome(), [], clock, pending)
         if pending:

@@ -14,7 +14,8 @@ The clock of a partition (`PartitionClock`), chosen by the daemon per batch:
         now_ms = the wall clock: the shard is advanced to it, so idle partitions age and sweep
     catching up (records still to read, or not known yet: just assigned, never fetched)
         now_ms = the shard's own event time (its watermark): the shard is not advanced, and decisions are
-        those replay makes over the same records
+        those replay makes over the same records; a confirmed transfer's `shadow_spend` deadline waits for
+        the payments topic to be read past it (`Clocks.catching_up`, `Shard.apply(hold_shadows=True)`)
 
 `BatchContext.real_from_ms` (watcher/batch.py) is where the time a person gets to answer an escalation
 starts: for a question about events that are already old (catching up) at the wall clock, so its deadline
@@ -79,6 +80,12 @@ class Clocks:
         if p in self.live:
             return PartitionClock(wall_ms, wall_ms, False)
         return PartitionClock(watermark_ms, wall_ms, True)
+
+    def catching_up(self, p: int) -> bool:
+        """Partition p's batch is judged by its own event time (records were left to read): its shadow
+        deadlines wait for the payments topic (`Shard.apply(hold_shadows=True)`). Never without a live clock:
+        nothing would judge what was held."""
+        return self.live_clock and p not in self.live
 
     def update(self, behind: Iterable[int], owned: Iterable[int]) -> None:
         """After a batch: `behind` have records left to read, the other `owned` partitions have caught up."""

@@ -51,11 +51,21 @@ to the end of the hold).
 
 Held settles are bounded by `max_entries` in all, like the payments (the oldest goes first, counted in
 `held_dropped` and logged: it is still decided at the end of its hold), and forgotten when their hold ends.
+
+The reverse wait, for a partition that catches up a backlog: its two input topics are read as fetched, not
+merged by time, so the chain topic can run far ahead of the payments topic and a confirmed transfer's
+deadline pass before its settle is read. `sweep(now_ms, payments_upto)` then judges a shadow's deadline at
+min(now_ms, payments_upto) (how far the settles have been read, event time): one due by now_ms only is
+held (`held_shadows`, a heap of (deadline, key)) and judged again by each later sweep, and by every one
+without `payments_upto` (a partition that has caught up or has read its whole payments topic, replay, eval),
+which judges every held shadow due. They are bounded by `max_entries` too: past it the one due first is
+judged at once, as before the hold (counted in `held_shadows_dropped` and logged).
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -70,6 +80,7 @@ MISMATCH, SHADOW, UNSETTLED = 1, 2, 4
 UNSETTLED_HOLD = 12      # an unsettled finding waits at most this many unsettled_after_ms for the bridge
 SETTLE = Kind.SETTLE
 _NONE: list = []  # shared empty result (never mutated)
+log = logging.getLogger(__name__)
 
 
 class Payment(msgspec.Struct, array_like=True, gc=False):
@@ -129,6 +140,9 @@ class Join:
         self.shadow_grace_ms = shadow_grace_ms
         self.unsettled_after_ms = unsettled_after_ms
         self.deadlines: list[tuple[int, str]] = []  # a heap: settles and transfers wait different times
+        self.held_shadows: list[tuple[int, str]] = []   # a heap: shadows waiting for their settles to be read
+        self.held_shadows_dropped = 0
+        self.max_entries = max_entries
         self.bridges = Bridges(horizon_ms, max_entries, UNSETTLED_HOLD * unsettled_after_ms)
 
     def apply(self, obs: Observation, categorize: Callable[[str, str | None], str | None],
@@ -257,13 +271,20 @@ class Join:
         return [self._finding("amount_mismatch", p, key, now_ms,
                               f"facilitator settled {p.settle_amount} base units, chain transferred {got}")]
 
-    def sweep(self, now_ms: int) -> list[Finding]:
-        """Findings whose deadline passed by `now_ms` (event time)."""
+    def sweep(self, now_ms: int, payments_upto: int | None = None) -> list[Finding]:
+        """Findings whose deadline passed by `now_ms` (event time). `payments_upto`: how far the partition's
+        settles have been read (event time) while it catches up: a shadow deadline is judged at
+        min(now_ms, payments_upto), one not due by then is held (see the module docstring); None: judged at
+        now_ms, and so is every held shadow due by it."""
         out: list[Finding] = []
         dl = self.deadlines
+        shadow_by = now_ms if payments_upto is None else min(now_ms, payments_upto)
+        held = self.held_shadows
+        while held and held[0][0] <= shadow_by:   # due now: judged below, in deadline order
+            heapq.heappush(dl, heapq.heappop(held))
         cur, prev, pop = self.payments.current, self.payments.previous, heapq.heappop
         while dl and dl[0][0] <= now_ms:
-            _, key = pop(dl)
+            due, key = pop(dl)
             p = cur.get(key) or prev.get(key)
             if p is None:
                 continue
@@ -287,6 +308,14 @@ class Join:
                                              f"settled {p.settle_amount} base units but no confirmed transfer "
                                              f"after {(now_ms - p.ts_ms) // 1000} s"))
             elif not p.reported & SHADOW:
+                if due > shadow_by:   # its settle may be in the part of the payments topic not read yet
+                    late = self._hold_shadow(due, key)
+                    if late is None:
+                        continue
+                    key = late
+                    p = cur.get(key) or prev.get(key)
+                    if p is None or p.settle_amount is not None or p.reported & SHADOW:
+                        continue
                 confirmed = self._confirmed_amount(p)
                 if confirmed is not None:
                     p.reported |= SHADOW
@@ -294,6 +323,21 @@ class Join:
                                              f"confirmed transfer of {confirmed} base units with no facilitator "
                                              "settle record"))
         return out
+
+    def _hold_shadow(self, due: int, key: str) -> str | None:
+        """Hold a shadow due at `due`, within max_entries held: past it, the key of the one due first (which
+        is then judged at once, as before the hold), else None."""
+        held = self.held_shadows
+        if len(held) < self.max_entries:
+            heapq.heappush(held, (due, key))
+            return None
+        self.held_shadows_dropped += 1
+        n = self.held_shadows_dropped
+        if n & (n - 1) == 0:   # at 1, 2, 4, ...: a flood is logged, not one line per transfer
+            log.warning("join: shadows held until their settles are read reached dedupe.max_entries=%d: the one "
+                        "due first is judged now, its settle maybe not read yet (%d so far); raise "
+                        "dedupe.max_entries", self.max_entries, n)
+        return heapq.heappushpop(held, (due, key))[1]
 
     def _finding(self, kind: str, p: Payment, key: str, now_ms: int, detail: str) -> Finding:
         """`key`: the payment's, its tx hash (and for a second payer of the transaction, ":" and the payer)."""
@@ -312,6 +356,7 @@ class Join:
 
     def snapshot(self) -> dict:
         return {"payments": self.payments.snapshot(), "deadlines": list(self.deadlines),
+                "held_shadows": list(self.held_shadows), "held_shadows_dropped": self.held_shadows_dropped,
                 **self.bridges.snapshot()}
 
     def restore(self, snap: dict) -> None:
@@ -319,6 +364,10 @@ class Join:
         payments.restore(snap["payments"], lambda v: msgspec.convert(v, Payment))
         self.deadlines = [(int(a), b) for a, b in snap["deadlines"]]
         heapq.heapify(self.deadlines)
+        # from before held shadows: none held (every shadow was judged at the watermark then)
+        self.held_shadows = [(int(a), b) for a, b in snap.get("held_shadows", ())]
+        heapq.heapify(self.held_shadows)
+        self.held_shadows_dropped = int(snap.get("held_shadows_dropped", 0))
 
         def token_of(tx: str) -> str | None:
             p = payments.current.get(tx) or payments.previous.get(tx)

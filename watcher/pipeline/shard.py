@@ -24,6 +24,15 @@ state as it was before it, except for what cannot matter or cannot be undone che
     made (out of memory) the join has counted the payment but the windows have not.
 What runs after the records (the windows' update, the join's sweep, the memories' ticks) belongs to no
 record: an exception there propagates and stops the daemon before that state is checkpointed.
+
+While the daemon catches up a partition, its two input topics are read as fetched, not merged by time: the
+chain topic's records can run far ahead of the payments topic's, and with them the watermark. So the shard
+also tracks how far the payments topic has been read (`payments_upto`, the newest settle or verify, event
+time), and `apply(batch, hold_shadows=True)` (the daemon's, for a partition catching up) judges the join's
+`shadow_spend` deadlines at min(watermark, payments_upto): a confirmed transfer whose settle is simply not
+read yet is held, not reported, and judged again by each later batch; `advance` (a partition that has caught
+up), `judge_held_shadows` (one whose payments topic has nothing left to read) and every `apply` without it
+judge every held shadow due as before (`Join.sweep`).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from watcher.pipeline.windows import DEFAULT_WINDOWS, IDLE_FRACTION, Windows, Wi
 CATEGORY_SEP = b"|"
 TRANSFER = Kind.TRANSFER
 PROGRESS = Kind.PROGRESS
+SETTLED = "settled"
 log = logging.getLogger(__name__)
 
 
@@ -110,8 +120,11 @@ class Shard:
         self.categories = Windows(config.windows)
         self.stats = Stats()
         self.watermark_ms = 0
+        self.payments_upto = 0   # the newest settle or verify read (event time): see the module docstring
 
-    def apply(self, batch: list[Observation]) -> Outcome:
+    def apply(self, batch: list[Observation], hold_shadows: bool = False) -> Outcome:
+        """Fold `batch` into the state. `hold_shadows` (a partition that catches up): a shadow deadline is
+        judged no later than the payments topic has been read (see the module docstring)."""
         out = Outcome(processed=len(batch))
         gens = self.seen.gens
         cur, prev, cap = gens.current, gens.previous, gens.max_entries
@@ -119,7 +132,7 @@ class Shard:
         known = self.join.payments.__contains__
         agent_row, cat_row = self.agents.row, self.categories.row
         rows_of: dict[str, int] = {}
-        wm = self.watermark_ms
+        wm, pu = self.watermark_ms, self.payments_upto
         a_rows: list[int] = []
         c_rows: list[int] = []
         deltas = out.deltas
@@ -146,8 +159,8 @@ class Shard:
                     cur[key] = 1
                 # a 0-value transfer of no known payment moves nothing: anyone can emit one from any wallet
                 # (USDC transferFrom of 0 needs no allowance; address poisoning), so it is a signal, not spend
-                if obs.tx is not None and (obs.status == "settled" or (obs.kind == TRANSFER and (
-                        obs.amount or known(obs.tx)))):
+                settled = obs.status == SETTLED
+                if obs.tx is not None and (settled or (obs.kind == TRANSFER and (obs.amount or known(obs.tx)))):
                     delta, found = join_apply(obs, categorize, wm)
                     if delta is not None:
                         agent = delta.agent
@@ -164,9 +177,13 @@ class Shard:
                         delta_pos.append(i)
                     if found:
                         out.findings.extend(found)
+                    if settled and obs.ts_ms > pu:   # how far the payments topic is read (once folded)
+                        pu = obs.ts_ms
                 else:
                     out.signals.append(obs)
                     signal_pos.append(i)
+                    if obs.kind < TRANSFER and obs.ts_ms > pu:   # a verify, a failed settle
+                        pu = obs.ts_ms
             except Exception as exc:  # this record only: see the module docstring
                 out.failed.append((i, exc))
                 wm = before
@@ -175,7 +192,7 @@ class Shard:
         out.duplicates = dup
         out.processed -= len(out.failed)
         out.stream_positions = delta_pos + signal_pos
-        self.watermark_ms = wm
+        self.watermark_ms, self.payments_upto = wm, pu
         # the windows take the deltas that count (a moving delta, amount 0, would only add an empty row, or
         # a late one for an old payment); the moves then shift amounts between category windows
         counting = [d for d in deltas if d.move is None] if moves else deltas
@@ -192,7 +209,7 @@ class Shard:
             self._move_categories([deltas[j] for j in moves])
         self.agents.advance(wm)
         self.categories.advance(wm)
-        out.findings.extend(self.join.sweep(wm))
+        out.findings.extend(self.join.sweep(wm, pu if hold_shadows else None))
         gens.tick(wm)
         self.join.tick(wm)
         st = self.stats
@@ -235,7 +252,7 @@ class Shard:
                                 np.array(counts, np.int32))
 
     def advance(self, now_ms: int) -> list[Finding]:
-        """Move the clock with no event (idle partitions still age and sweep)."""
+        """Move the clock with no event (idle partitions still age and sweep; held shadows are judged)."""
         if now_ms <= self.watermark_ms:
             return []
         self.watermark_ms = now_ms
@@ -245,6 +262,13 @@ class Shard:
         self.stats.findings += len(found)
         self.seen.tick(now_ms)
         self.join.tick(now_ms)
+        return found
+
+    def judge_held_shadows(self) -> list[Finding]:
+        """The payments topic has nothing left to read (the partition catches up on the chain topic only):
+        held shadows due by the watermark are judged, as a caught-up partition's are."""
+        found = self.join.sweep(self.watermark_ms)
+        self.stats.findings += len(found)
         return found
 
     # -- queries -------------------------------------------------------------------------------
@@ -268,7 +292,7 @@ class Shard:
     def snapshot(self) -> dict:
         """The state to checkpoint (idle agents forgotten first: see `forget_idle`)."""
         self.forget_idle()
-        return {"v": 1, "watermark_ms": self.watermark_ms, "seen": self.seen.snapshot(),
+        return {"v": 1, "watermark_ms": self.watermark_ms, "payments_upto": self.payments_upto, "seen": self.seen.snapshot(),
                 "join": self.join.snapshot(), "agents": self.agents.snapshot(),
                 "categories": self.categories.snapshot(), "stats": msgspec.to_builtins(self.stats)}
 
@@ -277,6 +301,8 @@ class Shard:
                 categorize: Categorize | None = None) -> "Shard":
         self = cls(config, categorize)
         self.watermark_ms = snap["watermark_ms"]
+        # from before it: 0, so a catching-up partition holds its shadows until settles are read past them
+        self.payments_upto = snap.get("payments_upto", 0)
         self.seen.restore(snap["seen"])
         self.join.restore(snap["join"])
         # the configured windows, never the checkpoint's own: every reader labels the sums by the configuration
