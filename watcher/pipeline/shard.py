@@ -292,8 +292,8 @@ class Shard:
     def snapshot(self) -> dict:
         """The state to checkpoint (idle agents forgotten first: see `forget_idle`)."""
         self.forget_idle()
-        return {"v": 1, "watermark_ms": self.watermark_ms, "payments_upto": self.payments_upto, "seen": self.seen.snapshot(),
-                "join": self.join.snapshot(), "agents": self.agents.snapshot(),
+        return {"v": 1, "watermark_ms": self.watermark_ms, "payments_upto": self.payments_upto,
+                "seen": self.seen.snapshot(), "join": self.join.snapshot(), "agents": self.agents.snapshot(),
                 "categories": self.categories.snapshot(), "stats": msgspec.to_builtins(self.stats)}
 
     @classmethod
