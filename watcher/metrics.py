@@ -418,6 +418,8 @@ FAMILIES: list[tuple[str, str, str, str]] = [
     ("spendwatch_dedupe_forced_rotations", "gauge", "", "dedupe memory rotated early (owned partitions)"),
     ("spendwatch_join_held_dropped", "gauge", "", "settles held for the bridge dropped by dedupe.max_entries "
      "(owned partitions)"),
+    ("spendwatch_join_held_shadows_dropped", "gauge", "", "transfers held for their settles while catching up, "
+     "judged early at dedupe.max_entries (owned partitions)"),
     ("spendwatch_webhooks_total", "counter", "outcome", "webhook attempts"),
     ("spendwatch_webhook_duration_seconds", "histogram", "", "webhook latency"),
     ("spendwatch_statements_published_total", "counter", "", "daily statement rows published"),

@@ -240,7 +240,8 @@ def test_render_at_scale_is_bounded_and_promtool_clean(capsys):
                    "spendwatch_consumer_lag_records", "spendwatch_partitions_owned", "spendwatch_tracked_agents",
                    "spendwatch_checkpoints", "spendwatch_late_payments", "spendwatch_window_saturations",
                    "spendwatch_dedupe_forced_rotations", "spendwatch_bridge_confirmed_timestamp_seconds",
-                   "spendwatch_join_held_dropped", "spendwatch_stage_errors"}
+                   "spendwatch_join_held_dropped", "spendwatch_join_held_shadows_dropped",
+                   "spendwatch_stage_errors"}
     assert documented - daemon_side <= names
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -262,6 +263,7 @@ def test_daemon_collector_exports_late_payments_and_forced_rotations():
     sh = Shard(ShardConfig(dedupe_max_entries=3))
     sh.apply([settle(i, ts=T + i) for i in range(5)])                   # 5 keys > 3: rotated early
     sh.apply([settle(99, ts=T - 3 * 86_400_000)])                       # older than every window
+    sh.join.held_shadows_dropped = 2      # counted by Join._hold_shadow (tests/unit/test_shadow_hold.py)
     from watcher.batch import Counters
 
     daemon = SimpleNamespace(counters=Counters(consumed=6, processed=6, batches=2),
@@ -271,9 +273,11 @@ def test_daemon_collector_exports_late_payments_and_forced_rotations():
     reg.register(DaemonCollector(daemon))
     fams = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
     value = {n: fams[n].samples[0].value for n in ("spendwatch_late_payments", "spendwatch_window_saturations",
-                                                   "spendwatch_dedupe_forced_rotations")}
+                                                   "spendwatch_dedupe_forced_rotations",
+                                                   "spendwatch_join_held_shadows_dropped")}
     assert value["spendwatch_late_payments"] == sh.agents.late_dropped == 1
     assert value["spendwatch_dedupe_forced_rotations"] >= 1 and value["spendwatch_window_saturations"] == 0
+    assert value["spendwatch_join_held_shadows_dropped"] == 2
 
 
 def test_series_budget_is_checked_by_check_config_and_not_when_metrics_are_off(tmp_path):

@@ -72,7 +72,11 @@ class DaemonCollector:
                 ("spendwatch_join_held_dropped", "Settles held for the chain bridge that dedupe.max_entries made "
                  "the join drop from its held list (decided at the end of their hold, not as soon as the bridge "
                  "confirms past them), in the partitions this process owns.",
-                 sum(sh.join.bridges.held_dropped for sh in shards))):
+                 sum(sh.join.bridges.held_dropped for sh in shards)),
+                ("spendwatch_join_held_shadows_dropped", "Confirmed transfers held for their settles while the "
+                 "partition catches up that dedupe.max_entries made the join judge before their settles were read "
+                 "(a shadow_spend maybe false), in the partitions this process owns.",
+                 sum(sh.join.held_shadows_dropped for sh in shards))):
             yield GaugeMetricFamily(name, doc, value=value)
         yield bridge_confirmed(shards)
         yield GaugeMetricFamily("spendwatch_partitions_owned", "Input partitions this process owns.",
