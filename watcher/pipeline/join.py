@@ -279,9 +279,9 @@ class Join:
         out: list[Finding] = []
         dl = self.deadlines
         shadow_by = now_ms if payments_upto is None else min(now_ms, payments_upto)
-        held = self.held_shadows
-        while held and held[0][0] <= shadow_by:   # due now: judged below, in deadline order
-            heapq.heappush(dl, heapq.heappop(held))
+        shadows = self.held_shadows
+        while shadows and shadows[0][0] <= shadow_by:   # due now: judged below, in deadline order
+            heapq.heappush(dl, heapq.heappop(shadows))
         cur, prev, pop = self.payments.current, self.payments.previous, heapq.heappop
         while dl and dl[0][0] <= now_ms:
             due, key = pop(dl)
