@@ -198,3 +198,28 @@ def test_a_failing_stage_is_logged_again_after_a_quiet_interval_with_the_count_i
     assert "4 more failure(s)" in lines[1].getMessage() and "no records (clock tick)" in lines[1].getMessage()
     assert errors.counts["detect"] == 7
 
+
+
+def test_a_record_whose_category_row_cannot_be_made_is_not_counted_for_the_next():
+    """The agent's row was listed before the category's was made: when making it failed (out of memory), the
+    lists went out of step and the next record's amount was added twice (800 instead of 400)."""
+    from tests.unit.test_shard import A as PAYER, T as T0, settle
+
+    def shard(fail_first: bool) -> Shard:
+        sh = Shard(categorize=lambda merchant, resource: "data")
+        real, calls = sh.categories.row, []
+
+        def row(key):
+            calls.append(key)
+            if fail_first and len(calls) == 1:
+                raise MemoryError("no room for a row")
+            return real(key)
+        sh.categories.row = row
+        return sh
+
+    failing, reference = shard(True), shard(False)
+    out = failing.apply([settle(1, amount=400), settle(2, amount=400)])
+    assert [i for i, _ in out.failed] == [0]
+    reference.apply([settle(2, amount=400)])
+    assert failing.agent_totals(PAYER, T0) == reference.agent_totals(PAYER, T0)
+    assert failing.category_totals(PAYER, "data", T0) == reference.category_totals(PAYER, "data", T0)

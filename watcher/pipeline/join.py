@@ -154,7 +154,7 @@ class Join:
         p = payments.current.get(key) or payments.get(key)   # the common case: one lookup
         if p is not None and p.agent != obs.agent:
             # another payer in the same transaction (a facilitator that batches settles, a bundle): its own payment
-            key = self.payment_key(key, obs.agent)
+            key = f"{key}:{obs.agent}"   # as payment_key gives it: the tx's own payment is another payer's
             p = payments.current.get(key) or payments.get(key)
             if p is None and not obs.amount and obs.kind != SETTLE:
                 return None, _NONE   # a 0-value transfer: spend of no payment (as in Shard.apply), not a payment

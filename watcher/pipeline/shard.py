@@ -159,8 +159,8 @@ class Shard:
                     cur[key] = 1
                 # a 0-value transfer of no known payment moves nothing: anyone can emit one from any wallet
                 # (USDC transferFrom of 0 needs no allowance; address poisoning), so it is a signal, not spend
-                settled = obs.status == SETTLED
-                if obs.tx is not None and (settled or (obs.kind == TRANSFER and (obs.amount or known(obs.tx)))):
+                if obs.tx is not None and (obs.status == SETTLED or (obs.kind == TRANSFER and (
+                        obs.amount or known(obs.tx)))):
                     delta, found = join_apply(obs, categorize, wm)
                     if delta is not None:
                         agent = delta.agent
@@ -169,21 +169,20 @@ class Shard:
                             row = rows_of[agent] = agent_row(bytes.fromhex(agent[2:]))
                         if delta.move is not None:   # counts nothing new: only its category moves
                             moves.append(len(deltas))
-                        else:
+                        else:   # every row made before any list grows: a failure here leaves them aligned
+                            c_row = None if delta.category is None else cat_row(category_key(agent, delta.category))
                             a_rows.append(row)
-                            if delta.category is not None:
-                                c_rows.append(cat_row(category_key(agent, delta.category)))
+                            if c_row is not None:
+                                c_rows.append(c_row)
                         deltas.append(delta)
                         delta_pos.append(i)
                     if found:
                         out.findings.extend(found)
-                    if settled and obs.ts_ms > pu:   # how far the payments topic is read (once folded)
-                        pu = obs.ts_ms
                 else:
                     out.signals.append(obs)
                     signal_pos.append(i)
-                    if obs.kind < TRANSFER and obs.ts_ms > pu:   # a verify, a failed settle
-                        pu = obs.ts_ms
+                if obs.kind < TRANSFER and obs.ts_ms > pu:   # a settle or verify: how far payments are read
+                    pu = obs.ts_ms
             except Exception as exc:  # this record only: see the module docstring
                 out.failed.append((i, exc))
                 wm = before
